@@ -1,0 +1,83 @@
+"""The ``sonotrap`` command line: one entry point, one module per subcommand.
+
+Each subcommand module exposes ``add_arguments(parser)`` and ``run(args) -> int``. Modules
+are imported only when their subcommand is chosen (and for ``--help``), and trainer modules
+import torch only inside ``run``, so the edge install never needs torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from edge import __version__
+from edge.errors import SonotrapError
+
+# name -> (module, one-line help). Order is the order shown in --help.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "run": ("edge.commands.run", "run the streaming detector (microphone/file/stdin -> MQTT)"),
+    "analyze": ("edge.commands.analyze", "run the detector over recordings as fast as possible"),
+    "check": ("edge.commands.check", "validate config, model, audio device and broker"),
+    "devices": ("edge.commands.devices", "list audio input devices and their sample rates"),
+    "bundle": ("edge.commands.bundle", "inspect, sign and verify model bundles; make keys"),
+    "model": ("edge.commands.model", "list, activate or roll back installed models"),
+    "update": ("edge.commands.update", "check for and install a model update"),
+    "install-service": ("edge.commands.service", "install the systemd service on this device"),
+    "uninstall-service": ("edge.commands.service", "remove the systemd service"),
+    "train": ("trainer.commands.train", "fine-tune ResNet50 on labelled recordings [train]"),
+    "evaluate": ("trainer.commands.evaluate", "evaluate a checkpoint, choose thresholds [train]"),
+    "export": ("trainer.commands.export", "export a checkpoint to ONNX [train]"),
+    "quantize": ("trainer.commands.quantize", "INT8-quantize an ONNX model into a bundle [train]"),
+}
+
+
+def _load(name: str):
+    module_name = COMMANDS[name][0]
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as err:
+        if err.name in ("torch", "torchvision", "onnx"):
+            raise SonotrapError(
+                f"'sonotrap {name}' needs {err.name}; install sonotrap[train] "
+                "(pip install 'sonotrap[train]')"
+            ) from None
+        raise
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sonotrap", description="Real-time animal-call detector.")
+    parser.add_argument("--version", action="version", version=f"sonotrap {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (_module, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        if only == name:
+            _load(name).add_arguments(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    chosen = next((a for a in argv if a in COMMANDS), None)
+    try:
+        parser = build_parser(only=chosen)
+        args = parser.parse_args(argv)
+        logging.basicConfig(
+            level=logging.DEBUG if args.verbose else logging.INFO,
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        )
+        if args.command is None:
+            parser.print_help()
+            return 2
+        return int(_load(args.command).run(args) or 0)
+    except SonotrapError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,349 @@
+"""The daemon's configuration: one TOML file, one dataclass per section.
+
+Unknown keys, wrong types and impossible values are rejected with the key's dotted name
+and the reason (``SonotrapError``), so a typo in ``/etc/sonotrap/config.toml`` is caught by
+``sonotrap check`` before the recorder goes to the forest. CLI flags override file values
+via :func:`apply_overrides` (``section.key=value``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edge.errors import SonotrapError
+
+DEFAULT_CONFIG_PATH = Path("/etc/sonotrap/config.toml")
+
+
+@dataclass
+class AudioConfig:
+    """Where audio comes from. ``source``: ``mic``, ``file`` or ``stdin``."""
+
+    source: str = "mic"
+    device: str | int | None = None  # sounddevice name substring or index; None = default
+    sample_rate: int | None = None  # capture rate; None = the model's rate (resampled if needed)
+    channels: int = 1  # channels to open on the device
+    channel: int = 0  # which opened channel to analyse
+    block_s: float = 0.1  # audio callback block length
+    file: str | None = None  # recording for source = "file"
+    realtime: bool = True  # file source: replay at real-time pace
+    loop: bool = False  # file source: loop forever
+    stdin_rate: int = 32000  # raw PCM on stdin: sample rate
+    stdin_format: str = "s16le"  # raw PCM on stdin: s16le | f32le
+    stdin_channels: int = 1
+    queue_s: float = 10.0  # bounded queue between the callback and the pipeline
+    silence_timeout_s: float = 60.0  # dead-input watchdog (0 disables)
+    retry_initial_s: float = 1.0  # device missing: first retry delay
+    retry_max_s: float = 60.0  # device missing: longest retry delay
+
+    def validate(self) -> None:
+        _choice("audio.source", self.source, ("mic", "file", "stdin"))
+        _choice("audio.stdin_format", self.stdin_format, ("s16le", "f32le"))
+        _positive("audio.block_s", self.block_s)
+        _positive("audio.queue_s", self.queue_s)
+        _at_least("audio.channels", self.channels, 1)
+        if not 0 <= self.channel < self.channels:
+            _bad("audio.channel", f"{self.channel} must be in 0..channels-1 ({self.channels - 1})")
+        if self.sample_rate is not None:
+            _at_least("audio.sample_rate", self.sample_rate, 1000)
+        _at_least("audio.stdin_rate", self.stdin_rate, 1000)
+        if self.source == "file" and not self.file:
+            _bad("audio.file", "is required when audio.source = 'file'")
+        if self.retry_initial_s <= 0 or self.retry_max_s < self.retry_initial_s:
+            _bad("audio.retry_initial_s", "needs 0 < retry_initial_s <= retry_max_s")
+
+
+@dataclass
+class ModelConfig:
+    """Which bundle to run and how hard to push the CPU."""
+
+    bundle: str | None = None  # path to a bundle dir / .tar.gz; None = the shipped demo model
+    threads: int = 1  # onnxruntime intra-op threads
+    hop_s: float = 0.5  # classify the newest 2-s window every hop
+    max_batch: int = 8  # catch-up batch size when inference falls behind
+
+    def validate(self) -> None:
+        _at_least("model.threads", self.threads, 1)
+        _positive("model.hop_s", self.hop_s)
+        _at_least("model.max_batch", self.max_batch, 1)
+
+
+@dataclass
+class DetectorConfig:
+    """Scores -> events."""
+
+    thresholds: dict[str, float] = field(default_factory=dict)  # per-label override
+    default_threshold: float | None = None  # overrides the bundle's thresholds for all labels
+    include: list[str] = field(default_factory=list)  # only these labels (empty = all)
+    exclude: list[str] = field(default_factory=list)
+    max_gap_hops: int = 0  # hops below threshold tolerated inside one event
+    min_hops: int = 1  # events shorter than this are dropped
+    min_report_interval_s: float = 0.0  # per-label minimum time between published events
+    publish_started: bool = False  # also publish a "started" message at the first hit
+
+    def validate(self) -> None:
+        for label, value in self.thresholds.items():
+            if not 0.0 <= value <= 1.0:
+                _bad(f"detector.thresholds.{label}", f"{value} must be within 0..1")
+        if self.default_threshold is not None and not 0 <= self.default_threshold <= 1:
+            _bad("detector.default_threshold", f"{self.default_threshold} must be within 0..1")
+        _at_least("detector.max_gap_hops", self.max_gap_hops, 0)
+        _at_least("detector.min_hops", self.min_hops, 1)
+        _at_least("detector.min_report_interval_s", self.min_report_interval_s, 0)
+
+
+@dataclass
+class MqttConfig:
+    """Broker connection and topics (``<prefix>/<device_id>/detections`` ...)."""
+
+    enabled: bool = True
+    host: str = "localhost"
+    port: int = 1883
+    prefix: str = "sonotrap"
+    device_id: str | None = None  # None = hostname
+    client_id: str | None = None  # None = "sonotrap-<device_id>" (stable per device)
+    username: str | None = None
+    password: str | None = None
+    password_file: str | None = None
+    tls: bool = False
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    tls_insecure: bool = False
+    protocol: str = "3.1.1"  # "3.1.1" or "5"
+    keepalive_s: int = 30
+    reconnect_min_s: float = 1.0
+    reconnect_max_s: float = 120.0
+    status_interval_s: float = 30.0
+    homeassistant: bool = False  # publish Home Assistant MQTT discovery
+    discovery_prefix: str = "homeassistant"
+
+    def validate(self) -> None:
+        if not 1 <= self.port <= 65535:
+            _bad("mqtt.port", f"{self.port} must be within 1..65535")
+        _choice("mqtt.protocol", self.protocol, ("3.1.1", "5"))
+        if not self.prefix or any(c in self.prefix for c in "#+"):
+            _bad("mqtt.prefix", f"{self.prefix!r} must be non-empty without '#' or '+'")
+        if self.password and self.password_file:
+            _bad("mqtt.password_file", "set either mqtt.password or mqtt.password_file, not both")
+        if bool(self.cert_file) != bool(self.key_file):
+            _bad("mqtt.cert_file", "client cert_file and key_file must be given together")
+        _at_least("mqtt.keepalive_s", self.keepalive_s, 5)
+        if self.reconnect_min_s <= 0 or self.reconnect_max_s < self.reconnect_min_s:
+            _bad("mqtt.reconnect_min_s", "needs 0 < reconnect_min_s <= reconnect_max_s")
+
+
+@dataclass
+class OutboxConfig:
+    """Store-and-forward queue on disk (SQLite, WAL)."""
+
+    path: str | None = None  # None = <state_dir>/outbox.sqlite
+    max_messages: int = 100_000  # beyond this the oldest are dropped (counted, reported)
+
+    def validate(self) -> None:
+        _at_least("outbox.max_messages", self.max_messages, 1)
+
+
+@dataclass
+class ClipsConfig:
+    """Optional WAV clip per event with a disk quota (oldest deleted first)."""
+
+    enabled: bool = False
+    dir: str | None = None  # None = <state_dir>/clips
+    pre_s: float = 1.0
+    post_s: float = 1.0
+    quota_mb: float = 500.0
+
+    def validate(self) -> None:
+        _at_least("clips.pre_s", self.pre_s, 0)
+        _at_least("clips.post_s", self.post_s, 0)
+        _positive("clips.quota_mb", self.quota_mb)
+
+
+@dataclass
+class UpdateConfig:
+    """Fleet model updates."""
+
+    channel: str = "stable"
+    url: str | None = None  # HTTP(S) base serving index.json + bundles
+    local_dir: str | None = None  # USB stick / rsync target with bundles
+    allowed_base_urls: list[str] = field(default_factory=list)  # for MQTT cmd/update URLs
+    trusted_keys_dir: str | None = None  # None = <config dir>/trusted_keys
+    allow_unsigned: bool = False
+    keep_versions: int = 3
+    max_download_mb: float = 200.0
+    health_timeout_s: float = 120.0
+
+    def validate(self) -> None:
+        _at_least("update.keep_versions", self.keep_versions, 1)
+        _positive("update.max_download_mb", self.max_download_mb)
+
+
+@dataclass
+class Config:
+    """The whole daemon configuration."""
+
+    state_dir: str = "/var/lib/sonotrap"
+    log_level: str = "INFO"
+    audio: AudioConfig = field(default_factory=AudioConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    detector: DetectorConfig = field(default_factory=DetectorConfig)
+    mqtt: MqttConfig = field(default_factory=MqttConfig)
+    outbox: OutboxConfig = field(default_factory=OutboxConfig)
+    clips: ClipsConfig = field(default_factory=ClipsConfig)
+    update: UpdateConfig = field(default_factory=UpdateConfig)
+
+    def validate(self) -> None:
+        _choice("log_level", self.log_level.upper(), ("DEBUG", "INFO", "WARNING", "ERROR"))
+        for f in dataclasses.fields(self):
+            section = getattr(self, f.name)
+            if dataclasses.is_dataclass(section):
+                section.validate()
+
+
+# ---------------------------------------------------------------- loading
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
+    """Read and validate a TOML config; ``None`` gives the defaults (plus overrides)."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        try:
+            text = p.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise SonotrapError(
+                f"config file {p} does not exist; create it (see README) or pass --config"
+            ) from None
+        except (OSError, UnicodeDecodeError) as err:
+            raise SonotrapError(f"config file {p} cannot be read ({err}); fix its permissions") from None
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as err:
+            raise SonotrapError(f"config file {p} is not valid TOML: {err}; fix that line") from None
+    cfg = from_dict(Config, data, "")
+    if overrides:
+        apply_overrides(cfg, overrides)
+    cfg.validate()
+    return cfg
+
+
+def from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
+    """Build dataclass ``cls`` from ``data``, rejecting unknown keys and wrong types."""
+    if not isinstance(data, dict):
+        _bad(where or "config", f"must be a table, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in names:
+            _bad(_join(where, key), f"is not a known setting (known: {', '.join(sorted(names))})")
+    kwargs = {}
+    for key, value in data.items():
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            kwargs[key] = from_dict(hint, value, _join(where, key))
+        else:
+            kwargs[key] = _coerce(_join(where, key), value, hint)
+    return cls(**kwargs)
+
+
+def apply_overrides(cfg: Config, overrides: list[str]) -> None:
+    """Apply ``section.key=value`` strings (value parsed as TOML, else taken as a string)."""
+    for item in overrides:
+        if "=" not in item:
+            _bad(item, "override must look like section.key=value")
+        dotted, raw = item.split("=", 1)
+        try:
+            value = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = raw
+        set_value(cfg, dotted.strip(), value)
+
+
+def set_value(cfg: Config, dotted: str, value: Any) -> None:
+    """Set one setting by dotted name with the same checks as the file loader."""
+    *path, key = dotted.split(".")
+    target: Any = cfg
+    for part in path:
+        if not dataclasses.is_dataclass(target) or not hasattr(target, part):
+            _bad(dotted, "is not a known setting")
+        target = getattr(target, part)
+    if not dataclasses.is_dataclass(target) or key not in {f.name for f in dataclasses.fields(target)}:
+        _bad(dotted, "is not a known setting")
+    hint = typing.get_type_hints(type(target))[key]
+    setattr(target, key, _coerce(dotted, value, hint))
+
+
+def _coerce(name: str, value: Any, hint: Any) -> Any:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(name, value, arg)
+            except SonotrapError as err:
+                errors.append(str(err))
+        _bad(name, f"{value!r} has the wrong type (expected {_type_name(hint)})")
+    if origin is list:
+        if not isinstance(value, list):
+            _bad(name, f"{value!r} must be a list")
+        return [_coerce(f"{name}[{i}]", v, args[0]) for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            _bad(name, f"{value!r} must be a table")
+        return {str(k): _coerce(f"{name}.{k}", v, args[1]) for k, v in value.items()}
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        _bad(name, f"{value!r} must be true or false")
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        _bad(name, f"{value!r} must be an integer")
+    if hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        _bad(name, f"{value!r} must be a number")
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        _bad(name, f"{value!r} must be a string")
+    return value
+
+
+def _type_name(hint: Any) -> str:
+    return str(hint).replace("typing.", "").replace("NoneType", "None")
+
+
+def _join(where: str, key: str) -> str:
+    return f"{where}.{key}" if where else key
+
+
+def _bad(name: str, reason: str) -> typing.NoReturn:
+    raise SonotrapError(f"config: {name} {reason}")
+
+
+def _choice(name: str, value: Any, allowed: tuple[Any, ...]) -> None:
+    if value not in allowed:
+        _bad(name, f"{value!r} must be one of {', '.join(map(repr, allowed))}")
+
+
+def _positive(name: str, value: float) -> None:
+    if not value > 0:
+        _bad(name, f"{value!r} must be > 0")
+
+
+def _at_least(name: str, value: float, low: float) -> None:
+    if value < low:
+        _bad(name, f"{value!r} must be >= {low}")

@@ -1,0 +1,37 @@
+"""Shared fixtures. Real parts only: tests that need the shared recordings skip without them."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from edge.frontend import FrontendConfig
+from tests.support.tiny_model import make_tiny_bundle
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def shared_data_dir() -> Path:
+    return Path(os.environ.get("SONOTRAP_DATA", REPO.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """``../shared/data`` (or ``$SONOTRAP_DATA``); skips the test when it is absent."""
+    path = shared_data_dir()
+    if not (path / "nips4bplus" / "annotations.csv").is_file():
+        pytest.skip(f"real recordings not found at {path} (set SONOTRAP_DATA)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def frontend_cfg() -> FrontendConfig:
+    return FrontendConfig()
+
+
+@pytest.fixture
+def tiny_bundle(tmp_path: Path) -> Path:
+    """A bundle whose model detects 1.0-1.4 kHz ('tone_low') and 3.8-4.4 kHz ('tone_high')."""
+    return make_tiny_bundle(tmp_path / "tiny-bundle")

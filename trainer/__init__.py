@@ -1,0 +1,1 @@
+"""sonotrap trainer: data ingestion, training, evaluation, export (needs sonotrap[train])."""

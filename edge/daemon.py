@@ -1,0 +1,523 @@
+"""The streaming daemon behind ``sonotrap run``: audio -> hops -> detections -> MQTT.
+
+One processing loop on the calling (main) thread pulls audio blocks from the source's
+bounded queue (filled by the source's own thread/callback, which never waits on us), feeds
+the hop pipeline, publishes detections, writes ``status.json`` and pets the systemd
+watchdog — from this loop only, so a stuck pipeline stops the pings and systemd restarts
+the service. When inference falls behind, pending hops are classified together (up to
+``model.max_batch``) and the backlog is reported in the status.
+
+Model hot swap (SIGHUP or :meth:`Daemon.request_model_swap`): the new session is built and
+self-tested off the loop, then switched in between two hops; audio keeps flowing and no hop
+is skipped. A failed load keeps the old model and publishes ``model_update_failed``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+
+from edge import __version__
+from edge.bundle import DEFAULT_BUNDLE, ModelBundle, load_bundle
+from edge.classifier import Classifier
+from edge.clips import ClipWriter
+from edge.config import Config
+from edge.detector import DetectionEvent, Detector
+from edge.errors import SonotrapError
+from edge.pipeline import HopPipeline, HopResult
+from edge.sdnotify import Notifier
+
+log = logging.getLogger("sonotrap.daemon")
+
+STATUS_FILE_INTERVAL_S = 2.0  # status.json refresh (the updater's health check reads it)
+SD_STATUS_INTERVAL_S = 10.0
+READ_TIMEOUT_S = 0.2  # longest the loop waits for audio before doing housekeeping
+
+
+def model_bundle_path(cfg: Config) -> Path:
+    return Path(cfg.model.bundle) if cfg.model.bundle else DEFAULT_BUNDLE
+
+
+def device_id(cfg: Config) -> str:
+    import socket
+
+    return cfg.mqtt.device_id or socket.gethostname()
+
+
+def _payload(event: DetectionEvent, dev: str, bundle: ModelBundle, hop_s: float) -> dict[str, Any]:
+    """The versioned detection payload (``edge.messages``); identical for MQTT and --jsonl."""
+    from edge.messages import MessageContext, detection_payload
+
+    ctx = MessageContext(dev, bundle.name, bundle.version, hop_s, bundle.frontend.window_s)
+    return detection_payload(event, ctx)
+
+
+class _Lines:
+    """A JSON-lines sink: a path (appended) or '-' for stdout; flushed per line."""
+
+    def __init__(self, target: str | IO[str] | None) -> None:
+        self._fh: IO[str] | None = None
+        self._own = False
+        if target is None:
+            return
+        if target == "-":
+            self._fh = sys.stdout
+        elif isinstance(target, str | Path):
+            Path(target).parent.mkdir(parents=True, exist_ok=True)
+            self._fh = open(target, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
+            self._own = True
+        else:
+            self._fh = target
+
+    def write(self, obj: dict) -> None:
+        if self._fh is not None:
+            self._fh.write(json.dumps(obj, separators=(",", ":")) + "\n")
+            self._fh.flush()
+
+    def close(self) -> None:
+        if self._own and self._fh is not None:
+            self._fh.close()
+        self._fh = None
+
+
+class Daemon:
+    """Runs the detector until stopped; see the module docstring."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        *,
+        source=None,
+        bundle: ModelBundle | None = None,
+        publisher=None,
+        notifier: Notifier | None = None,
+        clock: Callable[[], float] = time.time,
+        jsonl: str | IO[str] | None = None,
+        hops_jsonl: str | IO[str] | None = None,
+        install_signals: bool = True,
+    ) -> None:
+        self.cfg = cfg
+        self.source = source
+        self.bundle = bundle
+        self.publisher = publisher
+        self.notifier = notifier or Notifier()
+        self.clock = clock
+        self.device = device_id(cfg)
+        self.state_dir = Path(cfg.state_dir)
+        self._jsonl = _Lines(jsonl)
+        self._hops_jsonl = _Lines(hops_jsonl)
+        self._install_signals = install_signals
+        self._stop = threading.Event()
+        self._reload_lock = threading.Lock()
+        self._pending_swap: tuple[Classifier, Detector] | None = None
+        self._swap_lock = threading.Lock()
+        self.classifier: Classifier | None = None
+        self.pipeline: HopPipeline | None = None
+        self.clips: ClipWriter | None = None
+        self.state = "starting"
+        self.started_mono = time.monotonic()
+        self.started_epoch = clock()
+        self.detections = 0
+        self.messages = 0
+        self.backlog_hops = 0
+        self.max_backlog_hops = 0
+        self.batches = 0
+        self.last_hop_epoch: float | None = None
+        self.last_error: str | None = None
+        self.exit_code = 0
+        self._ready = False
+        self._anchor = (0, 0.0)  # (absolute sample, epoch) of the newest block's first sample
+        self._received: deque[tuple[int, float]] = deque(maxlen=256)  # (block end sample, monotonic)
+        # Test/benchmark hooks: called after each hop batch / each published detection.
+        self.on_hops: Callable[[list[HopResult]], None] | None = None
+        self.on_published: Callable[[dict, float | None], None] | None = None
+
+    # ------------------------------------------------------------------ public API
+
+    def request_stop(self) -> None:
+        """Ask the loop to shut down cleanly (thread- and signal-safe)."""
+        self._stop.set()
+
+    def request_model_swap(self, bundle: ModelBundle) -> None:
+        """Prepare ``bundle`` (session + self-test + detector) here; the loop switches between hops.
+
+        Raises :class:`SonotrapError` (old model untouched) if the bundle cannot run.
+        """
+        classifier = Classifier(bundle, self.cfg.model.threads)
+        classifier.self_test()
+        detector = Detector.for_bundle(bundle, self.cfg.detector)
+        with self._swap_lock:
+            self._pending_swap = (classifier, detector)
+
+    def reload_model(self) -> None:
+        """SIGHUP: re-load ``model.bundle`` (e.g. the ``current`` symlink) and hot-swap it."""
+        path = model_bundle_path(self.cfg)
+        if not self._reload_lock.acquire(blocking=False):
+            log.info("model reload already in progress; ignoring")
+            return
+        try:
+            self.notifier.reloading()
+            bundle = load_bundle(path.resolve())
+            self.request_model_swap(bundle)
+            log.info("model %s %s loaded; switching at the next hop", bundle.name, bundle.version)
+        except SonotrapError as err:
+            self.last_error = str(err)
+            old = self.classifier.bundle if self.classifier else None
+            log.error("model reload failed, keeping %s %s: %s", old and old.name, old and old.version, err)
+            self._event("model_update_failed", {
+                "bundle": str(path), "error": str(err),
+                "kept": {"name": old.name, "version": old.version} if old else None,
+            })
+            self.notifier.ready(self._sd_status())
+        finally:
+            self._reload_lock.release()
+
+    def status(self) -> dict[str, Any]:
+        """Everything an operator (or the updater's health check) wants to know, JSON-ready."""
+        bundle = self.classifier.bundle if self.classifier else self.bundle
+        audio = self._safe(self.source.stats) if self.source is not None else None
+        outbox = self._safe(self.publisher.stats) if self.publisher is not None else None
+        lat = self.classifier.latency_ms() if self.classifier else {"p50": None, "p99": None}
+        pipe = self.pipeline
+        return {
+            "state": self.state,
+            "device": self.device,
+            "pid": os.getpid(),
+            "sonotrap_version": __version__,
+            "model": {"name": bundle.name, "version": bundle.version, "path": str(bundle.path)} if bundle else None,
+            "started_epoch": round(self.started_epoch, 3),
+            "uptime_s": round(time.monotonic() - self.started_mono, 1),
+            "audio": audio,
+            "inference_ms": lat,
+            "hop_s": pipe.hop_s if pipe else self.cfg.model.hop_s,
+            "window_s": bundle.frontend.window_s if bundle else None,
+            "backlog_hops": self.backlog_hops,
+            "max_backlog_hops": self.max_backlog_hops,
+            "skipped_hops": pipe.skipped if pipe else 0,
+            "hops": pipe.processed if pipe else 0,
+            "batches": self.batches,
+            "last_hop_epoch": round(self.last_hop_epoch, 3) if self.last_hop_epoch else None,
+            "detections": self.detections,
+            "outbox": outbox,
+            "clips": self.clips.stats() if self.clips else None,
+            "last_error": self.last_error,
+        }
+
+    # ------------------------------------------------------------------ run
+
+    def run(self) -> int:
+        """Start everything, process until stopped or the stream ends, shut down cleanly."""
+        restore = self._signals()
+        try:
+            try:
+                self._start()
+            except SonotrapError:
+                self._close_outputs()
+                raise
+            try:
+                self._loop()
+            finally:
+                self._shutdown()
+        finally:
+            for sig, handler in restore:
+                signal.signal(sig, handler)
+        return self.exit_code
+
+    def _start(self) -> None:
+        self._prepare_state_dir()
+        if self.bundle is None:
+            self.bundle = load_bundle(model_bundle_path(self.cfg))
+        self.classifier = Classifier(self.bundle, self.cfg.model.threads)
+        self.classifier.self_test()
+        detector = Detector.for_bundle(self.bundle, self.cfg.detector)
+        if self.source is None:
+            from edge.audio import open_source
+
+            self.source = open_source(self.cfg.audio, self.bundle.frontend.sample_rate, on_event=self._event)
+        self.source.start()
+        rate = int(self.source.sample_rate)
+        self.pipeline = HopPipeline(
+            self.classifier, detector, rate, self.cfg.model.hop_s, self.cfg.model.max_batch, time_of=self._epoch_of
+        )
+        if self.cfg.clips.enabled:
+            clip_dir = self.cfg.clips.dir or str(self.state_dir / "clips")
+            self.clips = ClipWriter(self.cfg.clips, clip_dir, rate, on_event=self._event)
+        if self.publisher is not None:
+            self.publisher.set_status_provider(self.status)
+            self.publisher.start()
+            announce = getattr(self.publisher, "announce_discovery", None)
+            if announce is not None:
+                self._safe(lambda: announce(dict(self.bundle.names)))
+        log.info(
+            "running model %s %s (%d labels) on %s at %d Hz, hop %.2f s, window %.2f s",
+            self.bundle.name, self.bundle.version, len(self.bundle.labels),
+            self.cfg.audio.source, rate, self.pipeline.hop_s, self.bundle.frontend.window_s,
+        )
+
+    def _prepare_state_dir(self) -> None:
+        try:
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+            probe = self.state_dir / ".write-test"
+            probe.write_text("ok")
+            probe.unlink()
+        except OSError as err:
+            raise SonotrapError(
+                f"state directory {self.state_dir} is not writable ({err.strerror or err}); "
+                "pass --state-dir or fix its permissions"
+            ) from None
+
+    def _loop(self) -> None:
+        assert self.source is not None and self.pipeline is not None
+        watchdog_every = self.notifier.watchdog_interval()
+        next_watchdog = next_status_file = next_sd_status = 0.0
+        self.state = "running"
+        self.notifier.status("starting audio")
+        while not self._stop.is_set():
+            self._apply_swap()
+            try:
+                got = self._pull(READ_TIMEOUT_S)
+            except SonotrapError as err:  # the stream failed for good (e.g. truncated file)
+                log.error("%s", err)
+                self.last_error = str(err)
+                self.exit_code = 1
+                break
+            if got and not self._ready:
+                self._ready = True
+                self.notifier.ready(self._sd_status())
+                if self.publisher is not None:
+                    self._safe(self.publisher.publish_status)
+            self._process(self.cfg.model.max_batch)
+            now = time.monotonic()
+            if watchdog_every and now >= next_watchdog:
+                self.notifier.watchdog()
+                next_watchdog = now + watchdog_every
+            if now >= next_status_file:
+                self._write_status()
+                next_status_file = now + STATUS_FILE_INTERVAL_S
+            if now >= next_sd_status:
+                self.notifier.status(self._sd_status())
+                next_sd_status = now + SD_STATUS_INTERVAL_S
+            if not got and self.source.finished:
+                break
+
+    def _pull(self, timeout: float) -> bool:
+        """Move queued audio into the pipeline: wait up to ``timeout`` for the first block,
+        then take whatever is already queued, up to a full catch-up batch."""
+        block = self.source.read(timeout)
+        if block is None:
+            return False
+        self._ingest(block)
+        while self.pipeline.pending() < self.cfg.model.max_batch:
+            block = self.source.read(0)
+            if block is None:
+                break
+            self._ingest(block)
+        return True
+
+    def _ingest(self, block) -> None:
+        pipe = self.pipeline
+        self._anchor = (pipe.total, float(block.start_time))
+        pipe.append(block.samples)
+        self._received.append((pipe.total, float(block.received)))
+        if self.clips is not None:
+            self.clips.feed(block.samples)
+
+    def _epoch_of(self, sample: int) -> float:
+        base_sample, base_epoch = self._anchor
+        return base_epoch + (sample - base_sample) / self.pipeline.sample_rate
+
+    def _received_of(self, sample: int) -> float | None:
+        """Monotonic time the block holding absolute sample ``sample - 1`` entered the process."""
+        for end, received in self._received:
+            if end >= sample:
+                return received
+        return None
+
+    def _process(self, max_batch: int) -> int:
+        """Classify pending hops in batches; returns how many hops were processed."""
+        pipe = self.pipeline
+        done = 0
+        while pipe.pending() > 0:
+            results = pipe.step(max_batch)
+            if not results:
+                break
+            done += len(results)
+            self.batches += 1
+            self.backlog_hops = pipe.pending()
+            self.max_backlog_hops = max(self.max_backlog_hops, self.backlog_hops)
+            for r in results:
+                self._hops_jsonl.write({
+                    "hop": r.hop, "t_end": round(r.t_end, 4), "sample_end": r.sample_end,
+                    "model_version": r.model_version,
+                    "scores": {lab: round(float(p), 5) for lab, p in zip(pipe.classifier.labels, r.scores, strict=True)},
+                })
+                for ev in r.events:
+                    self._emit(ev, self._received_of(r.sample_end))
+            self.last_hop_epoch = results[-1].t_end
+            if self.on_hops is not None:
+                self.on_hops(results)
+            if self.clips is not None:
+                self.clips.poll()
+            if self._pending_swap is not None:  # switch models between two hops
+                self._apply_swap()
+            if self._stop.is_set() and not self._draining:
+                break
+        self.backlog_hops = pipe.pending()
+        return done
+
+    _draining = False
+
+    def _emit(self, ev: DetectionEvent, received: float | None) -> None:
+        bundle = self.pipeline.classifier.bundle
+        payload = _payload(ev, self.device, bundle, self.pipeline.hop_s)
+        self.messages += 1
+        if ev.state == "ended":
+            self.detections += 1
+            log.info("detection %s %s %.2f s peak %.3f (%d hops)", ev.label, payload.get("start"),
+                     ev.end - ev.start, ev.peak_score, ev.hops)
+            if self.clips is not None:
+                pipe = self.pipeline
+                self.clips.add(ev, ev.first_hop * pipe.hop_samples - pipe.window_samples, ev.last_hop * pipe.hop_samples)
+        self._jsonl.write(payload)
+        if self.publisher is not None:
+            try:
+                self.publisher.publish_detection(payload)
+            except SonotrapError as err:  # e.g. outbox unusable: log, keep detecting
+                self.last_error = str(err)
+                log.error("could not queue detection %s: %s", ev.id, err)
+        if self.on_published is not None:
+            self.on_published(payload, received)
+
+    def _apply_swap(self) -> None:
+        with self._swap_lock:
+            pending, self._pending_swap = self._pending_swap, None
+        if pending is None:
+            return
+        classifier, detector = pending
+        old = self.pipeline.classifier.bundle
+        if detector.labels == self.pipeline.detector.labels:
+            # Same labels: keep open events running across the swap, adopt new thresholds.
+            detector = self.pipeline.detector
+            detector.thresholds = Detector.for_bundle(classifier.bundle, self.cfg.detector).thresholds
+        for ev in self.pipeline.swap(classifier, detector):
+            self._emit(ev, None)
+        self.classifier = classifier
+        self.bundle = classifier.bundle
+        new = classifier.bundle
+        log.info("model switched: %s %s -> %s %s", old.name, old.version, new.name, new.version)
+        self._event("model_changed", {
+            "from": {"name": old.name, "version": old.version},
+            "to": {"name": new.name, "version": new.version, "path": str(new.path)},
+            "at_hop": self.pipeline.next_hop,
+        })
+        self._write_status()
+        if self.publisher is not None:
+            self._safe(self.publisher.publish_status)
+        if self.publisher is not None and hasattr(self.publisher, "announce_discovery"):
+            self._safe(lambda: self.publisher.announce_discovery(dict(new.names)))
+        self.notifier.ready(self._sd_status())  # ends RELOADING=1
+
+    # ------------------------------------------------------------------ shutdown
+
+    def _shutdown(self) -> None:
+        self.state = "stopping"
+        self.notifier.stopping()
+        log.info("stopping: finishing in-flight audio")
+        if self.source is not None:
+            self._safe(self.source.stop)
+            # Blocks already queued were captured: classify them too.
+            if self.pipeline is not None and self.exit_code == 0:
+                self._draining = True
+                try:
+                    while True:
+                        block = self.source.read(0)
+                        if block is None:
+                            break
+                        self._ingest(block)
+                        self._process(self.cfg.model.max_batch)
+                except SonotrapError as err:
+                    log.error("%s", err)
+                    self.last_error = str(err)
+                    self.exit_code = 1
+        if self.pipeline is not None:
+            self._process(self.cfg.model.max_batch)
+            for r in self.pipeline.finish_short():
+                for ev in r.events:
+                    self._emit(ev, None)
+            for ev in self.pipeline.flush():
+                self._emit(ev, None)
+        if self.clips is not None:
+            self.clips.poll(final=True)
+        self.state = "stopped"
+        self._write_status()
+        if self.publisher is not None:
+            self._safe(self.publisher.stop)
+        self._close_outputs()
+        log.info("stopped: %d hops, %d detections", self.pipeline.processed if self.pipeline else 0, self.detections)
+
+    def _close_outputs(self) -> None:
+        self._jsonl.close()
+        self._hops_jsonl.close()
+
+    # ------------------------------------------------------------------ helpers
+
+    def _event(self, kind: str, data: dict) -> None:
+        """Daemon/audio events -> ``.../events`` (and the log)."""
+        if kind in ("audio_error",):
+            self.last_error = str(data.get("error"))
+        if self.publisher is not None:
+            self._safe(lambda: self.publisher.publish_event(kind, data))
+
+    def _write_status(self) -> None:
+        path = self.state_dir / "status.json"
+        tmp = path.with_name(f".status.json.{os.getpid()}.tmp")
+        try:
+            tmp.write_text(json.dumps(self.status(), indent=1))
+            os.replace(tmp, path)
+        except OSError as err:
+            log.warning("cannot write %s: %s", path, err)
+
+    def _sd_status(self) -> str:
+        b = self.classifier.bundle if self.classifier else None
+        model = f"{b.name} {b.version}" if b else "no model"
+        pipe = self.pipeline
+        hops = pipe.processed if pipe else 0
+        depth = ""
+        if self.publisher is not None:
+            stats = self._safe(self.publisher.stats) or {}
+            depth = f", outbox {stats.get('outbox_depth', '?')}"
+        return f"{self.state}: {model}, {hops} hops, {self.detections} detections, backlog {self.backlog_hops}{depth}"
+
+    def _signals(self) -> list[tuple[int, Any]]:
+        if not self._install_signals or threading.current_thread() is not threading.main_thread():
+            return []
+        restore = []
+
+        def stop(signum, _frame):
+            log.info("received %s, shutting down", signal.Signals(signum).name)
+            self.request_stop()
+
+        def hup(_signum, _frame):
+            log.info("received SIGHUP, reloading the model")
+            threading.Thread(target=self.reload_model, name="model-reload", daemon=True).start()
+
+        for sig, handler in ((signal.SIGTERM, stop), (signal.SIGINT, stop), (signal.SIGHUP, hup)):
+            restore.append((sig, signal.signal(sig, handler)))
+        return restore
+
+    @staticmethod
+    def _safe(fn: Callable[[], Any]) -> Any:
+        try:
+            return fn()
+        except Exception as err:  # reporting must never take detection down
+            log.warning("%s failed: %s", getattr(fn, "__qualname__", fn), err)
+            return None

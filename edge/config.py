@@ -37,10 +37,12 @@ class AudioConfig:
     stdin_rate: int = 32000  # raw PCM on stdin: sample rate
     stdin_format: str = "s16le"  # raw PCM on stdin: s16le | f32le
     stdin_channels: int = 1
+    stdin_backpressure: bool = False  # stdin: a full queue pauses reading (decoders) instead of dropping (live)
     queue_s: float = 10.0  # bounded queue between the callback and the pipeline
     silence_timeout_s: float = 60.0  # dead-input watchdog (0 disables)
     retry_initial_s: float = 1.0  # device missing: first retry delay
     retry_max_s: float = 60.0  # device missing: longest retry delay
+    device_timeout_s: float = 0.0  # device missing this long -> error and exit (0 = retry forever)
 
     def validate(self) -> None:
         _choice("audio.source", self.source, ("mic", "file", "stdin"))
@@ -48,11 +50,17 @@ class AudioConfig:
         _positive("audio.block_s", self.block_s)
         _positive("audio.queue_s", self.queue_s)
         _at_least("audio.channels", self.channels, 1)
-        if not 0 <= self.channel < self.channels:
+        _at_least("audio.channel", self.channel, 0)
+        if self.source == "mic" and self.channel >= self.channels:
             _bad("audio.channel", f"{self.channel} must be in 0..channels-1 ({self.channels - 1})")
+        if self.source == "stdin" and self.channel >= self.stdin_channels:
+            _bad("audio.channel", f"{self.channel} must be in 0..stdin_channels-1 ({self.stdin_channels - 1})")
         if self.sample_rate is not None:
             _at_least("audio.sample_rate", self.sample_rate, 1000)
         _at_least("audio.stdin_rate", self.stdin_rate, 1000)
+        _at_least("audio.stdin_channels", self.stdin_channels, 1)
+        _at_least("audio.silence_timeout_s", self.silence_timeout_s, 0)
+        _at_least("audio.device_timeout_s", self.device_timeout_s, 0)
         if self.source == "file" and not self.file:
             _bad("audio.file", "is required when audio.source = 'file'")
         if self.retry_initial_s <= 0 or self.retry_max_s < self.retry_initial_s:

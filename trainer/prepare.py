@@ -1,0 +1,94 @@
+"""Ingest -> label selection -> windows -> split, written into a run directory (no torch).
+
+After this the run directory alone (plus the audio) defines the training data; training,
+evaluation, export and calibration all read it back with :mod:`trainer.data`.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edge.errors import SonotrapError
+from edge.frontend import FrontendConfig
+from trainer.annotations import Source, read_data_dir, read_folders, read_raven, read_table
+from trainer.data import SPLIT_FILE, RunData, load_run_data, windows_file, write_run_data
+from trainer.labels import LabelSelection, label_names, select_labels
+from trainer.split import SPLITS, read_split, split_recordings, write_split
+from trainer.windows import WindowConfig, make_windows, write_windows
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DataSpec:
+    """Where the data comes from and how it becomes windows (the CLI's data flags)."""
+
+    data: str | None = None
+    annotations: str | None = None
+    files: str | None = None
+    raven: str | None = None
+    folders: str | None = None
+    root: str | None = None
+    strict: bool = False
+    selection: LabelSelection = field(default_factory=LabelSelection)
+    names_file: str | None = None
+    window: WindowConfig = field(default_factory=WindowConfig)
+    fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
+    split_file: str | None = None
+    seed: int = 0
+
+
+def read_source(spec: DataSpec) -> Source:
+    given = [x for x in (spec.data, spec.annotations, spec.raven, spec.folders) if x]
+    if len(given) != 1:
+        raise SonotrapError("pass exactly one of --data DIR, --annotations CSV, --raven DIR, --folders DIR")
+    if spec.data:
+        return read_data_dir(spec.data, spec.strict)
+    if spec.annotations:
+        return read_table(spec.annotations, spec.files, spec.root, spec.strict)
+    if spec.raven:
+        return read_raven(spec.raven, spec.strict)
+    return read_folders(spec.folders, spec.strict)
+
+
+@dataclass
+class Prepared:
+    run: RunData
+    problems: list[str]
+    counts: dict[str, int]
+    num_windows: dict[str, int]
+
+
+def prepare_run(spec: DataSpec, frontend: FrontendConfig, run_dir: str | Path) -> Prepared:
+    """Write dataset.json, annotations.csv, split.json and windows_<split>.csv into ``run_dir``."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    source = read_source(spec)
+    if not source.recordings:
+        raise SonotrapError("no readable recording was found; check the paths in the annotations")
+    source, labels, counts = select_labels(source, spec.selection)
+    names = label_names(labels, spec.names_file)
+    window = WindowConfig(**{**spec.window.__dict__, "window_s": frontend.window_s})
+    if spec.split_file:
+        split = read_split(spec.split_file)
+        unknown = sorted({f for s in SPLITS for f in split[s]} - {r.file for r in source.recordings})
+        if unknown:
+            raise SonotrapError(f"split file {spec.split_file} names {len(unknown)} recordings not in the "
+                                f"data (e.g. {unknown[0]}); pass the split of this data set")
+    else:
+        split = split_recordings(source.recordings, source.annotations, labels, spec.fractions, spec.seed)
+    write_split(run_dir / SPLIT_FILE, split, spec.seed, spec.fractions)
+    by_split = {f: s for s in SPLITS for f in split[s]}
+    num: dict[str, int] = {}
+    for s in SPLITS:
+        recs = [r for r in source.recordings if by_split.get(r.file) == s]
+        wins = make_windows(recs, source.annotations, labels, window)
+        write_windows(run_dir / windows_file(s), wins)
+        num[s] = len(wins)
+    write_run_data(run_dir, source.root, labels, names, frontend, window, source.recordings, source.annotations)
+    if num["train"] == 0:
+        raise SonotrapError("the training split has no windows; add recordings or change --split")
+    log.info("%d labels, windows %s, %d input problems skipped", len(labels), num, len(source.problems))
+    return Prepared(load_run_data(run_dir), list(source.problems), counts, num)

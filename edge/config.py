@@ -131,6 +131,9 @@ class MqttConfig:
     status_interval_s: float = 30.0
     homeassistant: bool = False  # publish Home Assistant MQTT discovery
     discovery_prefix: str = "homeassistant"
+    max_inflight: int = 20  # unacknowledged QoS-1 detections on the wire (order is kept)
+    session_expiry_s: int = 604800  # MQTT 5: broker keeps our session (cmd/update QoS 1) this long
+    connect_timeout_s: float = 10.0  # TCP/TLS connect + CONNACK
 
     def validate(self) -> None:
         if not 1 <= self.port <= 65535:
@@ -145,6 +148,18 @@ class MqttConfig:
         _at_least("mqtt.keepalive_s", self.keepalive_s, 5)
         if self.reconnect_min_s <= 0 or self.reconnect_max_s < self.reconnect_min_s:
             _bad("mqtt.reconnect_min_s", "needs 0 < reconnect_min_s <= reconnect_max_s")
+        if (self.password or self.password_file) and not self.username:
+            _bad("mqtt.username", "is required when mqtt.password or mqtt.password_file is set")
+        if (self.ca_file or self.cert_file or self.tls_insecure) and not self.tls:
+            _bad("mqtt.tls", "must be true when ca_file, cert_file or tls_insecure is set")
+        _positive("mqtt.status_interval_s", self.status_interval_s)
+        _at_least("mqtt.max_inflight", self.max_inflight, 1)
+        _at_least("mqtt.session_expiry_s", self.session_expiry_s, 0)
+        _positive("mqtt.connect_timeout_s", self.connect_timeout_s)
+        if not self.discovery_prefix or any(c in self.discovery_prefix for c in "#+"):
+            _bad("mqtt.discovery_prefix", f"{self.discovery_prefix!r} must be non-empty without '#' or '+'")
+        if self.device_id is not None and (not self.device_id or any(c in self.device_id for c in "#+/")):
+            _bad("mqtt.device_id", f"{self.device_id!r} must be non-empty without '#', '+' or '/'")
 
 
 @dataclass
@@ -153,9 +168,13 @@ class OutboxConfig:
 
     path: str | None = None  # None = <state_dir>/outbox.sqlite
     max_messages: int = 100_000  # beyond this the oldest are dropped (counted, reported)
+    synchronous: str = "full"  # SQLite fsync policy: "full" survives power cuts, "normal" only crashes
+    retry_s: float = 60.0  # after a disk error (full, read-only): how often to try the disk again
 
     def validate(self) -> None:
         _at_least("outbox.max_messages", self.max_messages, 1)
+        _choice("outbox.synchronous", self.synchronous, ("normal", "full"))
+        _positive("outbox.retry_s", self.retry_s)
 
 
 @dataclass
@@ -176,21 +195,37 @@ class ClipsConfig:
 
 @dataclass
 class UpdateConfig:
-    """Fleet model updates."""
+    """Fleet model updates (``sonotrap update``, the update timer, MQTT ``cmd/update``)."""
 
-    channel: str = "stable"
-    url: str | None = None  # HTTP(S) base serving index.json + bundles
-    local_dir: str | None = None  # USB stick / rsync target with bundles
+    channel: str = "stable"  # index.json channel to follow
+    url: str | None = None  # HTTP(S) index.json (or a base URL serving index.json) + bundles
+    local_dir: str | None = None  # USB stick / rsync target with bundles (+ optional index.json)
     allowed_base_urls: list[str] = field(default_factory=list)  # for MQTT cmd/update URLs
     trusted_keys_dir: str | None = None  # None = <config dir>/trusted_keys
     allow_unsigned: bool = False
-    keep_versions: int = 3
+    keep_versions: int = 3  # installed versions kept (current and previous always)
     max_download_mb: float = 200.0
-    health_timeout_s: float = 120.0
+    min_free_mb: float = 50.0  # free space left on the state disk after an update
+    health_timeout_s: float = 120.0  # new model must serve hops within this, else rollback
+    jitter_s: float = 600.0  # random delay before polling (`sonotrap update` without --no-jitter)
+    http_timeout_s: float = 30.0
+    verify_timeout_s: float = 300.0  # load + self-test of a new bundle (separate process)
 
     def validate(self) -> None:
+        if not self.channel or any(c in self.channel for c in "/#+ "):
+            _bad("update.channel", f"{self.channel!r} must be a non-empty name like 'stable'")
+        if self.url is not None and not self.url.startswith(("http://", "https://")):
+            _bad("update.url", f"{self.url!r} must start with http:// or https://")
+        for i, base in enumerate(self.allowed_base_urls):
+            if not base.startswith(("http://", "https://")):
+                _bad(f"update.allowed_base_urls[{i}]", f"{base!r} must start with http:// or https://")
         _at_least("update.keep_versions", self.keep_versions, 1)
         _positive("update.max_download_mb", self.max_download_mb)
+        _at_least("update.min_free_mb", self.min_free_mb, 0)
+        _positive("update.health_timeout_s", self.health_timeout_s)
+        _at_least("update.jitter_s", self.jitter_s, 0)
+        _positive("update.http_timeout_s", self.http_timeout_s)
+        _positive("update.verify_timeout_s", self.verify_timeout_s)
 
 
 @dataclass

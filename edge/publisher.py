@@ -1,0 +1,576 @@
+"""MQTT side of the daemon: outbox -> broker, status, events, commands.
+
+Threads and why:
+- the caller (detector/inference thread) only *writes the outbox* in ``publish_detection``
+  and sets an Event, so a dead broker never stalls audio or inference;
+- paho's network thread (``loop_start``) does socket I/O, connects and reconnects (also when
+  the very first connect at boot fails) with our exponential backoff + jitter;
+- one sender thread owns the in-flight window: it hands outbox rows to paho oldest-first,
+  at most ``max_inflight`` unacknowledged, and deletes a row when its PUBACK arrives. PUBACKs
+  come from paho's thread through a queue (never a lock shared with paho: that deadlocks);
+- one callback thread runs ``subscribe`` callbacks so a slow handler never blocks MQTT I/O.
+
+Delivery is at-least-once, in order: paho keeps in-flight messages across a reconnect and
+re-sends them first (same packet ids), then the sender continues with newer rows. After a
+crash or restart nothing is in flight, so every row in the outbox is sent again oldest-first.
+Subscribers dedup by the payload ``id``.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import random
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from edge.config import MqttConfig
+from edge.discovery import discovery_messages
+from edge.errors import SonotrapError
+from edge.messages import encode, event_payload, offline_payload, status_payload
+from edge.outbox import Outbox
+
+log = logging.getLogger(__name__)
+
+
+def default_device_id(cfg: MqttConfig) -> str:
+    """``mqtt.device_id`` or this machine's hostname (without '/', '#', '+')."""
+    if cfg.device_id:
+        return cfg.device_id
+    name = socket.gethostname().split(".")[0] or "sonotrap"
+    return "".join(c if c not in "/#+ " else "_" for c in name)
+
+
+def backoff_delay(attempt: int, low: float, high: float, rng: random.Random | None = None) -> float:
+    """Exponential backoff with "equal jitter": uniform in [d/2, d], d = min(high, low * 2**attempt).
+
+    Jitter keeps a fleet of recorders that lost the same broker from reconnecting in lockstep.
+    """
+    d = min(high, low * (2 ** min(attempt, 30)))
+    return (rng or random).uniform(d / 2, d)
+
+
+class _Client(mqtt.Client):
+    """paho client that remembers why the last connect failed (paho's callback does not say)."""
+
+    last_connect_error: BaseException | None = None
+    before_connect: Callable[[], None] | None = None
+
+    def reconnect(self) -> MQTTErrorCode:
+        if self.before_connect is not None:
+            self.before_connect()
+        try:
+            return super().reconnect()
+        except OSError as err:
+            self.last_connect_error = err
+            raise
+
+
+class Publisher:
+    """Durable, non-blocking MQTT publisher for one device (see the module docstring)."""
+
+    def __init__(self, cfg: MqttConfig, outbox: Outbox, device_id: str) -> None:
+        self.cfg = cfg
+        self.outbox = outbox
+        self.device = device_id
+        self.base = f"{cfg.prefix}/{device_id}"
+        self.detections_topic = f"{self.base}/detections"
+        self.status_topic = f"{self.base}/status"
+        self.events_topic = f"{self.base}/events"
+        self.client_id = cfg.client_id or f"sonotrap-{device_id}"
+        self.sent_hook: Callable[[str | None, float], None] | None = None  # (payload id, monotonic)
+
+        self._status_provider: Callable[[], dict] | None = None
+        self._subs: dict[str, Callable[[str, bytes], None]] = {}
+        self._discovery_labels: dict[str, str] | None = None
+        self._discovered: set[str] = set()
+        self._lock = threading.Lock()  # our own state only; never held while calling paho
+        self._wake = threading.Event()
+        self._acks: queue.SimpleQueue = queue.SimpleQueue()  # from paho's thread to the sender
+        self._callbacks: queue.SimpleQueue = queue.SimpleQueue()
+        self._stopping = threading.Event()
+        self._status_due = threading.Event()
+        self._discovery_due = threading.Event()
+        self._connected = threading.Event()
+        self._inflight: dict[int, tuple[int, float]] = {}  # paho mid -> (row id, monotonic sent)
+        self._last_sent_id = 0
+        self._payload_ids: dict[int, str | None] = {}
+        self._attempt = 0
+        self._next_delay = cfg.reconnect_min_s
+        self._rng = random.Random()
+        self._stats = {
+            "published": 0,
+            "rejected": 0,
+            "connects": 0,
+            "failed_attempts": 0,
+            "disconnects": 0,
+            "lost": 0,
+        }
+        self._last_error: str | None = None
+        self._last_sent_monotonic: float | None = None
+        self._started_at = time.monotonic()
+        self._sender: threading.Thread | None = None
+        self._dispatcher: threading.Thread | None = None
+        self._client = self._make_client()
+
+    # ------------------------------------------------------------------ public API
+
+    def set_status_provider(self, fn: Callable[[], dict]) -> None:
+        """``fn()`` returns the daemon's status fields (model, uptime, overflows, latency, backlog)."""
+        self._status_provider = fn
+
+    def start(self) -> None:
+        """Connect in the background (retrying with backoff) and start sending; returns at once."""
+        cfg = self.cfg
+        props = None
+        if cfg.protocol == "5":
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = cfg.session_expiry_s
+            self._client.connect_async(cfg.host, cfg.port, cfg.keepalive_s, clean_start=False, properties=props)
+        else:
+            self._client.connect_async(cfg.host, cfg.port, cfg.keepalive_s)
+        self._set_retry_delay()
+        self._client.loop_start()
+        self._sender = threading.Thread(target=self._sender_main, name="mqtt-sender", daemon=True)
+        self._sender.start()
+        self._dispatcher = threading.Thread(target=self._dispatch_main, name="mqtt-callbacks", daemon=True)
+        self._dispatcher.start()
+        log.info("mqtt: connecting to %s:%d as %s (device %s)", cfg.host, cfg.port, self.client_id, self.device)
+
+    def publish_detection(self, payload: dict) -> int | None:
+        """Commit the detection to the outbox and wake the sender; returns the outbox row id.
+
+        Never raises into the caller and never waits for the network.
+        """
+        return self._enqueue(self.detections_topic, payload)
+
+    def publish_event(self, kind: str, data: dict) -> int | None:
+        """A daemon event (``model_changed``, ``audio_error`` ...) on ``.../events``, via the outbox."""
+        return self._enqueue(self.events_topic, event_payload(self.device, kind, data))
+
+    def publish_status(self) -> None:
+        """Publish the retained online status now (it is also sent every ``status_interval_s``)."""
+        self._status_due.set()
+        self._wake.set()
+
+    def announce_discovery(self, labels: dict[str, str]) -> None:
+        """Home Assistant discovery for ``{label: display name}`` (no-op unless mqtt.homeassistant)."""
+        if not self.cfg.homeassistant:
+            return
+        with self._lock:
+            self._discovery_labels = dict(labels)
+        self._discovery_due.set()
+        self._wake.set()
+
+    def subscribe(self, suffix: str, callback: Callable[[str, bytes], None]) -> None:
+        """Call ``callback(topic, payload)`` for messages on ``<prefix>/<device>/<suffix>``.
+
+        Subscribed with QoS 1 and again on every reconnect; callbacks run on a dedicated thread.
+        """
+        topic = f"{self.base}/{suffix}"
+        with self._lock:
+            self._subs[topic] = callback
+        if self._connected.is_set():
+            self._client.subscribe(topic, qos=1)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Drain the outbox while connected (at most ``timeout``), publish offline, disconnect."""
+        deadline = time.monotonic() + timeout
+        while self._connected.is_set() and self.outbox.depth() > 0 and time.monotonic() < deadline:
+            self._wake.set()
+            time.sleep(0.02)
+        left = self.outbox.depth()
+        if left:
+            log.info("mqtt: stopping with %d message(s) still in the outbox; they are sent on next start", left)
+        self._stopping.set()
+        self._wake.set()
+        if self._sender is not None:
+            self._sender.join(max(0.5, deadline - time.monotonic()))
+        if self._connected.is_set():
+            info = self._client.publish(
+                self.status_topic, encode(offline_payload(self.device, "shutdown")), qos=1, retain=True
+            )
+            try:
+                info.wait_for_publish(max(0.5, min(2.0, deadline - time.monotonic())))
+            except (RuntimeError, ValueError):
+                pass
+        self._client.disconnect()
+        self._client.loop_stop()
+        self._connected.clear()
+        self._callbacks.put(None)
+        if self._dispatcher is not None:
+            self._dispatcher.join(1.0)
+
+    def stats(self) -> dict:
+        """Counters for status and tests; ``last_error`` says why we are not connected."""
+        ob = self.outbox.stats()
+        with self._lock:
+            return {
+                "connected": self._connected.is_set(),
+                "outbox_depth": ob["depth"],
+                "dropped": ob["dropped"],
+                "outbox_mode": ob["mode"],
+                "outbox_error": ob["error"],
+                "inflight": len(self._inflight),
+                "reconnects": max(0, self._stats["connects"] - 1),
+                "last_error": self._last_error,
+                "last_sent_monotonic": self._last_sent_monotonic,
+                **self._stats,
+            }
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    # ------------------------------------------------------------------ client setup
+
+    def _make_client(self) -> _Client:
+        cfg = self.cfg
+        if cfg.protocol == "5":
+            client = _Client(CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=mqtt.MQTTv5)
+        else:
+            client = _Client(
+                CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=mqtt.MQTTv311, clean_session=False
+            )
+        client.suppress_exceptions = True
+        client.connect_timeout = cfg.connect_timeout_s
+        client.max_inflight_messages_set(0)  # unlimited in paho: our sender bounds the window
+        configure_security(client, cfg)
+        client.before_connect = self._set_will
+        self._set_will(client)
+        client.on_connect = self._on_connect
+        client.on_connect_fail = self._on_connect_fail
+        client.on_disconnect = self._on_disconnect
+        client.on_publish = self._on_publish
+        client.on_message = self._on_message
+        return client
+
+    def _set_will(self, client: mqtt.Client | None = None) -> None:
+        """Last Will: retained offline status, refreshed before each connect so ``ts`` is recent."""
+        (client or self._client).will_set(
+            self.status_topic, encode(offline_payload(self.device, "connection lost")), qos=1, retain=True
+        )
+
+    def _set_retry_delay(self) -> None:
+        delay = backoff_delay(self._attempt, self.cfg.reconnect_min_s, self.cfg.reconnect_max_s, self._rng)
+        self._attempt += 1
+        self._client.reconnect_delay_set(delay, delay)
+        self._next_delay = delay
+
+    # ------------------------------------------------------------------ paho callbacks (paho's thread)
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+        if reason_code.is_failure:
+            with self._lock:
+                self._stats["failed_attempts"] += 1
+            self._set_retry_delay()
+            hint = ""
+            if reason_code.value in (4, 5, 134, 135):  # bad user name or password / not authorized
+                hint = "; check mqtt.username and mqtt.password / password_file"
+            self._error(f"broker {self.cfg.host}:{self.cfg.port} refused the connection ({reason_code}){hint}")
+            return
+        with self._lock:
+            self._stats["connects"] += 1
+            self._last_error = None
+            topics = list(self._subs)
+        self._attempt = 0
+        self._set_retry_delay()
+        self._connected.set()
+        log.info(
+            "mqtt: connected to %s:%d (session present: %s)", self.cfg.host, self.cfg.port, flags.session_present
+        )
+        for topic in topics:
+            client.subscribe(topic, qos=1)
+        self._status_due.set()
+        if self._discovery_labels is not None:
+            self._discovery_due.set()
+        self._wake.set()
+
+    def _on_connect_fail(self, client, userdata) -> None:
+        with self._lock:
+            self._stats["failed_attempts"] += 1
+        err = client.last_connect_error
+        self._set_retry_delay()
+        reason = f"{type(err).__name__}: {err}" if err else "unknown error"
+        hint = "; is the broker running and mqtt.host/port right?"
+        if isinstance(err, ssl.SSLCertVerificationError):
+            hint = "; check mqtt.ca_file (and mqtt.tls_insecure for a host name mismatch)"
+        elif isinstance(err, ssl.SSLError):
+            hint = "; check mqtt.tls, mqtt.port and the client certificate"
+        elif isinstance(err, socket.gaierror):
+            hint = "; check mqtt.host"
+        self._error(f"cannot connect to {self.cfg.host}:{self.cfg.port} ({reason}){hint}")
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+        was = self._connected.is_set()
+        self._connected.clear()
+        if self._stopping.is_set():
+            return
+        if was:
+            with self._lock:
+                self._stats["disconnects"] += 1
+            self._attempt = 0
+            self._set_retry_delay()
+            self._error(f"lost connection to {self.cfg.host}:{self.cfg.port} ({reason_code})")
+
+    def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
+        self._acks.put((mid, reason_code))
+        self._wake.set()
+
+    def _on_message(self, client, userdata, message) -> None:
+        with self._lock:
+            cb = self._subs.get(message.topic)
+        if cb is not None:
+            self._callbacks.put((cb, message.topic, bytes(message.payload)))
+
+    def _error(self, text: str) -> None:
+        with self._lock:
+            repeated = self._last_error == text
+            self._last_error = text
+        level = logging.DEBUG if repeated else logging.WARNING
+        log.log(level, "mqtt: %s; retrying in %.1f s", text, self._next_delay)
+
+    # ------------------------------------------------------------------ sender thread
+
+    def _enqueue(self, topic: str, payload: dict) -> int | None:
+        try:
+            try:
+                data = encode(payload)
+            except ValueError:  # NaN/inf scores: still deliver, as JSON null
+                data = encode(_finite(payload))
+            row_id = self.outbox.put(topic, data, qos=1)
+        except Exception:  # noqa: BLE001 - must never take the inference thread down
+            log.exception("mqtt: could not queue a message for %s; it is lost", topic)
+            with self._lock:
+                self._stats["lost"] += 1
+            return None
+        if self.sent_hook is not None and topic == self.detections_topic:
+            with self._lock:
+                self._payload_ids[row_id] = payload.get("id")
+        self._wake.set()
+        return row_id
+
+    def _sender_main(self) -> None:
+        next_status = time.monotonic()
+        while not self._stopping.is_set():
+            self._wake.wait(timeout=max(0.0, min(1.0, next_status - time.monotonic())))
+            self._wake.clear()
+            try:
+                self._process_acks()
+                if not self._connected.is_set():
+                    continue
+                if self._discovery_due.is_set():
+                    self._discovery_due.clear()
+                    self._send_discovery()
+                if self._status_due.is_set() or time.monotonic() >= next_status:
+                    self._status_due.clear()
+                    self._send_status()
+                    next_status = time.monotonic() + self.cfg.status_interval_s
+                self._pump()
+            except Exception:  # noqa: BLE001 - keep sending whatever happens
+                log.exception("mqtt: sender error")
+                time.sleep(0.5)
+        self._process_acks()
+
+    def _process_acks(self) -> None:
+        while True:
+            try:
+                mid, reason_code = self._acks.get_nowait()
+            except queue.Empty:
+                return
+            with self._lock:
+                entry = self._inflight.pop(mid, None)
+            if entry is None:
+                continue  # status / discovery / offline messages
+            row_id = entry[0]
+            if getattr(reason_code, "is_failure", False):
+                log.error("mqtt: broker rejected outbox message %d (%s); dropping it", row_id, reason_code)
+                with self._lock:
+                    self._stats["rejected"] += 1
+            else:
+                with self._lock:
+                    self._stats["published"] += 1
+            self.outbox.ack(row_id)
+
+    def _pump(self) -> None:
+        """Hand the oldest unsent rows to paho while the in-flight window has room."""
+        while not self._stopping.is_set():
+            with self._lock:
+                room = self.cfg.max_inflight - len(self._inflight)
+            if room <= 0:
+                return
+            rows = self.outbox.pending(after_id=self._last_sent_id, limit=room)
+            if not rows:
+                return
+            for row in rows:
+                info = self._client.publish(row.topic, row.payload, qos=row.qos)
+                if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
+                    log.warning("mqtt: publish of outbox row %d failed (%s); will retry", row.id, info.rc)
+                    return
+                now = time.monotonic()
+                with self._lock:
+                    self._inflight[info.mid] = (row.id, now)
+                    self._last_sent_monotonic = now
+                    pid = self._payload_ids.pop(row.id, None)
+                self._last_sent_id = row.id
+                hook = self.sent_hook
+                if hook is not None and row.topic == self.detections_topic:
+                    try:
+                        hook(pid, now)
+                    except Exception:  # noqa: BLE001
+                        log.exception("mqtt: sent_hook failed")
+
+    def _send_status(self) -> None:
+        fields: dict[str, Any] = {}
+        if self._status_provider is not None:
+            try:
+                fields.update(self._status_provider() or {})
+            except Exception:  # noqa: BLE001
+                log.exception("mqtt: status provider failed")
+        st = self.stats()
+        fields.setdefault("outbox_depth", st["outbox_depth"])
+        fields.setdefault("outbox_dropped", st["dropped"])
+        fields.setdefault("outbox_mode", st["outbox_mode"])
+        if st["outbox_error"]:
+            fields.setdefault("outbox_error", st["outbox_error"])
+        fields.setdefault(
+            "mqtt",
+            {"published": st["published"], "reconnects": st["reconnects"], "inflight": st["inflight"]},
+        )
+        try:
+            data = encode(status_payload(self.device, "online", fields))
+        except (TypeError, ValueError):
+            data = encode(_finite(status_payload(self.device, "online", _jsonable(fields))))
+        self._client.publish(self.status_topic, data, qos=1, retain=True)
+
+    def _send_discovery(self) -> None:
+        with self._lock:
+            labels = dict(self._discovery_labels or {})
+        msgs, keep = discovery_messages(
+            self.cfg.discovery_prefix,
+            self.device,
+            labels,
+            detections_topic=self.detections_topic,
+            status_topic=self.status_topic,
+            previous=self._discovered,
+        )
+        for topic, payload in msgs:
+            self._client.publish(topic, encode(payload) if payload is not None else b"", qos=1, retain=True)
+        self._discovered = keep
+
+    # ------------------------------------------------------------------ callback thread
+
+    def _dispatch_main(self) -> None:
+        while True:
+            item = self._callbacks.get()
+            if item is None:
+                return
+            cb, topic, payload = item
+            try:
+                cb(topic, payload)
+            except Exception:  # noqa: BLE001
+                log.exception("mqtt: handler for %s failed", topic)
+
+
+def configure_security(client: mqtt.Client, cfg: MqttConfig) -> None:
+    """Username/password (or password_file) and TLS; bad files raise SonotrapError at once."""
+    password = cfg.password
+    if cfg.password_file:
+        try:
+            password = Path(cfg.password_file).read_text(encoding="utf-8").strip("\r\n")
+        except OSError as err:
+            raise SonotrapError(
+                f"mqtt.password_file {cfg.password_file} cannot be read ({err.strerror}); fix the path or permissions"
+            ) from None
+    if cfg.username:
+        client.username_pw_set(cfg.username, password)
+    if cfg.tls:
+        for key in ("ca_file", "cert_file", "key_file"):
+            path = getattr(cfg, key)
+            if path and not Path(path).is_file():
+                raise SonotrapError(f"mqtt.{key} {path} does not exist; fix the path")
+        try:
+            client.tls_set(
+                ca_certs=cfg.ca_file,
+                certfile=cfg.cert_file,
+                keyfile=cfg.key_file,
+                cert_reqs=ssl.CERT_REQUIRED,
+                tls_version=ssl.PROTOCOL_TLS_CLIENT,
+            )
+        except (ssl.SSLError, OSError, ValueError) as err:
+            raise SonotrapError(
+                f"mqtt TLS files cannot be loaded ({err}); check mqtt.ca_file, cert_file and key_file"
+            ) from None
+        if cfg.tls_insecure:
+            client.tls_insecure_set(True)
+
+
+def check_broker(cfg: MqttConfig, device_id: str, timeout: float = 5.0) -> str:
+    """Connect once and disconnect; raise SonotrapError if the broker is unreachable or refuses us.
+
+    Uses its own client id and no Last Will, so a running daemon's session and status are
+    untouched. Returns a one-line description for ``sonotrap check``.
+    """
+    where = f"{cfg.host}:{cfg.port}"
+    client_id = f"sonotrap-check-{device_id}-{random.randrange(1 << 30)}"
+    proto = mqtt.MQTTv5 if cfg.protocol == "5" else mqtt.MQTTv311
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=proto)
+    client.connect_timeout = min(timeout, cfg.connect_timeout_s)
+    configure_security(client, cfg)
+    result: dict[str, Any] = {}
+    done = threading.Event()
+
+    def on_connect(c, u, flags, reason_code, properties):
+        result["rc"] = reason_code
+        done.set()
+
+    client.on_connect = on_connect
+    try:
+        client.connect(cfg.host, cfg.port, cfg.keepalive_s)
+    except ssl.SSLCertVerificationError as err:
+        raise SonotrapError(f"mqtt broker {where}: TLS certificate not trusted ({err.verify_message}); check mqtt.ca_file") from None
+    except OSError as err:
+        raise SonotrapError(f"mqtt broker {where} unreachable ({err}); check mqtt.host, mqtt.port and mqtt.tls") from None
+    client.loop_start()
+    try:
+        if not done.wait(timeout):
+            raise SonotrapError(f"mqtt broker {where} did not answer within {timeout:.0f} s; check mqtt.port and mqtt.tls")
+        rc = result["rc"]
+        if rc.is_failure:
+            raise SonotrapError(f"mqtt broker {where} refused the connection ({rc}); check mqtt.username and password")
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    return f"broker {where} accepts MQTT {cfg.protocol} connections{' over TLS' if cfg.tls else ''}"
+
+
+def _finite(obj: Any) -> Any:
+    if isinstance(obj, float):
+        return obj if obj == obj and abs(obj) != float("inf") else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, (str, int, float, bool)) or obj is None:
+        return obj
+    if hasattr(obj, "item"):  # numpy scalars
+        return obj.item()
+    return str(obj)

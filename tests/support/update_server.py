@@ -1,0 +1,166 @@
+"""Real bundles and a real HTTP update server for the update tests.
+
+``BundleServer`` is a stdlib ``ThreadingHTTPServer`` on 127.0.0.1 serving a directory, with
+HTTP Range support (206 / Content-Range), a request log, and fault injection: cut a response
+after N bytes (to exercise resume) or stall.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+from edge.bundle import sha256_file, write_archive
+from edge.signing import generate_keypair, sign_bundle
+from tests.support.tiny_model import make_tiny_bundle
+
+
+@dataclass
+class Keys:
+    private: Path
+    public_dir: Path  # the device's trusted_keys directory
+
+
+def make_keys(root: Path, name: str = "fleet") -> Keys:
+    pub_dir = root / f"{name}-trusted"
+    pub_dir.mkdir(parents=True, exist_ok=True)
+    generate_keypair(root / f"{name}.key", pub_dir / f"{name}.pub")
+    return Keys(root / f"{name}.key", pub_dir)
+
+
+@dataclass
+class Published:
+    version: str
+    dir: Path
+    archive: Path
+    sha256: str
+    size: int
+
+    def entry(self, url: str | None = None) -> dict:
+        return {"version": self.version, "url": url or self.archive.name, "sha256": self.sha256, "size": self.size}
+
+
+def publish_bundle(
+    work: Path,
+    out_dir: Path,
+    version: str,
+    key: Path | None,
+    *,
+    bands: dict | None = None,
+    mutate=None,
+    name: str = "tiny-band-detector",
+) -> Published:
+    """Build a tiny bundle, optionally break it (``mutate(bundle_dir)``), sign, pack into out_dir."""
+    d = make_tiny_bundle(work / f"{name}-{version}-{os.urandom(3).hex()}", version=version, bands=bands, name=name)
+    if mutate is not None:
+        mutate(d)
+    if key is not None:
+        sign_bundle(d, key)
+    archive = write_archive(d, out_dir / f"{name}-{version}.tar.gz")
+    return Published(version, d, archive, sha256_file(archive), archive.stat().st_size)
+
+
+def write_index(out_dir: Path, channels: dict[str, Published], versions: list[Published] = ()) -> Path:
+    doc = {
+        "channels": {ch: p.entry() for ch, p in channels.items()},
+        "versions": {p.version: {k: v for k, v in p.entry().items() if k != "version"} for p in versions},
+    }
+    path = out_dir / "index.json"
+    path.write_text(json.dumps(doc, indent=2))
+    return path
+
+
+@dataclass
+class Request:
+    path: str
+    range: str | None
+    time: float
+    status: int = 0
+
+
+@dataclass
+class Faults:
+    cut_after: dict[str, int] = field(default_factory=dict)  # path -> bytes; one-shot each
+    delay_s: float = 0.0
+
+
+class BundleServer:
+    """Serves ``root`` over HTTP on a free port; ``url`` is its base URL (ends with '/')."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.requests: list[Request] = []
+        self.faults = Faults()
+        self._lock = threading.Lock()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args) -> None:  # keep pytest output clean
+                pass
+
+            def do_GET(self) -> None:  # noqa: N802 (stdlib name)
+                req = Request(self.path, self.headers.get("Range"), time.monotonic())
+                with server._lock:
+                    server.requests.append(req)
+                if server.faults.delay_s:
+                    time.sleep(server.faults.delay_s)
+                rel = self.path.split("?", 1)[0].lstrip("/")
+                f = (server.root / rel).resolve()
+                if not str(f).startswith(str(server.root.resolve())) or not f.is_file():
+                    req.status = 404
+                    self.send_error(404)
+                    return
+                data = f.read_bytes()
+                start, status = 0, 200
+                m = re.fullmatch(r"bytes=(\d+)-", req.range or "")
+                if m:
+                    start = int(m.group(1))
+                    if start >= len(data):
+                        req.status = 416
+                        self.send_response(416)
+                        self.send_header("Content-Range", f"bytes */{len(data)}")
+                        self.send_header("Content-Length", "0")
+                        self.end_headers()
+                        return
+                    status = 206
+                body = data[start:]
+                req.status = status
+                self.send_response(status)
+                self.send_header("Content-Type", "application/octet-stream")
+                self.send_header("Content-Length", str(len(body)))
+                self.send_header("Accept-Ranges", "bytes")
+                if status == 206:
+                    self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+                self.end_headers()
+                cut = server.faults.cut_after.pop("/" + rel, None)
+                if cut is not None:
+                    self.wfile.write(body[:cut])
+                    self.wfile.flush()
+                    self.close_connection = True
+                    return
+                self.wfile.write(body)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/"
+        self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self) -> BundleServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    def hits(self, suffix: str) -> list[Request]:
+        with self._lock:
+            return [r for r in self.requests if r.path.endswith(suffix)]

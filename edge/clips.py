@@ -95,7 +95,10 @@ class ClipWriter:
             os.replace(tmp, path)
         except (OSError, RuntimeError) as err:  # soundfile reports ENOSPC as RuntimeError
             self.failed += 1
-            tmp.unlink(missing_ok=True)
+            try:
+                tmp.unlink(missing_ok=True)
+            except OSError:
+                pass
             full = getattr(err, "errno", None) == errno.ENOSPC or "space" in str(err).lower()
             msg = f"cannot write clip {path} ({'disk full' if full else err}); detection kept, clip skipped"
             if not self._failing:  # one log line and one event per failure streak, not per clip

@@ -347,13 +347,14 @@ class Daemon:
         pipe = self.pipeline
         done = 0
         while pipe.pending() > 0:
+            # Backlog = complete hops waiting behind the one just due; > 0 means we fell behind.
+            self.backlog_hops = pipe.pending() - 1
+            self.max_backlog_hops = max(self.max_backlog_hops, self.backlog_hops)
             results = pipe.step(max_batch)
             if not results:
                 break
             done += len(results)
             self.batches += 1
-            self.backlog_hops = pipe.pending()
-            self.max_backlog_hops = max(self.max_backlog_hops, self.backlog_hops)
             for r in results:
                 self._hops_jsonl.write({
                     "hop": r.hop, "t_end": round(r.t_end, 4), "sample_end": r.sample_end,
@@ -371,7 +372,6 @@ class Daemon:
                 self._apply_swap()
             if self._stop.is_set() and not self._draining:
                 break
-        self.backlog_hops = pipe.pending()
         return done
 
     _draining = False

@@ -98,6 +98,7 @@ class Outbox:
                 self._fail(f"cannot open {self.path} ({err})")
                 self._conn = self._open(":memory:")
                 self._mode = "memory"
+                self._salvage()
         self._depth = self._conn.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
         self._dropped = self._read_dropped(self._conn)
         row = self._conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'outbox'").fetchone()
@@ -230,6 +231,24 @@ class Outbox:
             self._depth -= 1
             return True
         return False
+
+    def _salvage(self) -> None:
+        """Copy the pending rows of an unwritable outbox file into memory (read-only open)."""
+        if self.path is None or not self.path.is_file():
+            return
+        try:
+            ro = sqlite3.connect(f"file:{self.path}?immutable=1", uri=True)
+            try:
+                rows = ro.execute("SELECT id, topic, payload, qos, created FROM outbox ORDER BY id").fetchall()
+                dropped = self._read_dropped(ro)
+                seq = ro.execute("SELECT seq FROM sqlite_sequence WHERE name = 'outbox'").fetchone()
+            finally:
+                ro.close()
+        except sqlite3.Error as err:
+            log.error("outbox: cannot read the pending messages in %s either (%s)", self.path, err)
+            return
+        _copy_rows(self._conn, rows, dropped, int(seq[0]) if seq else 0)
+        log.warning("outbox: %d pending message(s) from %s are now held in memory", len(rows), self.path)
 
     def _fail(self, what: str) -> None:
         self._error = what

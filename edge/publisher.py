@@ -437,6 +437,8 @@ class Publisher:
                 fields.update(self._status_provider() or {})
             except Exception:  # noqa: BLE001
                 log.exception("mqtt: status provider failed")
+        if "state" in fields:  # top-level "state" is online/offline; keep the daemon's own
+            fields["daemon_state"] = fields.pop("state")
         st = self.stats()
         fields.setdefault("outbox_depth", st["outbox_depth"])
         fields.setdefault("outbox_dropped", st["dropped"])

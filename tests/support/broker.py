@@ -4,8 +4,7 @@
 port, optionally a password file (``mosquitto_passwd``), a TLS listener with a CA, server and
 client certificate generated with ``cryptography``, and optional persistence. ``stop()`` and
 ``start()`` again reuse the SAME port (outage tests). Fixtures: ``mosquitto`` (plain,
-anonymous) and ``mosquitto_factory(**kwargs)``. Test modules import them:
-``from tests.support.broker import mosquitto, mosquitto_factory  # noqa: F401``.
+anonymous) and ``mosquitto_factory(**kwargs)``, registered in tests/conftest.py.
 """
 
 from __future__ import annotations

@@ -121,7 +121,8 @@ class Daemon:
         self._pending_swap: tuple[Classifier, Detector] | None = None
         self._swap_lock = threading.Lock()
         self.classifier: Classifier | None = None
-        self.pipeline: HopPipeline | None = None
+        self.pipeline: HopPipeline | None = None  # built at the first audio block (actual rate)
+        self._detector: Detector | None = None
         self.clips: ClipWriter | None = None
         self.state = "starting"
         self.started_mono = time.monotonic()
@@ -243,14 +244,9 @@ class Daemon:
             from edge.audio import open_source
 
             self.source = open_source(self.cfg.audio, self.bundle.frontend.sample_rate, on_event=self._event)
+        self._detector = detector
         self.source.start()
         rate = int(self.source.sample_rate)
-        self.pipeline = HopPipeline(
-            self.classifier, detector, rate, self.cfg.model.hop_s, self.cfg.model.max_batch, time_of=self._epoch_of
-        )
-        if self.cfg.clips.enabled:
-            clip_dir = self.cfg.clips.dir or str(self.state_dir / "clips")
-            self.clips = ClipWriter(self.cfg.clips, clip_dir, rate, on_event=self._event)
         if self.publisher is not None:
             self.publisher.set_status_provider(self.status)
             self.publisher.start()
@@ -260,7 +256,7 @@ class Daemon:
         log.info(
             "running model %s %s (%d labels) on %s at %d Hz, hop %.2f s, window %.2f s",
             self.bundle.name, self.bundle.version, len(self.bundle.labels),
-            self.cfg.audio.source, rate, self.pipeline.hop_s, self.bundle.frontend.window_s,
+            self.cfg.audio.source, rate, self.cfg.model.hop_s, self.bundle.frontend.window_s,
         )
 
     def _prepare_state_dir(self) -> None:
@@ -276,7 +272,7 @@ class Daemon:
             ) from None
 
     def _loop(self) -> None:
-        assert self.source is not None and self.pipeline is not None
+        assert self.source is not None
         watchdog_every = self.notifier.watchdog_interval()
         next_watchdog = next_status_file = next_sd_status = 0.0
         self.state = "running"
@@ -295,7 +291,8 @@ class Daemon:
                 self.notifier.ready(self._sd_status())
                 if self.publisher is not None:
                     self._safe(self.publisher.publish_status)
-            self._process(self.cfg.model.max_batch)
+            if self.pipeline is not None:
+                self._process(self.cfg.model.max_batch)
             now = time.monotonic()
             if watchdog_every and now >= next_watchdog:
                 self.notifier.watchdog()
@@ -316,14 +313,35 @@ class Daemon:
         if block is None:
             return False
         self._ingest(block)
-        while self.pipeline.pending() < self.cfg.model.max_batch:
+        while self.pipeline is not None and self.pipeline.pending() < self.cfg.model.max_batch:
             block = self.source.read(0)
             if block is None:
                 break
             self._ingest(block)
         return True
 
+    def _make_pipeline(self, rate: int) -> None:
+        """(Re)build the hop pipeline for the source's actual rate (known at the first block;
+        a microphone that appears late may open at a fallback rate)."""
+        if self.pipeline is not None:
+            log.warning("audio rate changed %d -> %d Hz; restarting the hop schedule",
+                        self.pipeline.sample_rate, rate)
+            for ev in self.pipeline.flush():
+                self._emit(ev, None)
+            self._detector = self.pipeline.detector
+            self.classifier = self.pipeline.classifier
+        self.pipeline = HopPipeline(
+            self.classifier, self._detector, rate, self.cfg.model.hop_s, self.cfg.model.max_batch,
+            time_of=self._epoch_of,
+        )
+        self._received.clear()
+        if self.cfg.clips.enabled:
+            clip_dir = self.cfg.clips.dir or str(self.state_dir / "clips")
+            self.clips = ClipWriter(self.cfg.clips, clip_dir, rate, on_event=self._event)
+
     def _ingest(self, block) -> None:
+        if self.pipeline is None or self.pipeline.sample_rate != int(block.sample_rate):
+            self._make_pipeline(int(block.sample_rate))
         pipe = self.pipeline
         self._anchor = (pipe.total, float(block.start_time))
         pipe.append(block.samples)
@@ -403,13 +421,16 @@ class Daemon:
         if pending is None:
             return
         classifier, detector = pending
-        old = self.pipeline.classifier.bundle
-        if detector.labels == self.pipeline.detector.labels:
+        old = self.classifier.bundle
+        current = self.pipeline.detector if self.pipeline is not None else self._detector
+        if detector.labels == current.labels:
             # Same labels: keep open events running across the swap, adopt new thresholds.
-            detector = self.pipeline.detector
-            detector.thresholds = Detector.for_bundle(classifier.bundle, self.cfg.detector).thresholds
-        for ev in self.pipeline.swap(classifier, detector):
-            self._emit(ev, None)
+            current.thresholds = detector.thresholds
+            detector = current
+        if self.pipeline is not None:
+            for ev in self.pipeline.swap(classifier, detector):
+                self._emit(ev, None)
+        self._detector = detector
         self.classifier = classifier
         self.bundle = classifier.bundle
         new = classifier.bundle
@@ -417,7 +438,7 @@ class Daemon:
         self._event("model_changed", {
             "from": {"name": old.name, "version": old.version},
             "to": {"name": new.name, "version": new.version, "path": str(new.path)},
-            "at_hop": self.pipeline.next_hop,
+            "at_hop": self.pipeline.next_hop if self.pipeline else None,
         })
         self._write_status()
         if self.publisher is not None:

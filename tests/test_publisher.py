@@ -54,6 +54,15 @@ def make_pub(tmp_path: Path):
         p.outbox.close()
 
 
+def subscriber_waiting_for(broker: Mosquitto, topics: str) -> Subscriber:
+    """A persistent QoS-1 session registered on a (persistent) broker that is then stopped:
+    it receives everything published after the broker comes back, however fast that is."""
+    broker.start()
+    sub = Subscriber(broker.port, topics, client_id=f"waiting-{id(broker)}", persistent=True)
+    broker.stop()
+    return sub
+
+
 def detections(sub: Subscriber) -> list[dict]:
     return [m.json() for m in sub.on_topic(f"/{DEVICE}/detections")]
 
@@ -102,7 +111,8 @@ def test_detections_arrive_with_the_documented_schema(mosquitto: Mosquitto, make
 def test_publish_detection_never_waits_for_a_missing_broker_and_delivers_once_it_starts(
     tmp_path: Path, make_pub
 ) -> None:
-    broker = Mosquitto(tmp_path / "later")  # configured, NOT started: the device boots first
+    broker = Mosquitto(tmp_path / "later", persistence=True)
+    sub = subscriber_waiting_for(broker, f"sonotrap/{DEVICE}/#")  # broker is down: the device boots first
     pub = make_pub(cfg_for(broker))
     pub.start()
     sent = []
@@ -117,7 +127,6 @@ def test_publish_detection_never_waits_for_a_missing_broker_and_delivers_once_it
     assert st["failed_attempts"] >= 2, "first connect at boot is retried"
     assert "Connection refused" in st["last_error"] and "broker running" in st["last_error"]
     with broker:
-        sub = Subscriber(broker.port, f"sonotrap/{DEVICE}/#")
         got = wait_detections(sub, 20)
         assert [g["start_epoch"] for g in got] == sorted(g["start_epoch"] for g in got)
         assert len({g["id"] for g in got}) == 20
@@ -150,7 +159,8 @@ def test_backlog_from_a_previous_run_drains_oldest_first_with_a_bounded_window(
 
 
 def test_drop_oldest_policy_is_counted_and_reported_in_status(tmp_path: Path, make_pub) -> None:
-    broker = Mosquitto(tmp_path / "b")
+    broker = Mosquitto(tmp_path / "b", persistence=True)
+    sub = subscriber_waiting_for(broker, f"sonotrap/{DEVICE}/#")
     pub = make_pub(cfg_for(broker), max_messages=10)
     pub.set_status_provider(lambda: {"uptime_s": 1.0})
     pub.start()
@@ -159,7 +169,6 @@ def test_drop_oldest_policy_is_counted_and_reported_in_status(tmp_path: Path, ma
         pub.publish_detection(detection_payload(ev, CTX))
     assert pub.stats()["dropped"] == 15 and pub.stats()["outbox_depth"] == 10
     with broker:
-        sub = Subscriber(broker.port, f"sonotrap/{DEVICE}/#")
         got = wait_detections(sub, 10)
         time.sleep(0.3)
         assert [g["id"] for g in detections(sub)] == [ev.id for ev in events[15:]]

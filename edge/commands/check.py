@@ -7,7 +7,6 @@ setup ``sonotrap run <flags>`` would use. Every problem is one line; exit 1 if a
 from __future__ import annotations
 
 import argparse
-import socket
 import time
 from pathlib import Path
 
@@ -78,63 +77,11 @@ def check_audio(cfg: Config, model_rate: int, timeout: float) -> str:
 
 
 def check_broker(cfg: Config, timeout: float) -> str:
-    """TCP connect, then an MQTT CONNECT with the configured credentials/TLS; returns a description."""
-    m = cfg.mqtt
-    try:
-        with socket.create_connection((m.host, m.port), timeout=timeout):
-            pass
-    except OSError as err:
-        raise SonotrapError(
-            f"broker {m.host}:{m.port} unreachable ({err.strerror or err}); the daemon would keep detections "
-            "in the outbox and retry, but check mqtt.host/mqtt.port and that the broker runs"
-        ) from None
-    import threading
+    """TCP + MQTT CONNECT with the configured credentials/TLS (the publisher's own check)."""
+    from edge.daemon import device_id
+    from edge.publisher import check_broker as mqtt_check
 
-    import paho.mqtt.client as mqtt
-
-    result: dict = {}
-    done = threading.Event()
-    proto = mqtt.MQTTv5 if m.protocol == "5" else mqtt.MQTTv311
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"sonotrap-check-{socket.gethostname()}",
-                         protocol=proto)
-    password = m.password
-    if m.password_file:
-        try:
-            password = Path(m.password_file).read_text().strip()
-        except OSError as err:
-            raise SonotrapError(f"mqtt.password_file {m.password_file} cannot be read ({err.strerror}); fix it") from None
-    if m.username:
-        client.username_pw_set(m.username, password)
-    if m.tls:
-        try:
-            client.tls_set(ca_certs=m.ca_file, certfile=m.cert_file, keyfile=m.key_file)
-        except (OSError, ValueError) as err:
-            raise SonotrapError(f"TLS files cannot be loaded ({err}); check mqtt.ca_file/cert_file/key_file") from None
-        client.tls_insecure_set(m.tls_insecure)
-
-    def on_connect(_c, _u, _flags, reason_code, _props=None):
-        result["rc"] = reason_code
-        done.set()
-
-    client.on_connect = on_connect
-    try:
-        client.connect(m.host, m.port, keepalive=max(5, m.keepalive_s))
-    except Exception as err:  # TLS handshake failures surface here
-        raise SonotrapError(f"MQTT connect to {m.host}:{m.port} failed ({err}); check TLS settings") from None
-    client.loop_start()
-    try:
-        if not done.wait(timeout):
-            raise SonotrapError(f"broker {m.host}:{m.port} accepted TCP but sent no MQTT CONNACK in {timeout:.0f} s; "
-                                "is it an MQTT port (TLS on a plain port or vice versa)?")
-        rc = result["rc"]
-        if getattr(rc, "is_failure", False):
-            raise SonotrapError(f"broker {m.host}:{m.port} refused the MQTT connection ({rc}); "
-                                "check mqtt.username/password and the broker's ACL")
-    finally:
-        client.disconnect()
-        client.loop_stop()
-    return f"mqtt{'s' if m.tls else ''}://{m.host}:{m.port} accepts MQTT {m.protocol}" + (
-        f" as {m.username!r}" if m.username else "")
+    return mqtt_check(cfg.mqtt, device_id(cfg), timeout)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -106,6 +106,7 @@ class Publisher:
         self._last_sent_id = 0
         self._payload_ids: dict[int, str | None] = {}
         self._attempt = 0
+        self._refused = False
         self._next_delay = cfg.reconnect_min_s
         self._rng = random.Random()
         self._stats = {
@@ -271,6 +272,7 @@ class Publisher:
 
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         if reason_code.is_failure:
+            self._refused = True
             with self._lock:
                 self._stats["failed_attempts"] += 1
             self._set_retry_delay()
@@ -316,6 +318,15 @@ class Publisher:
         self._connected.clear()
         if self._stopping.is_set():
             return
+        refused, self._refused = self._refused, False
+        if not was and not refused:  # closed before CONNACK, e.g. TLS client certificate rejected
+            with self._lock:
+                self._stats["failed_attempts"] += 1
+            self._set_retry_delay()
+            self._error(
+                f"{self.cfg.host}:{self.cfg.port} closed the connection before accepting it ({reason_code}); "
+                "check mqtt.tls, mqtt.port and the client certificate (mqtt.cert_file / key_file)"
+            )
         if was:
             with self._lock:
                 self._stats["disconnects"] += 1
@@ -536,7 +547,13 @@ def check_broker(cfg: MqttConfig, device_id: str, timeout: float = 5.0) -> str:
         result["rc"] = reason_code
         done.set()
 
+    def on_disconnect(c, u, flags, reason_code, properties):
+        if not done.is_set():
+            result["closed"] = reason_code
+            done.set()
+
     client.on_connect = on_connect
+    client.on_disconnect = on_disconnect
     try:
         client.connect(cfg.host, cfg.port, cfg.keepalive_s)
     except ssl.SSLCertVerificationError as err:
@@ -547,6 +564,11 @@ def check_broker(cfg: MqttConfig, device_id: str, timeout: float = 5.0) -> str:
     try:
         if not done.wait(timeout):
             raise SonotrapError(f"mqtt broker {where} did not answer within {timeout:.0f} s; check mqtt.port and mqtt.tls")
+        if "closed" in result:
+            raise SonotrapError(
+                f"mqtt broker {where} closed the connection during the handshake ({result['closed']}); "
+                "check mqtt.tls and the client certificate (mqtt.cert_file / key_file)"
+            )
         rc = result["rc"]
         if rc.is_failure:
             raise SonotrapError(f"mqtt broker {where} refused the connection ({rc}); check mqtt.username and password")

@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -17,8 +19,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from edge.bundle import sha256_file, write_archive
+from edge.config import Config, MqttConfig, UpdateConfig
+from edge.modelstore import ModelStore
 from edge.signing import generate_keypair, sign_bundle
 from tests.support.tiny_model import make_tiny_bundle
+
+REPO = Path(__file__).resolve().parent.parent.parent
 
 
 @dataclass
@@ -164,3 +170,57 @@ class BundleServer:
     def hits(self, suffix: str) -> list[Request]:
         with self._lock:
             return [r for r in self.requests if r.path.endswith(suffix)]
+
+
+def make_device(tmp_path: Path) -> dict:
+    """A device (state dir with 1.0.0 active, trusted keys) and a server directory."""
+    keys = make_keys(tmp_path / "keys")
+    srv = tmp_path / "srv"
+    srv.mkdir()
+    v1 = publish_bundle(tmp_path / "work", srv, "1.0.0", keys.private)
+    state = tmp_path / "state"
+    store = ModelStore(state / "models")
+    store.install(v1.archive, trusted_keys=None, verify=False)  # verified installs are tested elsewhere
+    store.activate("1.0.0")
+    return {"tmp": tmp_path, "keys": keys, "srv": srv, "state": state, "store": store, "v1": v1}
+
+
+def make_cfg(env, url=None, **update) -> Config:
+    settings = {"jitter_s": 0.0, "min_free_mb": 0.0, "health_timeout_s": 20.0, **update}
+    u = UpdateConfig(url=url, trusted_keys_dir=str(env["keys"].public_dir), **settings)
+    return Config(state_dir=str(env["state"]), mqtt=MqttConfig(enabled=False), update=u)
+
+
+class StandinDaemon:
+    """The stand-in daemon process (real model, status.json, SIGHUP reload)."""
+
+    def __init__(self, state: Path, *extra: str) -> None:
+        self.state = state
+        self.proc = subprocess.Popen([sys.executable, "-m", "tests.support.standin_daemon", str(state), *extra],
+                                     cwd=REPO)
+        deadline = time.monotonic() + 30
+        while not (state / "status.json").exists():
+            assert self.proc.poll() is None, "stand-in daemon died"
+            assert time.monotonic() < deadline, "stand-in daemon never wrote status.json"
+            time.sleep(0.05)
+
+    def status(self) -> dict:
+        return json.loads((self.state / "status.json").read_text())
+
+    def assert_serving(self, version: str) -> None:
+        """The daemon runs ``version`` and is still processing hops."""
+        first = self.status()
+        time.sleep(0.3)
+        later = self.status()
+        assert later["model_version"] == version
+        assert later["last_hop_epoch"] > first["last_hop_epoch"]
+
+    def close(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+def events() -> tuple[list[tuple[str, dict]], object]:
+    """(list of reported events, reporter callable that appends to it)."""
+    seen: list[tuple[str, dict]] = []
+    return seen, lambda kind, data: seen.append((kind, data))

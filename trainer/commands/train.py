@@ -1,0 +1,146 @@
+"""``sonotrap train``: labelled recordings -> run directory with best.pt / last.pt.
+
+torch is imported only inside :func:`run`, so ``sonotrap --help`` works on an edge install.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from edge.errors import SonotrapError
+from edge.frontend import FrontendConfig
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of numbers") from None
+
+
+def _names(text: str) -> list[str]:
+    return [x.strip() for x in text.split(",") if x.strip()]
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    d = p.add_argument_group("data (one of --data, --annotations, --raven, --folders)")
+    d.add_argument("--data", metavar="DIR", help="folder with annotations.csv (+ files.csv), e.g. nips4bplus")
+    d.add_argument("--annotations", metavar="CSV", help="table file,start_s,end_s,label[,present]")
+    d.add_argument("--files", metavar="CSV", help="with --annotations: every labelled file (no row = negative)")
+    d.add_argument("--root", metavar="DIR", help="with --annotations: folder the file paths are relative to")
+    d.add_argument("--raven", metavar="DIR", help="folder of Raven selection tables + recordings")
+    d.add_argument("--folders", metavar="DIR", help="folder-per-class clips DIR/<label>/*.wav")
+    d.add_argument("--strict", action="store_true", help="stop at the first bad input row instead of skipping")
+    d.add_argument("--min-examples", type=int, default=1, help="drop labels with fewer calls (default 1)")
+    d.add_argument("--include", type=_names, default=[], metavar="A,B", help="keep only these labels")
+    d.add_argument("--exclude", type=_names, default=[], metavar="A,B", help="drop these labels")
+    d.add_argument("--merge", metavar="CSV", help="mapping file from,to (e.g. Erirub_call,Erirub)")
+    d.add_argument("--names", metavar="CSV", help="human label names code,name (default: from the code)")
+    d.add_argument("--min-overlap", type=float, default=0.25,
+                   help="a call labels a window when overlapping >= this fraction of call or window")
+    d.add_argument("--min-spacing", type=float, default=0.0, metavar="S",
+                   help="calls closer than S s to a kept window with their label get no own window")
+    d.add_argument("--split", type=_floats, default=(0.7, 0.15, 0.15), metavar="TR,VA,TE",
+                   help="fractions of recordings for train,val,test (default 0.7,0.15,0.15)")
+    d.add_argument("--split-file", metavar="JSON", help="reuse the split.json of another run")
+
+    f = p.add_argument_group("frontend (written into the model)")
+    f.add_argument("--image-size", type=int, help="n_mels = n_frames = N (default 128)")
+    f.add_argument("--n-mels", type=int)
+    f.add_argument("--n-frames", type=int)
+    f.add_argument("--sample-rate", type=int)
+    f.add_argument("--fmin", type=float)
+    f.add_argument("--fmax", type=float)
+
+    t = p.add_argument_group("training")
+    t.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory (checkpoints, split, logs)")
+    t.add_argument("--epochs", type=int, default=30)
+    t.add_argument("--batch-size", type=int, default=32)
+    t.add_argument("--lr", type=float, default=1e-3)
+    t.add_argument("--weight-decay", type=float, default=1e-4)
+    t.add_argument("--warmup-epochs", type=float, default=1.0)
+    t.add_argument("--weights", default="imagenet", help="imagenet | none | PATH to a ResNet50 state dict")
+    t.add_argument("--freeze-epochs", type=int, default=0, help="train only the head for the first N epochs")
+    t.add_argument("--loss", choices=("bce", "focal"), default="bce")
+    t.add_argument("--focal-gamma", type=float, default=2.0)
+    t.add_argument("--balance", choices=("pos-weight", "sampler", "none"), default="pos-weight",
+                   help="class imbalance: per-class positive weights, balanced sampling, or nothing")
+    t.add_argument("--max-pos-weight", type=float, default=10.0)
+    t.add_argument("--patience", type=int, default=8, help="early stopping: epochs without val improvement")
+    t.add_argument("--max-minutes", type=float, help="time budget: stop gracefully with the best checkpoint")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--workers", type=int, default=2, help="data loading worker processes")
+    t.add_argument("--threads", type=int, help="torch threads (default: all cores)")
+    t.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    t.add_argument("--no-amp", action="store_true", help="disable mixed precision on GPU")
+    t.add_argument("--resume", action="store_true", help="continue RUN_DIR/last.pt exactly")
+    t.add_argument("--target-precision", type=float, default=0.9, help="for the per-class thresholds")
+    t.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    a = p.add_argument_group("augmentation")
+    a.add_argument("--no-augment", action="store_true")
+    a.add_argument("--shift", type=float, default=0.5, metavar="S", help="max time shift around the call")
+    a.add_argument("--gain-db", type=float, default=6.0)
+    a.add_argument("--mix-prob", type=float, default=0.5, help="chance to mix in a negative window")
+    a.add_argument("--time-masks", type=int, default=2)
+    a.add_argument("--freq-masks", type=int, default=2)
+
+
+def frontend_from_args(args: argparse.Namespace) -> FrontendConfig:
+    base = FrontendConfig()
+    kw: dict = {}
+    if args.image_size:
+        kw["n_mels"] = kw["n_frames"] = args.image_size
+    for name in ("n_mels", "n_frames", "sample_rate", "fmin", "fmax"):
+        if getattr(args, name) is not None:
+            kw[name] = getattr(args, name)
+    if "sample_rate" in kw and "fmax" not in kw:
+        kw["fmax"] = min(base.fmax, kw["sample_rate"] / 2)
+    if "n_frames" in kw or "sample_rate" in kw:
+        # Keep the window covered: n_frames hops span window_s.
+        rate, frames = kw.get("sample_rate", base.sample_rate), kw.get("n_frames", base.n_frames)
+        kw["hop_length"] = max(1, int(round(base.window_s * rate)) // frames)
+    return FrontendConfig(**kw)
+
+
+def run(args: argparse.Namespace) -> int:
+    from trainer.dataset import AugmentConfig
+    from trainer.labels import LabelSelection, read_mapping
+    from trainer.prepare import DataSpec
+    from trainer.train import TrainArgs, train
+    from trainer.windows import WindowConfig
+
+    if len(args.split) != 3:
+        raise SonotrapError(f"--split needs three fractions train,val,test; got {args.split}")
+    spec = None
+    if not args.resume:
+        spec = DataSpec(
+            data=args.data, annotations=args.annotations, files=args.files, raven=args.raven,
+            folders=args.folders, root=args.root, strict=args.strict,
+            selection=LabelSelection(args.min_examples, args.include, args.exclude,
+                                     read_mapping(args.merge) if args.merge else {}),
+            names_file=args.names,
+            window=WindowConfig(min_overlap=args.min_overlap, min_spacing_s=args.min_spacing),
+            fractions=tuple(args.split), split_file=args.split_file, seed=args.seed,
+        )
+    augment = AugmentConfig(
+        enabled=not args.no_augment, shift_s=args.shift, gain_db=args.gain_db, mix_prob=args.mix_prob,
+        time_masks=args.time_masks, freq_masks=args.freq_masks,
+    )
+    targs = TrainArgs(
+        out=args.out, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+        weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs, weights=args.weights,
+        freeze_epochs=args.freeze_epochs, loss=args.loss, focal_gamma=args.focal_gamma,
+        balance=args.balance, max_pos_weight=args.max_pos_weight, patience=args.patience,
+        max_minutes=args.max_minutes, seed=args.seed, workers=args.workers, threads=args.threads,
+        amp=not args.no_amp, device=args.device, resume=args.resume,
+        target_precision=args.target_precision, progress=not args.no_progress, augment=augment,
+    )
+    result = train(targs, spec, frontend_from_args(args))
+    test = result.metrics.get("test", {})
+    val = result.metrics.get("val", {})
+    print(f"best checkpoint: {result.best} (epoch {result.best_epoch} of {result.epochs_run})")
+    print(f"val  macro-AP {val.get('macro_ap')}, macro ROC-AUC {val.get('macro_roc_auc')}")
+    print(f"test macro-AP {test.get('macro_ap')}, macro ROC-AUC {test.get('macro_roc_auc')}")
+    print(f"{result.windows_per_s:.1f} training windows/s, wall time {result.wall_s / 60:.1f} min")
+    return 0

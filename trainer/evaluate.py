@@ -1,0 +1,202 @@
+"""Evaluate a checkpoint on a split of its run; choose thresholds on validation; write a report.
+
+Report folder: ``metrics.json`` (everything, per class), ``summary.md`` (Markdown tables),
+``pr_curves.png`` (per-class precision-recall curves with the chosen operating points),
+``pr_micro.png`` (all known entries pooled) and ``confusion.png`` (for windows truly holding
+class i, how often each class j is predicted at its threshold; multi-label, so rows need not
+sum to one; last column: nothing predicted). Thresholds are always chosen on the validation
+split, never on the split being reported, and are written back into the checkpoint for the
+export to the edge.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from edge.errors import SonotrapError
+from trainer.data import load_run_data
+from trainer.dataset import WindowDataset
+from trainer.metrics import choose_thresholds, evaluate_scores, pr_curve, threshold_dicts
+from trainer.train import _atomic_save, _clean, load_checkpoint, model_from_checkpoint, predict
+
+log = logging.getLogger(__name__)
+
+
+def evaluate_checkpoint(
+    checkpoint: str | Path, split: str, out: str | Path, target_precision: float = 0.9,
+    batch_size: int = 32, workers: int = 0, data_root: str | Path | None = None, device: str = "cpu",
+    progress: bool = False, write_thresholds: bool = True,
+) -> dict[str, Any]:
+    """Score ``split`` with validation-chosen thresholds; write the report into ``out``."""
+    if split not in ("train", "val", "test"):
+        raise SonotrapError(f"--split {split!r} is not train, val or test")
+    ckpt_path = Path(checkpoint)
+    if ckpt_path.is_dir():
+        ckpt_path = ckpt_path / "best.pt"
+    ckpt = load_checkpoint(ckpt_path)
+    run = load_run_data(ckpt_path.parent, data_root)
+    if run.labels != list(ckpt["labels"]):
+        raise SonotrapError(f"checkpoint {ckpt_path} labels differ from its run directory's; "
+                            "pass the checkpoint inside its own run directory")
+    dev = torch.device(device)
+    model = model_from_checkpoint(ckpt).to(dev)
+    val_w = run.windows("val")
+    if not val_w:
+        raise SonotrapError("the run has no validation windows to choose thresholds on; "
+                            "train with a non-zero validation fraction")
+    val_ds = WindowDataset(run, val_w)
+    val_probs = predict(model, val_ds, batch_size, dev, workers, progress, "val")
+    th = choose_thresholds(val_probs, val_ds.targets, val_ds.known, run.labels, target_precision)
+    thresholds = {k: v.threshold for k, v in th.items()}
+    if split == "val":
+        ds, probs = val_ds, val_probs
+    else:
+        windows = run.windows(split)
+        if not windows:
+            raise SonotrapError(f"the run has no {split} windows; evaluate --split val instead")
+        ds = WindowDataset(run, windows)
+        probs = predict(model, ds, batch_size, dev, workers, progress, split)
+    metrics = evaluate_scores(probs, ds.targets, ds.known, run.labels, thresholds)
+    report = {
+        "checkpoint": str(ckpt_path), "split": split, "epoch": ckpt.get("epoch"),
+        "target_precision": target_precision, "thresholds_from": "val",
+        "thresholds": threshold_dicts(th), "label_names": run.label_names, "metrics": metrics,
+    }
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(_clean(report), indent=1) + "\n", encoding="utf-8")
+    (out / "summary.md").write_text(summary_markdown(report), encoding="utf-8")
+    np.savez_compressed(out / "scores.npz", probs=probs, targets=ds.targets, known=ds.known)
+    plot_pr_curves(out, probs, ds.targets, ds.known, run.labels, thresholds)
+    plot_confusion(out / "confusion.png", probs, ds.targets, ds.known, run.labels, thresholds)
+    if write_thresholds:
+        ckpt["thresholds"] = thresholds
+        ckpt.setdefault("metrics", {})[split] = _clean(metrics)
+        ckpt["target_precision"] = target_precision
+        _atomic_save(ckpt, ckpt_path)
+    return report
+
+
+def _fmt(x) -> str:
+    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.3f}"
+
+
+def summary_markdown(report: dict[str, Any]) -> str:
+    m = report["metrics"]
+    lines = [
+        f"# Evaluation: {report['split']} split",
+        "",
+        f"Checkpoint `{report['checkpoint']}` (epoch {report['epoch']}); thresholds chosen on the "
+        f"validation split for precision >= {report['target_precision']} (best F1 where unreachable).",
+        "",
+        "| metric | value |",
+        "|---|---|",
+        f"| macro average precision | {_fmt(m['macro_ap'])} |",
+        f"| macro ROC-AUC | {_fmt(m['macro_roc_auc'])} |",
+        f"| macro F1 (at thresholds) | {_fmt(m['macro_f1'])} |",
+        f"| micro average precision | {_fmt(m['micro_ap'])} |",
+        f"| classes with positives | {m['classes_scored']} of {len(m['per_class'])} |",
+        f"| windows | {m['num_windows']} |",
+        f"| known label fraction | {_fmt(m['known_fraction'])} |",
+        "",
+        "| label | name | positives | AP | ROC-AUC | F1 | threshold | precision | recall |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    names = report.get("label_names", {})
+    for lab, c in sorted(m["per_class"].items(), key=lambda kv: -(kv[1]["n_pos"])):
+        lines.append(
+            f"| {lab} | {names.get(lab, lab)} | {c['n_pos']} | {_fmt(c['ap'])} | {_fmt(c['roc_auc'])} | "
+            f"{_fmt(c['f1'])} | {_fmt(c['threshold'])} | {_fmt(c['precision'])} | {_fmt(c['recall'])} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_pr_curves(out: Path, probs, targets, known, labels, thresholds) -> None:
+    plt = _plt()
+    y = np.asarray(targets) > 0.5
+    known = np.asarray(known, dtype=bool)
+    shown = [k for k in range(len(labels)) if y[known[:, k], k].any()]
+    cols = max(1, min(8, math.ceil(math.sqrt(max(len(shown), 1)))))
+    rows = max(1, math.ceil(len(shown) / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(2.2 * cols, 2.0 * rows), squeeze=False)
+    for ax in axes.ravel():
+        ax.set_visible(False)
+    for ax, k in zip(axes.ravel(), shown, strict=False):
+        ax.set_visible(True)
+        m = known[:, k]
+        p, r, t = pr_curve(y[m, k], probs[m, k])
+        ax.step(np.r_[0, r], np.r_[1, p], where="post", lw=1)
+        thr = thresholds.get(labels[k], 0.5)
+        sel = probs[m, k] >= thr
+        tp = (sel & y[m, k]).sum()
+        ax.plot(tp / max(y[m, k].sum(), 1), tp / max(sel.sum(), 1), "o", ms=3, color="red")
+        ax.set_title(labels[k], fontsize=7)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1.02)
+        ax.tick_params(labelsize=5)
+    fig.suptitle("precision (y) vs recall (x) per class; red: chosen threshold", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "pr_curves.png", dpi=90)
+    plt.close(fig)
+    flat = known.ravel()
+    fig, ax = plt.subplots(figsize=(4, 4))
+    if flat.any():
+        p, r, _ = pr_curve(y.ravel()[flat], np.asarray(probs).ravel()[flat])
+        ax.step(np.r_[0, r], np.r_[1, p], where="post")
+    ax.set_xlabel("recall")
+    ax.set_ylabel("precision")
+    ax.set_title("micro-averaged precision-recall (known entries)")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    fig.tight_layout()
+    fig.savefig(out / "pr_micro.png", dpi=90)
+    plt.close(fig)
+
+
+def confusion_matrix(probs, targets, known, labels, thresholds) -> np.ndarray:
+    """Rows: true class i; columns: share of those windows where class j (or nothing) fires."""
+    y = np.asarray(targets) > 0.5
+    thr = np.array([thresholds.get(lab, 0.5) for lab in labels])
+    pred = np.asarray(probs) >= thr[None, :]
+    mat = np.full((len(labels), len(labels) + 1), np.nan)
+    for i in range(len(labels)):
+        rows = y[:, i] & np.asarray(known)[:, i]
+        if rows.any():
+            mat[i, :-1] = pred[rows].mean(axis=0)
+            mat[i, -1] = (~pred[rows].any(axis=1)).mean()
+    return mat
+
+
+def plot_confusion(path: Path, probs, targets, known, labels, thresholds) -> None:
+    plt = _plt()
+    mat = confusion_matrix(probs, targets, known, labels, thresholds)
+    k = len(labels)
+    size = max(4.0, min(18.0, 0.18 * k + 2))
+    fig, ax = plt.subplots(figsize=(size, size))
+    im = ax.imshow(np.nan_to_num(mat, nan=0.0), vmin=0, vmax=1, cmap="viridis", aspect="auto")
+    fs = 8 if k <= 20 else 4
+    ax.set_xticks(range(k + 1), [*labels, "(none)"], rotation=90, fontsize=fs)
+    ax.set_yticks(range(k), labels, fontsize=fs)
+    ax.set_xlabel("predicted (score >= threshold)")
+    ax.set_ylabel("true label")
+    fig.colorbar(im, ax=ax, fraction=0.03)
+    ax.set_title("share of windows with true label (row) where each label fires")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)

@@ -1,0 +1,61 @@
+"""Masked multi-label losses: unknown label entries contribute nothing.
+
+The loss is the sum over *known* (window, class) entries divided by the number of known
+entries -- not by N*K -- so a validation-style batch with one known class per window has
+the same scale as a fully annotated one (issue 6). Under DDP the caller passes the global
+known count (divided by the world size), which makes the averaged gradient exactly that
+of the masked mean over all ranks' entries.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def masked_bce(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    known: torch.Tensor,
+    pos_weight: torch.Tensor | None = None,
+    focal_gamma: float = 0.0,
+    normalizer: torch.Tensor | float | None = None,
+) -> torch.Tensor:
+    """Mean BCE-with-logits (optionally focal) over known entries."""
+    logits = logits.float()
+    targets = targets.float()
+    mask = known.to(logits.dtype)
+    loss = F.binary_cross_entropy_with_logits(logits, targets, pos_weight=pos_weight, reduction="none")
+    if focal_gamma > 0:
+        p = torch.sigmoid(logits)
+        p_t = p * targets + (1 - p) * (1 - targets)
+        loss = loss * (1 - p_t).pow(focal_gamma)
+    total = torch.where(known, loss, torch.zeros_like(loss)).sum()
+    n = mask.sum() if normalizer is None else normalizer
+    if isinstance(n, torch.Tensor):
+        return total / n.clamp(min=1.0)
+    return total / max(float(n), 1.0)
+
+
+def positive_weights(targets: np.ndarray, known: np.ndarray, max_weight: float = 10.0) -> np.ndarray:
+    """Per-class ``negatives / positives`` over known entries, clipped to [1, max_weight]."""
+    pos = (targets * known).sum(axis=0)
+    neg = ((1 - targets) * known).sum(axis=0)
+    w = np.where(pos > 0, neg / np.maximum(pos, 1), 1.0)
+    return np.clip(w, 1.0, max_weight).astype(np.float32)
+
+
+def sample_weights(targets: np.ndarray, known: np.ndarray) -> np.ndarray:
+    """Per-window sampling weights giving every class (and 'no call') equal expected draws.
+
+    A window weighs ``max over its positive classes of 1 / class count``; windows with no
+    positive share the weight of one extra class.
+    """
+    pos = (targets * known).sum(axis=0)
+    inv = np.where(pos > 0, 1.0 / np.maximum(pos, 1), 0.0)
+    w = (targets * known * inv[None, :]).max(axis=1)
+    empty = w == 0
+    if empty.any():
+        w[empty] = 1.0 / empty.sum()
+    return (w / w.sum()).astype(np.float64)

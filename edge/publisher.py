@@ -141,12 +141,12 @@ class Publisher:
         else:
             self._client.connect_async(cfg.host, cfg.port, cfg.keepalive_s)
         self._set_retry_delay()
+        log.info("mqtt: connecting to %s:%d as %s (device %s)", cfg.host, cfg.port, self.client_id, self.device)
         self._client.loop_start()
         self._sender = threading.Thread(target=self._sender_main, name="mqtt-sender", daemon=True)
         self._sender.start()
         self._dispatcher = threading.Thread(target=self._dispatch_main, name="mqtt-callbacks", daemon=True)
         self._dispatcher.start()
-        log.info("mqtt: connecting to %s:%d as %s (device %s)", cfg.host, cfg.port, self.client_id, self.device)
 
     def publish_detection(self, payload: dict) -> int | None:
         """Commit the detection to the outbox and wake the sender; returns the outbox row id.

@@ -1,0 +1,94 @@
+"""INT8 quantization: calibrated on real frontend windows, verified FP32 vs INT8, bound enforced both ways."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("onnx")
+
+from edge.errors import SonotrapError  # noqa: E402
+from tests.support.synth_windows import make_windows, train_small_cnn  # noqa: E402
+from trainer.export import export_onnx  # noqa: E402
+from trainer.quantize import (  # noqa: E402
+    QuantSettings,
+    WindowSet,
+    average_precision,
+    check_ap_drop,
+    load_windows,
+    quantize_and_verify,
+)
+
+
+def _ws(images, targets, labels, source):
+    return WindowSet(images, targets, np.ones_like(targets, dtype=bool), labels, source)
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    """A small BN/ReLU CNN trained on generated calls, exported to ONNX; train and val windows."""
+    torch.set_num_threads(2)
+    d = tmp_path_factory.mktemp("small")
+    xt, yt, labels = make_windows(160, seed=1)
+    xv, yv, _ = make_windows(100, seed=2)
+    model = train_small_cnn(xt, yt, epochs=12)
+    fp32 = export_onnx(model, d / "fp32.onnx")
+    return d, fp32, _ws(xt, yt, labels, "train"), _ws(xv, yv, labels, "val")
+
+
+def test_average_precision_known_values():
+    assert average_precision(np.array([0.9, 0.8, 0.1]), np.array([1, 1, 0])) == 1.0
+    assert average_precision(np.array([0.9, 0.8, 0.1]), np.array([0, 1, 1])) == pytest.approx((1 / 2 + 2 / 3) / 2)
+    assert average_precision(np.array([0.5, 0.5]), np.array([1, 0])) == 0.5  # ties count against us
+    assert np.isnan(average_precision(np.array([0.5]), np.array([0])))
+
+
+@pytest.mark.parametrize("method", ["minmax", "entropy", "percentile"])
+def test_quantization_within_bound(small, method):
+    d, fp32, train, val = small
+    out = d / f"int8_{method}.onnx"
+    report = quantize_and_verify(fp32, out, train, val, QuantSettings(method=method, calibration_windows=64))
+    print(method, report.summary())
+    assert report.macro_ap_fp32 > 0.6  # the model learned something, so AP is meaningful
+    assert report.ap_drop <= 0.02 and report.top_label_agreement > 0.9
+    assert set(report.per_class_drop) == {"low_whistle", "mid_trill", "high_sweep"}
+    assert out.stat().st_size < fp32.stat().st_size / 2  # int8 weights (small model: overhead)
+    import onnx
+
+    ops = {n.op_type for n in onnx.load(out).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear", "Conv"} <= ops  # QDQ format
+
+
+def test_broken_calibration_on_silence_fails_loudly(small):
+    d, fp32, _train, val = small
+    xs, ys, labels = make_windows(32, silent=True)
+    silent = _ws(xs, ys, labels, "silence")
+    with pytest.raises(SonotrapError) as info:
+        quantize_and_verify(fp32, d / "bad.onnx", silent, val, QuantSettings(calibration_windows=32))
+    msg = str(info.value)
+    print(msg)
+    assert "INT8 model loses" in msg and "bound 0.02" in msg and "\n" not in msg
+
+
+def test_bound_is_configurable(small):
+    d, fp32, train, val = small
+    report = quantize_and_verify(fp32, d / "q.onnx", train, val, QuantSettings(calibration_windows=32), check=False)
+    check_ap_drop(report, bound=report.ap_drop + 1e-9)
+    with pytest.raises(SonotrapError, match="INT8 model loses"):
+        check_ap_drop(report, bound=report.ap_drop - 1e-3)
+
+
+def test_settings_validation():
+    with pytest.raises(SonotrapError, match="calibration method"):
+        QuantSettings(method="kl")
+    with pytest.raises(SonotrapError, match="at least 1 window"):
+        QuantSettings(calibration_windows=0)
+
+
+def test_window_file_errors(tmp_path):
+    with pytest.raises(SonotrapError, match="does not exist"):
+        load_windows(tmp_path / "x.npz", "train")
+    np.savez(tmp_path / "bad.npz", images=np.zeros((2, 3, 128, 128), np.float32))
+    with pytest.raises(SonotrapError, match="needs arrays"):
+        load_windows(tmp_path / "bad.npz", "train")

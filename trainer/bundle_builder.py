@@ -1,0 +1,231 @@
+"""Checkpoint -> verified INT8 bundle: export, parity check, quantize, verify, manifest, (tar.gz).
+
+``build_bundle`` writes a bundle from ONNX file(s) plus everything known about the model;
+``bundle_from_checkpoint`` is the whole pipeline used by ``sonotrap quantize`` and
+``scripts/build-demo-model``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import platform
+import subprocess
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge import __version__
+from edge.bundle import Label, Manifest, sha256_file, write_bundle
+from edge.errors import SonotrapError
+from edge.frontend import FrontendConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class BundleInfo:
+    """What a manifest says about a model beyond the ONNX file itself."""
+
+    name: str
+    version: str
+    labels: list[str]
+    label_names: dict[str, str]
+    frontend: FrontendConfig
+    thresholds: dict[str, float] = field(default_factory=dict)
+    provenance: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_checkpoint(cls, ckpt, name: str | None = None, version: str = "1.0.0", provenance: dict | None = None) -> BundleInfo:
+        args, data = ckpt.args, ckpt.data
+        prov = {
+            "checkpoint": str(ckpt.path),
+            "checkpoint_sha256": sha256_file(ckpt.path),
+            "architecture": "torchvision ResNet50, new Linear head, sigmoid in graph",
+            "init_weights": args.get("weights", "unknown"),
+            "training_args": _json_safe(args),
+            "training_data": _json_safe(data),
+        }
+        for key in ("git_commit", "created", "epoch", "best_epoch", "torch_version"):
+            if key in ckpt.extra:
+                prov[key] = _json_safe(ckpt.extra[key])
+        prov.update(provenance or {})
+        return cls(
+            name=name or str(args.get("name") or ckpt.path.parent.name or "sonotrap-model"),
+            version=version,
+            labels=list(ckpt.labels),
+            label_names=dict(ckpt.label_names),
+            frontend=ckpt.frontend,
+            thresholds=dict(ckpt.thresholds),
+            provenance=prov,
+            metrics={"training": _json_safe(ckpt.metrics)},
+        )
+
+
+def _json_safe(value: Any, depth: int = 0) -> Any:
+    """Plain JSON values only (numpy -> python, paths -> str); long lists and deep nests are cut."""
+    if isinstance(value, dict):
+        if depth > 4:
+            return "..."
+        return {str(k): _json_safe(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        if len(value) > 200:
+            return f"<{len(value)} items>"
+        return [_json_safe(v, depth + 1) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    if isinstance(value, np.ndarray):
+        return _json_safe(value.tolist(), depth) if value.size <= 200 else f"<array {value.shape}>"
+    return str(value)
+
+
+def _clip_threshold(t: float) -> float:
+    return float(min(max(t, 0.01), 0.99))
+
+
+def build_bundle(
+    model_path: str | Path,
+    info: BundleInfo,
+    out_dir: str | Path,
+    *,
+    quantization: dict[str, Any] | None = None,
+    metrics: dict[str, Any] | None = None,
+    reference_images: np.ndarray | None = None,
+    archive: str | Path | None = None,
+) -> Path:
+    """Write a complete bundle directory (and ``archive`` .tar.gz if given); returns the directory."""
+    thresholds = {c: _clip_threshold(info.thresholds.get(c, 0.5)) for c in info.labels}
+    manifest = Manifest(
+        name=info.name,
+        version=info.version,
+        labels=[Label(c, info.label_names.get(c, c)) for c in info.labels],
+        thresholds=thresholds,
+        frontend=info.frontend.to_dict(),
+        model_sha256="",
+        created=datetime.now(UTC).isoformat(timespec="seconds"),
+        provenance=_json_safe(info.provenance),
+        metrics=_json_safe(info.metrics | (metrics or {})),
+        quantization=_json_safe(quantization or {"kind": "none (FP32)"}),
+        min_sonotrap_version=__version__,
+    )
+    out = write_bundle(out_dir, model_path, manifest, reference_images=reference_images, archive=archive)
+    from edge.bundle import load_bundle
+
+    load_bundle(out)  # the bundle we ship must pass the same checks a device runs
+    return out
+
+
+def _pick_reference(images: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    """Two real windows: the one the model is most sure about, and the median one."""
+    top = probs.max(1)
+    order = np.argsort(top)
+    return images[[int(order[-1]), int(order[len(order) // 2])]]
+
+
+def _git_commit() -> str | None:
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
+            cwd=Path(__file__).resolve().parent,
+        ).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def bundle_from_checkpoint(
+    checkpoint: str | Path,
+    out_dir: str | Path,
+    *,
+    settings=None,
+    calibration_source: str | Path | None = None,
+    validation_source: str | Path | None = None,
+    data_root: str | Path | None = None,
+    val_limit: int | None = None,
+    parity_windows: int = 16,
+    max_ap_drop: float = 0.02,
+    name: str | None = None,
+    version: str = "1.0.0",
+    provenance: dict[str, Any] | None = None,
+    archive: str | Path | None = None,
+    fp32_path: str | Path | None = None,
+    work_dir: str | Path | None = None,
+) -> tuple[Path, dict[str, Any]]:
+    """Export -> parity -> quantize (calibrated on train windows) -> verify -> INT8 bundle.
+
+    Raises SonotrapError (and writes no bundle) when parity or the AP-drop bound fails.
+    Returns the bundle directory and a report dict (also stored in the manifest metrics).
+    """
+    from trainer.export import build_torch_model, check_parity, export_onnx, load_checkpoint
+    from trainer.quantize import QuantSettings, load_windows, quantize_and_verify
+
+    settings = settings or QuantSettings()
+    ckpt = load_checkpoint(checkpoint)
+    run_dir = ckpt.path.parent
+    calibration_source = Path(calibration_source or run_dir)
+    validation_source = Path(validation_source or run_dir)
+    work = Path(work_dir) if work_dir else Path(out_dir).parent / f".{Path(out_dir).name}-work"
+    work.mkdir(parents=True, exist_ok=True)
+
+    val = load_windows(validation_source, "val", val_limit, settings.seed, data_root)
+    if val.labels != ckpt.labels:
+        raise SonotrapError(f"validation windows from {validation_source} have other labels than {ckpt.path}; use the run's own directory")
+    model = build_torch_model(ckpt)
+    fp32 = Path(fp32_path) if fp32_path else work / "model_fp32.onnx"
+    if not fp32_path or not fp32.is_file():
+        export_onnx(model, fp32, ckpt.frontend.image_shape)
+    parity = check_parity(model, fp32, val.images[:parity_windows])
+    log.info("ONNX parity vs PyTorch on %d real windows: max abs diff %.2e", min(parity_windows, len(val.images)), parity)
+
+    calib = load_windows(calibration_source, "train", settings.calibration_windows, settings.seed, data_root)
+    int8 = work / "model_int8.onnx"
+    report = quantize_and_verify(fp32, int8, calib, val, settings, max_ap_drop=max_ap_drop)
+
+    from trainer.export import onnx_predict
+
+    probs = onnx_predict(int8, val.images)
+    info = BundleInfo.from_checkpoint(ckpt, name=name, version=version, provenance=provenance)
+    info.provenance.setdefault("built_with", {"sonotrap": __version__, "git_commit": _git_commit(), "python": platform.python_version()})
+    metrics = {
+        "fp32": {"macro_ap": report.macro_ap_fp32, "per_class_ap": report.per_class_ap_fp32},
+        "int8": {"macro_ap": report.macro_ap_int8, "per_class_ap": report.per_class_ap_int8},
+        "int8_vs_fp32": {
+            "macro_ap_drop": report.ap_drop,
+            "max_ap_drop_allowed": max_ap_drop,
+            "per_class_ap_drop": report.per_class_drop,
+            "top_label_agreement": report.top_label_agreement,
+            "max_abs_prob_diff": report.max_abs_prob_diff,
+            "mean_abs_prob_diff": report.mean_abs_prob_diff,
+        },
+        "validation": {"windows": report.windows, "source": val.source, "classes_with_positives": len(report.per_class_ap_fp32)},
+        "export": {"parity_max_abs_diff": parity, "parity_windows": int(min(parity_windows, len(val.images))), "opset": 17},
+    }
+    quant = settings.to_dict() | {
+        "calibration_source": calib.source,
+        "calibration_windows_used": int(len(calib.images)),
+        "tool": "onnxruntime.quantization quant_pre_process + quantize_static",
+        "onnxruntime": _ort_version(),
+        "weights": "int8 symmetric per-channel",
+        "activations": f"{settings.activation_type} asymmetric per-tensor",
+        "fp32_sha256": sha256_file(fp32),
+        "fp32_bytes": fp32.stat().st_size,
+    }
+    out = build_bundle(int8, info, out_dir, quantization=quant, metrics=metrics,
+                       reference_images=_pick_reference(val.images, probs), archive=archive)
+    (work / "report.json").write_text(json.dumps(_json_safe(metrics), indent=2) + "\n")
+    return out, metrics
+
+
+def _ort_version() -> str:
+    import onnxruntime
+
+    return onnxruntime.__version__
+

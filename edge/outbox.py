@@ -33,6 +33,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from edge.config import OutboxConfig
 from edge.errors import SonotrapError
 
 log = logging.getLogger(__name__)
@@ -104,6 +105,12 @@ class Outbox:
         row = self._conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'outbox'").fetchone()
         self._last_id = int(row[0]) if row else 0
 
+    @classmethod
+    def from_config(cls, cfg: OutboxConfig, state_dir: str | Path) -> Outbox:
+        """The daemon's outbox: ``outbox.path`` or ``<state_dir>/outbox.sqlite``."""
+        path = cfg.path or Path(state_dir) / "outbox.sqlite"
+        return cls(path, max_messages=cfg.max_messages, synchronous=cfg.synchronous, retry_s=cfg.retry_s)
+
     # ------------------------------------------------------------------ public
 
     def put(self, topic: str, payload: bytes, qos: int = 1) -> int:
@@ -137,6 +144,19 @@ class Outbox:
                     raise
                 self._to_memory(f"cannot delete from {self.path} ({err})")
                 return self._delete(row_id)
+
+    def ack_many(self, row_ids: list[int]) -> int:
+        """Delete several acknowledged rows in one transaction (one fsync); returns how many existed."""
+        if not row_ids:
+            return 0
+        with self._lock:
+            try:
+                return self._delete_many(row_ids)
+            except sqlite3.Error as err:
+                if self._mode != "disk":
+                    raise
+                self._to_memory(f"cannot delete from {self.path} ({err})")
+                return self._delete_many(row_ids)
 
     def depth(self) -> int:
         with self._lock:
@@ -249,6 +269,22 @@ class Outbox:
             return
         _copy_rows(self._conn, rows, dropped, int(seq[0]) if seq else 0)
         log.warning("outbox: %d pending message(s) from %s are now held in memory", len(rows), self.path)
+
+    def _delete_many(self, row_ids: list[int]) -> int:
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            n = 0
+            for i in range(0, len(row_ids), 500):
+                chunk = row_ids[i : i + 500]
+                marks = ",".join("?" * len(chunk))
+                n += conn.execute(f"DELETE FROM outbox WHERE id IN ({marks})", chunk).rowcount
+            conn.execute("COMMIT")
+        except BaseException:
+            _rollback(conn)
+            raise
+        self._depth -= n
+        return n
 
     def _fail(self, what: str) -> None:
         self._error = what

@@ -394,11 +394,13 @@ class Publisher:
         self._process_acks()
 
     def _process_acks(self) -> None:
+        """Delete every acknowledged row received so far, in one transaction."""
+        done: list[int] = []
         while True:
             try:
                 mid, reason_code = self._acks.get_nowait()
             except queue.Empty:
-                return
+                break
             with self._lock:
                 entry = self._inflight.pop(mid, None)
             if entry is None:
@@ -411,7 +413,8 @@ class Publisher:
             else:
                 with self._lock:
                     self._stats["published"] += 1
-            self.outbox.ack(row_id)
+            done.append(row_id)
+        self.outbox.ack_many(done)
 
     def _pump(self) -> None:
         """Hand the oldest unsent rows to paho while the in-flight window has room."""

@@ -97,8 +97,7 @@ def make_publisher(cfg: Config):
     from edge.outbox import Outbox
     from edge.publisher import Publisher
 
-    outbox_path = cfg.outbox.path or str(Path(cfg.state_dir) / "outbox.sqlite")
-    outbox = Outbox(outbox_path, max_messages=cfg.outbox.max_messages)
+    outbox = Outbox.from_config(cfg.outbox, cfg.state_dir)  # path, size bound, fsync policy, disk retry
     return Publisher(cfg.mqtt, outbox, device_id(cfg))
 
 

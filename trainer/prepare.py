@@ -38,12 +38,18 @@ class DataSpec:
     fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
     split_file: str | None = None
     seed: int = 0
+    validations: list[str] = field(default_factory=list)  # validation exports (weak labels, issue 6)
 
 
 def read_source(spec: DataSpec) -> Source:
-    given = [x for x in (spec.data, spec.annotations, spec.raven, spec.folders) if x]
+    given = [x for x in (spec.data, spec.annotations, spec.raven, spec.folders, spec.validations) if x]
     if len(given) != 1:
-        raise SonotrapError("pass exactly one of --data DIR, --annotations CSV, --raven DIR, --folders DIR")
+        raise SonotrapError("pass exactly one of --data DIR, --annotations CSV, --raven DIR, --folders DIR, "
+                            "--validation CSV")
+    if spec.validations:
+        from trainer.validation_export import read_validation_exports
+
+        return read_validation_exports(spec.validations, spec.root, spec.strict)
     if spec.data:
         return read_data_dir(spec.data, spec.strict)
     if spec.annotations:

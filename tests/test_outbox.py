@@ -177,7 +177,7 @@ def test_read_only_file_system_keeps_running_in_memory_with_the_pending_rows(sma
 
 
 def test_ack_many_deletes_in_one_go_and_ignores_dropped_rows(tmp_path: Path) -> None:
-    box = Outbox(tmp_path / "o.sqlite", max_messages=1000)
+    box = Outbox(tmp_path / "o.sqlite", max_messages=1000, synchronous="normal")
     ids = [box.put("t", b"x") for _ in range(1200)]  # the first 200 were dropped
     assert box.ack_many(ids[:700]) == 500
     assert box.depth() == 500 and [r.id for r in box.pending(limit=1)] == [ids[700]]

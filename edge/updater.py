@@ -469,7 +469,8 @@ class InProcessDaemon:
     def swap(self) -> None:
         from edge.bundle import load_bundle
 
-        self.daemon.request_model_swap(load_bundle(self.model_path, self_test=False))
+        # request_model_swap self-tests the session itself; resolve() names the versioned directory
+        self.daemon.request_model_swap(load_bundle(self.model_path.resolve(), self_test=False))
 
     def status(self) -> dict:
         return self.daemon.status()

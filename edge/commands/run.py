@@ -115,6 +115,10 @@ def run(args: argparse.Namespace) -> int:
     bundle = load_bundle(model_bundle_path(cfg))
     publisher = make_publisher(cfg)
     daemon = Daemon(cfg, bundle=bundle, publisher=publisher, jsonl=args.jsonl, hops_jsonl=args.hops_jsonl)
+    if publisher is not None:  # MQTT .../cmd/update: verified update + in-process hot swap (edge/updater.py)
+        from edge.updater import attach_mqtt_updates
+
+        attach_mqtt_updates(cfg, daemon, publisher, config_path=args.config)
     return daemon.run()
 
 

@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 SOURCE ?=
 export SOURCE
 
-.PHONY: demo test lint bench system-deps
+.PHONY: demo test lint bench system-deps demo-model bench-model
 
 $(VENV)/.edge-installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -34,3 +34,12 @@ lint: $(VENV)/.dev-installed
 
 bench: $(VENV)/.dev-installed
 	$(PY) bench/run_all.py
+
+## make demo-model [RUN=/work/runs/nips4b-full]: rebuild models/demo from a training run
+## (thresholds, export + parity, INT8 calibrated on train windows, AP check, bundle, benchmark)
+demo-model: $(VENV)/.dev-installed
+	scripts/build-demo-model $(RUN)
+
+## make bench-model CHECKPOINT=run/best.pt FP32=run/demo-export/model_fp32.onnx: PyTorch vs ONNX FP32 vs INT8
+bench-model: $(VENV)/.dev-installed
+	$(PY) bench/bench_model.py $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT)) $(if $(FP32),--fp32 $(FP32))

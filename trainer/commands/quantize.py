@@ -32,6 +32,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--val-limit", type=int, default=None, help="use at most N validation windows")
     parser.add_argument("--provenance", action="append", default=[], metavar="KEY=VALUE",
                         help="extra provenance for the manifest (repeatable)")
+    parser.add_argument("--work-dir", type=Path, default=None,
+                        help="where the FP32 export, INT8 model and report.json go (default: .<out>-work next to --out)")
     parser.add_argument("--seed", type=int, default=0)
 
 
@@ -52,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
         args.checkpoint, args.out, settings=settings, calibration_source=args.calibration,
         validation_source=args.validation, data_root=args.data, val_limit=args.val_limit,
         max_ap_drop=args.max_ap_drop, name=args.name, version=args.model_version, provenance=extra,
-        archive=args.archive, fp32_path=args.onnx,
+        archive=args.archive, fp32_path=args.onnx, work_dir=args.work_dir,
     )
     d = m["int8_vs_fp32"]
     print(f"wrote INT8 bundle {out}" + (f" and {args.archive}" if args.archive else ""))

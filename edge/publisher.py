@@ -206,7 +206,10 @@ class Publisher:
             except (RuntimeError, ValueError):
                 pass
         self._client.disconnect()
-        self._client.loop_stop()
+        # paho's thread may sit in a connect attempt (up to connect_timeout_s): bound the wait
+        stopper = threading.Thread(target=self._client.loop_stop, name="mqtt-stop", daemon=True)
+        stopper.start()
+        stopper.join(max(1.0, deadline - time.monotonic()))
         self._connected.clear()
         self._callbacks.put(None)
         if self._dispatcher is not None:
@@ -325,7 +328,7 @@ class Publisher:
             self._set_retry_delay()
             self._error(
                 f"{self.cfg.host}:{self.cfg.port} closed the connection before accepting it ({reason_code}); "
-                "check mqtt.tls, mqtt.port and the client certificate (mqtt.cert_file / key_file)"
+                "is it an MQTT port? check mqtt.port, mqtt.tls and the client certificate (mqtt.cert_file / key_file)"
             )
         if was:
             with self._lock:

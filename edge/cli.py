@@ -14,6 +14,7 @@ import sys
 
 from edge import __version__
 from edge.errors import SonotrapError
+from edge.sdnotify import configure_logging
 
 # name -> (module, one-line help). Order is the order shown in --help.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -64,10 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         parser = build_parser(only=chosen)
         args = parser.parse_args(argv)
-        logging.basicConfig(
-            level=logging.DEBUG if args.verbose else logging.INFO,
-            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        )
+        # stderr; under systemd with journald priorities <N> per line (SyslogLevelPrefix=yes)
+        configure_logging(logging.DEBUG if args.verbose else logging.INFO)
         if args.command is None:
             parser.print_help()
             return 2

@@ -4,6 +4,11 @@ A no-op when the daemon is not started by systemd (no ``NOTIFY_SOCKET``), so the
 runs from a terminal, in tests and under ``Type=notify``. ``WATCHDOG=1`` must be sent from
 the processing loop itself so that a stuck pipeline stops petting the watchdog and systemd
 restarts the service.
+
+Logging under systemd: when stderr is the journal (``$JOURNAL_STREAM`` names it), each line
+is prefixed with its syslog priority (``<3>`` error ... ``<7>`` debug; the units keep
+``SyslogLevelPrefix=yes``) and the timestamp is left to journald, so
+``journalctl -u sonotrap -p warning`` shows exactly the warnings and errors.
 """
 
 from __future__ import annotations
@@ -13,6 +18,47 @@ import os
 import socket
 
 log = logging.getLogger(__name__)
+
+
+_PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
+CONSOLE_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def journal_connected(fd: int = 2) -> bool:
+    """True when ``fd`` (stderr) is the journal stream systemd set up (``$JOURNAL_STREAM`` dev:inode)."""
+    value = os.environ.get("JOURNAL_STREAM", "")
+    try:
+        dev, ino = (int(x) for x in value.split(":"))
+        st = os.fstat(fd)
+    except (ValueError, OSError):
+        return False
+    return (st.st_dev, st.st_ino) == (dev, ino)
+
+
+class JournalFormatter(logging.Formatter):
+    """``<priority>logger: message`` on every line (tracebacks keep the record's priority)."""
+
+    def __init__(self) -> None:
+        super().__init__("%(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        prio = _PRIORITY.get(record.levelno, 3 if record.levelno > logging.ERROR else 6)
+        return "\n".join(f"<{prio}>{line}" for line in super().format(record).splitlines() or [""])
+
+
+def configure_logging(level: int | str = logging.INFO) -> None:
+    """Root logging to stderr: journald priorities under systemd, timestamps on a terminal.
+
+    Like ``logging.basicConfig``, does nothing when the root logger already has handlers
+    (an embedding application or pytest configured logging).
+    """
+    root = logging.getLogger()
+    if root.handlers:
+        return
+    handler = logging.StreamHandler()
+    handler.setFormatter(JournalFormatter() if journal_connected() else logging.Formatter(CONSOLE_FORMAT))
+    root.addHandler(handler)
+    root.setLevel(level)
 
 
 class Notifier:

@@ -176,3 +176,34 @@ def test_no_watchdog_while_the_processing_loop_is_stalled(tmp_path, notify_socke
     gaps = [b - a for a, b in zip(later, later[1:], strict=False)]
     assert gaps and max(gaps) < 1.0, f"pings resume at the normal rate after the stall: {gaps}"
     assert notify_socket.times("STOPPING=1")
+
+
+def _run_on_journal_stream(tmp_path: Path, bundle: Path, *extra: str) -> list[str]:
+    """`sonotrap run` with stderr on a pipe announced as the journal stream, like systemd does."""
+    tmp_path.mkdir()
+    wav = write_tones(tmp_path / "t.wav", [(None, 1.0), (LOW, 1.0), (None, 1.0)])
+    data = wav.read_bytes()
+    (tmp_path / "trunc.wav").write_bytes(data[: len(data) * 2 // 3])  # ends with an error
+    r, w = os.pipe()
+    st = os.fstat(w)
+    env = dict(os.environ, JOURNAL_STREAM=f"{st.st_dev}:{st.st_ino}")
+    env.pop("NOTIFY_SOCKET", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edge", "run", "--file", str(tmp_path / "trunc.wav"), "--fast", "--no-mqtt",
+         "--model", str(bundle), "--state-dir", str(tmp_path / "state"), *extra],
+        stderr=w, stdout=subprocess.DEVNULL, cwd=REPO, env=env)
+    os.close(w)
+    with os.fdopen(r) as fh:
+        lines = fh.read().splitlines()
+    proc.wait(60)
+    return lines
+
+
+def test_journald_priorities_and_level_from_config(tmp_path, tiny_bundle):
+    lines = _run_on_journal_stream(tmp_path / "a", tiny_bundle)
+    assert lines and all(line[:3] in ("<7>", "<6>", "<4>", "<3>", "<2>") for line in lines), lines
+    assert any(line.startswith("<6>sonotrap.daemon: running model") for line in lines)
+    assert any(line.startswith("<3>") and "truncated" in line for line in lines)
+    assert not any(line[3:7].isdigit() for line in lines), "no timestamps: journald adds its own"
+    quiet = _run_on_journal_stream(tmp_path / "b", tiny_bundle, "--set", 'log_level="ERROR"')
+    assert quiet and all(line.startswith("<3>") for line in quiet), quiet

@@ -7,7 +7,10 @@ source calls before each retry while no stream is open.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+from collections.abc import Iterator
 from typing import Any
 
 from edge.errors import SonotrapError
@@ -98,18 +101,39 @@ def supported_rates(device: int, channels: int = 1, rates: tuple[int, ...] = COM
     return ok
 
 
+@contextlib.contextmanager
+def quiet_stderr() -> Iterator[None]:
+    """Hide the C-level 'Expression ... failed' lines PortAudio prints for every rejected probe."""
+    try:
+        saved = os.dup(2)
+    except OSError:
+        yield
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 def list_input_devices() -> list[dict]:
     """Input devices with ``name, index, hostapi, channels, default_rate, supported_rates``."""
     sd = sounddevice()
     hostapis = sd.query_hostapis()
     out = []
-    for dev in input_devices():
+    with quiet_stderr():
+        devices = input_devices()
+        rates = {dev["index"]: supported_rates(dev["index"]) for dev in devices}
+    for dev in devices:
         out.append({
             "name": dev["name"],
             "index": dev["index"],
             "hostapi": hostapis[dev["hostapi"]]["name"],
             "channels": dev["max_input_channels"],
             "default_rate": int(dev["default_samplerate"]),
-            "supported_rates": supported_rates(dev["index"]),
+            "supported_rates": rates[dev["index"]],
         })
     return out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -163,3 +164,26 @@ def test_sys_stdin_is_the_default_stream(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], input=raw, capture_output=True, timeout=30, env=env)
     assert out.returncode == 0, out.stderr.decode()
     assert int(out.stdout.decode().strip()) == 8000 * 2
+
+
+def test_sonotrap_run_reads_a_pcm_pipeline(tiny_bundle, tmp_path):
+    """`producer | sonotrap run --source stdin` end to end: the call in the stream is detected."""
+    from tests.support.tiny_model import tone
+
+    sr = 32000
+    audio = np.concatenate([tone(1.0, 3.0, sr, amplitude=0.0, seed=1), tone(1200, 1.5, sr, seed=2),
+                            tone(1.0, 2.5, sr, amplitude=0.0, seed=3)])
+    raw = (audio * 32767).astype("<i2").tobytes()
+    feeder = producer(raw, chunk=4001)
+    out = subprocess.run(
+        [sys.executable, "-m", "edge", "run", "--source", "stdin", "--model", str(tiny_bundle), "--no-mqtt",
+         "--state-dir", str(tmp_path / "state"), "--jsonl", "-", "--set", "audio.stdin_format=\"s16le\"",
+         "--set", f"audio.stdin_rate={sr}"],
+        stdin=feeder.stdout, capture_output=True, text=True, timeout=120, cwd=os.getcwd(),
+    )
+    feeder.wait(timeout=10)
+    assert out.returncode == 0, out.stderr[-2000:]
+    events = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+    ended = [e for e in events if e["state"] == "ended"]
+    assert [e["label"] for e in ended] == ["tone_low"]
+    assert 1.5 < ended[0]["duration_s"] <= 1.5 + 2 * 2.0  # the call plus at most a window either side

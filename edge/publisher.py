@@ -248,7 +248,10 @@ class Publisher:
             )
         client.suppress_exceptions = True
         client.connect_timeout = cfg.connect_timeout_s
-        client.max_inflight_messages_set(0)  # unlimited in paho: our sender bounds the window
+        # paho caps everything in flight (detections + status + discovery) at the same bound, so
+        # an MQTT 5 broker's Receive Maximum (mosquitto: 20) is never exceeded; extra QoS-1
+        # messages wait in paho's FIFO, order kept
+        client.max_inflight_messages_set(cfg.max_inflight)
         configure_security(client, cfg)
         client.before_connect = self._set_will
         self._set_will(client)
@@ -290,6 +293,10 @@ class Publisher:
             topics = list(self._subs)
         self._attempt = 0
         self._set_retry_delay()
+        recv_max = getattr(properties, "ReceiveMaximum", None) if properties is not None else None
+        if recv_max is not None and recv_max < self.cfg.max_inflight:
+            log.warning("mqtt: the broker accepts only %d messages in flight (Receive Maximum); "
+                        "set mqtt.max_inflight <= %d", recv_max, recv_max)
         self._connected.set()
         log.info(
             "mqtt: connected to %s:%d (session present: %s)", self.cfg.host, self.cfg.port, flags.session_present

@@ -35,6 +35,7 @@ from edge.detector import DetectionEvent, Detector
 from edge.errors import SonotrapError
 from edge.pipeline import HopPipeline, HopResult
 from edge.sdnotify import Notifier
+from edge.updater import update_status_summary
 
 log = logging.getLogger("sonotrap.daemon")
 
@@ -211,6 +212,7 @@ class Daemon:
             "outbox": outbox,
             "clips": self.clips.stats() if self.clips else None,
             "last_error": self.last_error,
+            "models": self._safe(lambda: update_status_summary(self.state_dir)),  # store + last update
         }
 
     # ------------------------------------------------------------------ run
@@ -353,7 +355,7 @@ class Daemon:
         base_sample, base_epoch = self._anchor
         return base_epoch + (sample - base_sample) / self.pipeline.sample_rate
 
-    def _received_of(self, sample: int) -> float | None:
+    def received_of(self, sample: int) -> float | None:
         """Monotonic time the block holding absolute sample ``sample - 1`` entered the process."""
         for end, received in self._received:
             if end >= sample:
@@ -380,7 +382,7 @@ class Daemon:
                     "scores": {lab: round(float(p), 5) for lab, p in zip(pipe.classifier.labels, r.scores, strict=True)},
                 })
                 for ev in r.events:
-                    self._emit(ev, self._received_of(r.sample_end))
+                    self._emit(ev, self.received_of(r.sample_end))
             self.last_hop_epoch = results[-1].t_end
             if self.on_hops is not None:
                 self.on_hops(results)

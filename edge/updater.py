@@ -662,9 +662,10 @@ class Updater:
         if version is None:
             if cur is not None and version_key(offer.version) <= version_key(cur.version):
                 return None
-            failed = self.status_doc().get("failed", {})
-            if offer.version in failed and failed[offer.version].get("sha256") == offer.sha256:
-                log.info("skipping %s: it failed before (%s)", offer.version, failed[offer.version].get("reason"))
+            bad = self.status_doc().get("failed", {}).get(offer.version)
+            if bad and (bad.get("blocked") or bad.get("sha256") == offer.sha256):
+                log.info("skipping %s: %s (install it explicitly with --version to override)",
+                         offer.version, bad.get("reason"))
                 return None
         return offer
 
@@ -692,6 +693,7 @@ class Updater:
             self.report("update_failed", reason=str(err))
             return self._finish(UpdateResult("failed", reason=str(err)))
         if offer is None:
+            self.report("update_up_to_date", current=self._current_version())
             return self._finish(UpdateResult("up-to-date", version=self._current_version()), record=False)
         return self.apply(offer, explicit="version" in cmd)
 
@@ -721,6 +723,8 @@ class Updater:
                 self.report("rollback_failed", reason=str(err))
                 return self._finish(UpdateResult("failed", reason=str(err)))
             self.report("model_rolled_back", **{"from": old.version, "to": new.version})
+            # an operator rolled it back: automatic updates must not bring it straight back
+            self._block(old.version, f"rolled back by the operator to {new.version}")
             res = UpdateResult("updated", version=new.version, previous=old.version, source="rollback")
             ok, reason = self._swap_and_check(new.version)
             if not ok:
@@ -802,6 +806,9 @@ class Updater:
             res.result = "updated" if self.daemon.running() or isinstance(self.daemon, InProcessDaemon) else "installed"
             res.steps.append("health")
             self.report("update_succeeded", version=new.version, previous=res.previous)
+            doc = self.status_doc()
+            if doc.get("failed", {}).pop(new.version, None) is not None:  # explicitly re-installed: unblock
+                self._write_status(doc)
             return self._finish(res)
         res.reason = reason
         if old is None:
@@ -842,6 +849,11 @@ class Updater:
         }
         self._write_status(doc)
 
+    def _block(self, version: str, reason: str) -> None:
+        doc = self.status_doc()
+        doc.setdefault("failed", {})[version] = {"blocked": True, "reason": reason, "time": time.time()}
+        self._write_status(doc)
+
     def _finish(self, res: UpdateResult, record: bool = True) -> UpdateResult:
         doc = self.status_doc()
         cur, prev = self.store.current(), self.store.previous()
@@ -878,12 +890,17 @@ def trusted_keys_path(cfg: Config, config_path: str | Path | None = None) -> Pat
 
 
 def update_status_summary(state_dir: str | Path) -> dict:
-    """For the daemon's status: current/previous model version and the last update's outcome."""
+    """For the daemon's status: the store's current/previous versions and the last update's outcome.
+
+    Cheap (two symlinks, two small JSON files), so the daemon can call it for every status.
+    """
+    store = ModelStore(store_root(state_dir))
+    cur, prev = store.current(), store.previous()
     doc = read_json(Path(state_dir) / UPDATE_STATUS_FILE) or {}
     last = doc.get("last_update") or {}
     return {
-        "current": doc.get("current"),
-        "previous": doc.get("previous"),
+        "current": cur.version if cur else None,
+        "previous": prev.version if prev else None,
         "last_update": {k: last.get(k) for k in ("result", "version", "previous", "reason", "time")} if last else None,
     }
 

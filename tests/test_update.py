@@ -99,6 +99,9 @@ def test_operator_rollback_and_activate_hot_swap(env, daemon):
     assert up.rollback().result == "updated"
     daemon.assert_serving("1.0.0")
     assert env["store"].current().version == "1.0.0"
+    # the next automatic poll does not undo the operator's rollback; an explicit version does
+    assert up.update(source=f"local:{env['srv']}").result == "up-to-date"
+    assert env["store"].current().version == "1.0.0"
     assert up.activate(v2.version).result == "updated"
     daemon.assert_serving("1.1.0")
 

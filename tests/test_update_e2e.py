@@ -106,6 +106,19 @@ health_timeout_s = 30.0
                 listed = _cli("model", "list", "--config", str(cfg), "--json")
                 state = {m["version"]: (m["current"], m["previous"]) for m in json.loads(listed.stdout)}
                 assert state == {"1.0.0": (False, False), "1.1.0": (True, False), "1.2.0": (False, True)}
+                # status (file and retained MQTT) shows current/previous and the last update's result
+                want = {"current": "1.1.0", "previous": "1.2.0"}
+
+                def status_ok(ms):
+                    st = [m.json() for m in ms if m.topic.endswith("/status") and m.json().get("models")]
+                    return st and {k: st[-1]["models"][k] for k in want} == want
+
+                sub.wait_for(status_ok, timeout=40)
+                # "check now": 1.2.0 is still on offer, but the operator rolled it back -> not re-applied
+                sub.client.publish(f"sonotrap/{DEVICE}/cmd/update", b"", qos=1)
+                sub.wait_for(lambda ms: "update_up_to_date" in _events(ms), timeout=30)
+                models = json.loads((dev["state"] / "status.json").read_text())["models"]
+                assert models["last_update"]["result"] == "updated" and models["current"] == "1.1.0"
                 daemon.send_signal(signal.SIGTERM)
                 _out, err = daemon.communicate(timeout=30)
             finally:

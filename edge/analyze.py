@@ -16,6 +16,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from edge.classifier import Classifier
 from edge.config import Config
 from edge.detector import DetectionEvent, Detector
@@ -63,8 +65,12 @@ def analyze_file(
     cfg: Config,
     batch: int = 16,
     progress: Callable[[float], None] | None = None,
+    on_scores: Callable[[np.ndarray], None] | None = None,
 ) -> FileResult:
-    """Run the pipeline over one recording; errors are returned in ``FileResult.error``."""
+    """Run the pipeline over one recording; errors are returned in ``FileResult.error``.
+
+    ``on_scores`` receives every window's (K,) scores (recording-level scores, issue 6).
+    """
     from edge.audio.filesource import FileSource
 
     audio_cfg = cfg.audio.__class__(**{**cfg.audio.__dict__, "source": "file", "file": str(path),
@@ -79,6 +85,13 @@ def analyze_file(
         return result
     detector = Detector.for_bundle(classifier.bundle, cfg.detector)
     pipe = HopPipeline(classifier, detector, source.sample_rate, cfg.model.hop_s, max_batch=batch)
+
+    def events(results) -> list[DetectionEvent]:
+        if on_scores is not None:
+            for r in results:
+                on_scores(r.scores)
+        return [e for r in results for e in r.events]
+
     try:
         while True:
             try:
@@ -92,10 +105,10 @@ def analyze_file(
             if progress:
                 progress(block.duration)
             while pipe.pending() >= batch:
-                result.events += [e for r in pipe.step() for e in r.events]
+                result.events += events(pipe.step())
         while pipe.pending():
-            result.events += [e for r in pipe.step() for e in r.events]
-        result.events += [e for r in pipe.finish_short() for e in r.events]
+            result.events += events(pipe.step())
+        result.events += events(pipe.finish_short())
         result.events += pipe.flush()
     finally:
         source.stop()

@@ -188,7 +188,7 @@ def test_device_timeout_turns_waiting_into_a_clear_error(pulse, monkeypatch):
             while time.monotonic() - t0 < 10:
                 src.read(0.2)
         msg = str(info.value)
-        assert "'no_such_microphone' not available after 1 s" in msg and "audio.device" in msg
+        assert "'no_such_microphone' not available after 0.6 s" in msg and "audio.device" in msg
         assert src.stats()["state"] == "error"
     finally:
         src.stop()
@@ -257,3 +257,29 @@ def test_cli_without_any_input_device_is_a_clear_error(pulse, tmp_path):
         pytest.skip("this machine has real input devices")
     assert out.returncode == 2
     assert out.stderr.strip().splitlines()[-1].startswith("error: no audio input devices found")
+
+
+def run_daemon(pulse, bundle, state, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "edge", "run", "--model", str(bundle), "--source", "mic", "--no-mqtt",
+         "--state-dir", str(state), *args],
+        env=pulse.client_env(), capture_output=True, text=True, timeout=60, cwd=os.getcwd(),
+    )
+
+
+def test_daemon_with_an_unsupported_rate_exits_with_one_line(pulse, tiny_bundle, tmp_path):
+    out = run_daemon(pulse, tiny_bundle, tmp_path, "--device", "pulse", "--sample-rate", "400000")
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines()[-1] == (
+        "error: audio device 'pulse' does not support 400000 Hz; "
+        "supported: 8000, 16000, 22050, 32000, 44100, 48000, 96000; set audio.sample_rate"
+    )
+    assert "Expression" not in out.stderr  # PortAudio's probe noise is hidden
+
+
+def test_daemon_gives_up_on_a_missing_device_only_when_told(pulse, tiny_bundle, tmp_path):
+    out = run_daemon(pulse, tiny_bundle, tmp_path, "--device", "no_such_microphone",
+                     "--set", "audio.device_timeout_s=1.5", "--set", "audio.retry_initial_s=0.3")
+    assert out.returncode != 0
+    assert "audio device 'no_such_microphone' not available after 1.5 s" in out.stderr
+    assert "retrying every 0.3..60 s" in out.stderr  # it waited and retried before giving up

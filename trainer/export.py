@@ -82,7 +82,6 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
 
 def build_torch_model(ckpt: Checkpoint):
     """The trained ResNet50 (logits), in eval mode."""
-    import torch
 
     from trainer.model import build_model
 
@@ -96,7 +95,7 @@ def build_torch_model(ckpt: Checkpoint):
             f"({str(err).splitlines()[0][:120]}); pass a checkpoint from 'sonotrap train'"
         ) from None
     model.eval()
-    torch.set_grad_enabled(False)
+    model.requires_grad_(False)  # inference only; never touch torch's global grad mode
     return model
 
 

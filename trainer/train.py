@@ -13,6 +13,7 @@ index), and the checkpoint holds model, optimizer, scheduler, scaler and RNG sta
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -62,6 +63,7 @@ class TrainArgs:
     max_pos_weight: float = 10.0
     patience: int = 8
     max_minutes: float | None = None
+    stop_after: int | None = None  # stop after this many epochs in this session (resume later)
     seed: int = 0
     workers: int = 2
     threads: int | None = None
@@ -250,9 +252,11 @@ def _train(args: TrainArgs, spec, frontend, info: D.DistInfo, t_start: float) ->
     run, ckpt = _prepare(args, spec, frontend, info)
     run_dir = run.run_dir
     if ckpt is not None:  # the resumed run keeps its own settings, except time/progress knobs
-        saved = ckpt["args"]
-        keep = {"max_minutes": args.max_minutes, "progress": args.progress, "workers": args.workers,
-                "threads": args.threads, "resume": True, "epochs": args.epochs, "patience": args.patience}
+        fields = {f.name for f in dataclasses.fields(TrainArgs)}
+        saved = {k: v for k, v in ckpt["args"].items() if k in fields}  # not e.g. world_size
+        keep = {"max_minutes": args.max_minutes, "stop_after": args.stop_after, "progress": args.progress,
+                "workers": args.workers, "threads": args.threads, "resume": True, "epochs": args.epochs,
+                "patience": args.patience}
         aug = AugmentConfig(**{**saved["augment"], "mix_snr_db": tuple(saved["augment"]["mix_snr_db"])})
         args = TrainArgs(**{**saved, **keep, "augment": aug, "out": str(run_dir)})
     _seed_everything(args.seed)
@@ -399,6 +403,8 @@ def _train(args: TrainArgs, spec, frontend, info: D.DistInfo, t_start: float) ->
                 stop_reason = f"early stopping (no improvement for {args.patience} epochs)"
         stop, stop_reason = D.broadcast(info, (stop, stop_reason))
         epoch_durations.append(time.monotonic() - t_epoch)
+        if not stop and args.stop_after is not None and epoch + 1 - start_epoch >= args.stop_after:
+            stop, stop_reason = True, f"--stop-after {args.stop_after}"
         if stop or stop_reason == "time budget":
             epoch += 1
             break

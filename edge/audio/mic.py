@@ -27,7 +27,14 @@ import threading
 import time
 
 from edge.audio.base import AudioBlock, AudioSource, EventSink
-from edge.audio.devices import DeviceMissing, find_input_device, rescan, sounddevice, supported_rates
+from edge.audio.devices import (
+    DeviceMissing,
+    find_input_device,
+    quiet_stderr,
+    rescan,
+    sounddevice,
+    supported_rates,
+)
 from edge.config import AudioConfig
 from edge.errors import SonotrapError
 
@@ -103,7 +110,8 @@ class MicSource(AudioSource):
                 ) from None
             if code != PA_INVALID_RATE and "sample rate" not in str(err).lower():
                 raise DeviceMissing(_short(err)) from None
-        rates = supported_rates(dev["index"], self.cfg.channels)
+        with quiet_stderr():
+            rates = supported_rates(dev["index"], self.cfg.channels)
         if self.cfg.sample_rate:
             raise SonotrapError(
                 f"audio device {dev['name']!r} does not support {wanted} Hz; "
@@ -194,7 +202,7 @@ class MicSource(AudioSource):
         self._state = "waiting for device"
         if self._down_since is None:
             self._down_since = time.monotonic()
-        log.warning("%s; retrying every %.0f..%.0f s", why, self.cfg.retry_initial_s, self.cfg.retry_max_s)
+        log.warning("%s; retrying every %g..%g s", why, self.cfg.retry_initial_s, self.cfg.retry_max_s)
         self._emit("audio_error", {"device": self._device, "error": why, "fatal": False})
 
     def _supervise(self) -> None:
@@ -243,7 +251,7 @@ class MicSource(AudioSource):
         if limit > 0 and self._down_since is not None and time.monotonic() - self._down_since >= limit:
             self._error = SonotrapError(
                 f"audio device {self.cfg.device if self.cfg.device is not None else 'default'!r} not available "
-                f"after {limit:.0f} s ({_short(err)}); connect it or fix audio.device (see 'sonotrap devices')"
+                f"after {limit:g} s ({_short(err)}); connect it or fix audio.device (see 'sonotrap devices')"
             )
             self._state = "error"
             log.error("%s", self._error)

@@ -29,6 +29,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--strict", action="store_true", help="stop at the first unreadable recording")
     parser.add_argument("--no-raven", action="store_true", help="skip the per-recording Raven selection tables")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--recording-scores", metavar="PATH",
+                        help="also write a recordings x labels CSV of recording-level scores")
+    parser.add_argument("--recording-agg", choices=("max", "top2mean"), default="max",
+                        help="recording score: best window (max, default) or mean of the two best windows")
     add_config_arguments(parser)
 
 
@@ -47,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
     from edge.classifier import Classifier
     from edge.daemon import model_bundle_path
     from edge.detector import resolve_thresholds
+    from edge.recording_scores import RecordingScores, open_recording_scores, write_recording_scores
 
     if args.batch < 1:
         raise SonotrapError(f"--batch {args.batch} must be >= 1")
@@ -61,17 +66,21 @@ def run(args: argparse.Namespace) -> int:
         csv_fh = open(out / "detections.csv", "w", newline="", encoding="utf-8")  # noqa: SIM115
     except OSError as err:
         raise SonotrapError(f"cannot write to output folder {out} ({err.strerror or err}); pass --out") from None
+    scores_fh = open_recording_scores(args.recording_scores) if args.recording_scores else None
     total = sum(_info_duration(p) for p, _ in recordings)
     bar = Progress(total, enabled=not args.no_progress)
     failed = detections = 0
     audio_s = 0.0
     t0 = time.monotonic()
     fe = bundle.frontend
+    rec_scores: list[tuple[str, object]] = []
     with csv_fh:
         writer = csv.writer(csv_fh)
         writer.writerow(CSV_HEADER)
         for path, root in recordings:
-            result = analyze_file(path, classifier, cfg, batch=args.batch, progress=bar.update)
+            acc = RecordingScores(len(bundle.labels)) if scores_fh is not None else None
+            result = analyze_file(path, classifier, cfg, batch=args.batch, progress=bar.update,
+                                  on_scores=acc.add if acc is not None else None)
             rel = path.relative_to(root) if path.is_relative_to(root) else Path(path.name)
             if result.error:
                 failed += 1
@@ -82,10 +91,15 @@ def run(args: argparse.Namespace) -> int:
             audio_s += result.duration_s
             detections += len(result.events)
             writer.writerows(csv_rows(result, str(rel)))
+            if acc is not None:
+                rec_scores.append((str(rel), acc.result(args.recording_agg)))
             csv_fh.flush()
             if not args.no_raven:
                 write_raven(out / rel.with_name(rel.name + ".selections.txt"), result.events, fe.fmin, fe.fmax)
     bar.close()
+    if scores_fh is not None:
+        with scores_fh:
+            write_recording_scores(scores_fh, bundle.labels, rec_scores)
     elapsed = time.monotonic() - t0
     ok = len(recordings) - failed
     print(

@@ -68,6 +68,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     t.add_argument("--max-pos-weight", type=float, default=10.0)
     t.add_argument("--patience", type=int, default=8, help="early stopping: epochs without val improvement")
     t.add_argument("--max-minutes", type=float, help="time budget: stop gracefully with the best checkpoint")
+    t.add_argument("--stop-after", type=int, metavar="N", help="stop after N epochs in this session (--resume later)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--workers", type=int, default=2, help="data loading worker processes")
     t.add_argument("--threads", type=int, help="torch threads (default: all cores)")
@@ -132,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
         weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs, weights=args.weights,
         freeze_epochs=args.freeze_epochs, loss=args.loss, focal_gamma=args.focal_gamma,
         balance=args.balance, max_pos_weight=args.max_pos_weight, patience=args.patience,
-        max_minutes=args.max_minutes, seed=args.seed, workers=args.workers, threads=args.threads,
+        max_minutes=args.max_minutes, stop_after=args.stop_after, seed=args.seed, workers=args.workers, threads=args.threads,
         amp=not args.no_amp, device=args.device, resume=args.resume,
         target_precision=args.target_precision, progress=not args.no_progress, augment=augment,
     )

@@ -20,7 +20,7 @@ of the full run keeps the same recordings in train/val/test.
 ``evaluate``: score a checkpoint on the FULL-label test windows of a run directory
 (every class known) and print/write macro-AP and ROC-AUC over the labels both models share.
 
-Usage: see docs/weak-labels.md.
+Usage: see docs/training.md ("Weak labels").
 """
 
 from __future__ import annotations

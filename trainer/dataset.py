@@ -19,6 +19,7 @@ from torch.utils.data import Dataset
 
 from edge.frontend import FrontendConfig, compute, resample, to_image
 from trainer.data import AudioCache, RunData, cut, window_image
+from trainer.pseudo import merge
 from trainer.windows import Window, jitter_start, to_arrays, window_targets
 
 
@@ -36,11 +37,15 @@ class AugmentConfig:
 
 
 class WindowDataset(Dataset):
-    """Items: ``(image (C,H,W) float32, targets (K,) float32, known (K,) bool, index)``."""
+    """Items: ``(image (C,H,W) float32, targets (K,) float32, known (K,) bool, index)``.
+
+    ``pseudo`` fills unknown label entries of the windows (pseudo-label rounds, training only).
+    """
 
     def __init__(
         self, run: RunData, windows: list[Window], train: bool = False,
         augment: AugmentConfig | None = None, seed: int = 0, cache_bytes: int = 256 * 2**20,
+        pseudo: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> None:
         self.run = run
         self.windows = windows
@@ -51,6 +56,9 @@ class WindowDataset(Dataset):
         self.epoch = 0
         self.cache = AudioCache(cache_bytes)
         self.targets, self.known = to_arrays(windows, run.labels)
+        self.pseudo = pseudo  # (targets, known) of pseudo-labelled entries (trainer.pseudo)
+        if pseudo is not None:
+            self.targets, self.known = merge(self.targets, self.known, *pseudo)
         self.by_file = run.annotations_by_file()
         self.negatives = [i for i, w in enumerate(windows) if not w.positives and w.known is None]
         self._mask_value = to_image(np.zeros((1, 1), dtype=np.float32), self.cfg)[:, 0, 0]
@@ -68,6 +76,8 @@ class WindowDataset(Dataset):
             return torch.from_numpy(image), torch.from_numpy(self.targets[i]), torch.from_numpy(self.known[i]), i
         rng = np.random.default_rng((self.seed, self.epoch, i))
         image, targets, known = self.augmented(w, rng)
+        if self.pseudo is not None:  # the jittered window keeps its pseudo labels
+            targets, known = merge(targets, known, self.pseudo[0][i], self.pseudo[1][i])
         return torch.from_numpy(image), torch.from_numpy(targets), torch.from_numpy(known), i
 
     def augmented(self, w: Window, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

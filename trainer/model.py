@@ -41,12 +41,17 @@ def build_model(num_classes: int, weights: str = "imagenet") -> nn.Module:
             ) from None
     else:
         model = resnet50(weights=None)
-        model.load_state_dict(_read_backbone(Path(weights)))
+        state, head = _read_backbone(Path(weights))
+        model.load_state_dict(state)
     model.fc = nn.Linear(model.fc.in_features, num_classes)
+    if weights not in ("none", "imagenet") and head["fc.weight"].shape == model.fc.weight.shape:
+        # A sonotrap checkpoint of the same classes (e.g. the previous pseudo-label round): keep its head.
+        model.fc.load_state_dict({"weight": head["fc.weight"], "bias": head["fc.bias"]})
     return model
 
 
-def _read_backbone(path: Path) -> dict[str, torch.Tensor]:
+def _read_backbone(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """(ResNet50 state dict with torchvision's own head, the file's head or that same head)."""
     if not path.is_file():
         raise SonotrapError(
             f"weights file {path} does not exist; pass an existing ResNet50 state dict, "
@@ -62,7 +67,8 @@ def _read_backbone(path: Path) -> dict[str, torch.Tensor]:
                 state = state[key]
                 break
     state = {k.removeprefix("module."): v for k, v in state.items()}
-    # A fine-tuned sonotrap checkpoint has a different head size: keep only the backbone.
+    # A fine-tuned sonotrap checkpoint has a different head size: load the backbone alone.
+    head = {k: v for k, v in state.items() if k in ("fc.weight", "fc.bias")}
     state = {k: v for k, v in state.items() if not k.startswith("fc.")}
     reference = resnet50(weights=None).state_dict()
     missing = [k for k in reference if not k.startswith("fc.") and k not in state]
@@ -73,7 +79,9 @@ def _read_backbone(path: Path) -> dict[str, torch.Tensor]:
         )
     state["fc.weight"] = reference["fc.weight"]
     state["fc.bias"] = reference["fc.bias"]
-    return state
+    if len(head) != 2:
+        head = {"fc.weight": state["fc.weight"], "fc.bias": state["fc.bias"]}
+    return state, head
 
 
 def backbone_parameters(model: nn.Module) -> list[nn.Parameter]:

@@ -33,12 +33,13 @@ from tqdm import tqdm
 from edge.errors import SonotrapError
 from edge.frontend import FrontendConfig
 from trainer import distributed as D
-from trainer.data import SPLIT_FILE, RunData, load_run_data
+from trainer.data import DATASET_FILE, SPLIT_FILE, RunData, load_run_data
 from trainer.dataset import AugmentConfig, WindowDataset
 from trainer.losses import masked_bce, positive_weights, sample_weights
 from trainer.metrics import choose_thresholds, evaluate_scores, threshold_dicts
 from trainer.model import backbone_parameters, build_model
 from trainer.prepare import DataSpec, prepare_run
+from trainer.pseudo import load_pseudo
 
 log = logging.getLogger(__name__)
 
@@ -166,9 +167,23 @@ def predict(
     loader = make_loader(ds, list(range(len(ds))), batch_size, workers)
     for images, _t, _k, idx in tqdm(loader, desc=desc, disable=not progress, leave=False,
                                     mininterval=_mininterval(), file=sys.stderr):
-        logits = model(images.to(device))
+        logits = model(images.to(device, memory_format=torch.channels_last))
         out[idx.numpy()] = torch.sigmoid(logits.float()).cpu().numpy()
     return out
+
+
+def amp_dtype_for(device: torch.device) -> torch.dtype | None:
+    """Mixed-precision type: fp16 on CUDA, bf16 on CPUs that do bf16 natively, else None.
+
+    On a 2-core AVX512-BF16 CPU bf16 autocast trains ResNet50 ~1.8x faster than fp32 (weights,
+    optimizer and loss stay fp32); evaluation and export always run in fp32.
+    """
+    if device.type == "cuda":
+        return torch.float16
+    try:
+        return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else None
+    except (AttributeError, RuntimeError):
+        return None
 
 
 def _mininterval() -> float:
@@ -233,6 +248,8 @@ def _prepare(args: TrainArgs, spec, frontend, info) -> tuple[RunData, dict | Non
             f"{run_dir} already holds a training run ({LAST}); pass --resume to continue it or a new --out"
         )
     if spec is None:
+        if (run_dir / DATASET_FILE).is_file():  # prepared beforehand (a pseudo-label round)
+            return load_run_data(run_dir), None
         raise SonotrapError("no training data given; pass --data, --annotations, --raven or --folders")
     if info.is_main:
         prepared = prepare_run(spec, frontend or FrontendConfig(), run_dir)
@@ -263,10 +280,11 @@ def _train(args: TrainArgs, spec, frontend, info: D.DistInfo, t_start: float) ->
     labels = run.labels
     train_w, val_w, test_w = run.windows("train"), run.windows("val"), run.windows("test")
     train_ds = WindowDataset(run, train_w, train=True, augment=args.augment, seed=args.seed,
-                             cache_bytes=1024 * 2**20)
+                             cache_bytes=1024 * 2**20, pseudo=load_pseudo(run_dir, train_w, labels))
     val_ds = WindowDataset(run, val_w)
     dev = info.device
     model = build_model(len(labels), "none" if ckpt is not None else args.weights).to(dev)
+    model = model.to(memory_format=torch.channels_last)  # 1.5x faster convolutions on CPU (oneDNN)
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
     if info.enabled:
@@ -298,8 +316,9 @@ def _train(args: TrainArgs, spec, frontend, info: D.DistInfo, t_start: float) ->
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(
         steps_per_epoch * args.epochs, int(args.warmup_epochs * steps_per_epoch), args.min_lr_ratio,
         time_fraction))
-    use_amp = args.amp and dev.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    amp_dtype = amp_dtype_for(dev) if args.amp else None
+    use_amp = amp_dtype is not None
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
 
     start_epoch, best_score, best_epoch, bad_epochs, history = 0, -math.inf, -1, 0, []
     train_samples, train_seconds = 0, 0.0
@@ -352,9 +371,10 @@ def _train(args: TrainArgs, spec, frontend, info: D.DistInfo, t_start: float) ->
                    disable=not show, mininterval=_mininterval(), file=sys.stderr)
         t_batches = time.monotonic()
         for images, targets, known, _ in bar:
-            images, targets, known = images.to(dev), targets.to(dev), known.to(dev)
+            images = images.to(dev, memory_format=torch.channels_last)
+            targets, known = targets.to(dev), known.to(dev)
             norm = D.all_sum(info, known.sum().float()) / info.world_size
-            with torch.autocast(device_type=dev.type, dtype=torch.float16, enabled=use_amp):
+            with torch.autocast(device_type=dev.type, dtype=amp_dtype or torch.float32, enabled=use_amp):
                 logits = model(images)
             loss = masked_bce(logits, targets, known, pos_weight, gamma, normalizer=norm)
             optimizer.zero_grad(set_to_none=True)

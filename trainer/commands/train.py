@@ -23,13 +23,16 @@ def _names(text: str) -> list[str]:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    d = p.add_argument_group("data (one of --data, --annotations, --raven, --folders)")
+    d = p.add_argument_group("data (one of --data, --annotations, --raven, --folders, --validation)")
     d.add_argument("--data", metavar="DIR", help="folder with annotations.csv (+ files.csv), e.g. nips4bplus")
     d.add_argument("--annotations", metavar="CSV", help="table file,start_s,end_s,label[,present]")
     d.add_argument("--files", metavar="CSV", help="with --annotations: every labelled file (no row = negative)")
     d.add_argument("--root", metavar="DIR", help="with --annotations: folder the file paths are relative to")
     d.add_argument("--raven", metavar="DIR", help="folder of Raven selection tables + recordings")
     d.add_argument("--folders", metavar="DIR", help="folder-per-class clips DIR/<label>/*.wav")
+    d.add_argument("--validation", action="append", default=[], metavar="CSV",
+                   help="validation export (Arbimon pattern matching or file,start_s,end_s,label,present); "
+                        "repeatable; only the validated class of each detection is known (weak labels)")
     d.add_argument("--strict", action="store_true", help="stop at the first bad input row instead of skipping")
     d.add_argument("--min-examples", type=int, default=1, help="drop labels with fewer calls (default 1)")
     d.add_argument("--include", type=_names, default=[], metavar="A,B", help="keep only these labels")
@@ -73,10 +76,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     t.add_argument("--workers", type=int, default=2, help="data loading worker processes")
     t.add_argument("--threads", type=int, help="torch threads (default: all cores)")
     t.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    t.add_argument("--no-amp", action="store_true", help="disable mixed precision on GPU")
+    t.add_argument("--no-amp", action="store_true", help="train in fp32 (default: fp16 mixed precision on GPU, bf16 on CPUs with native bf16)")
     t.add_argument("--resume", action="store_true", help="continue RUN_DIR/last.pt exactly")
     t.add_argument("--target-precision", type=float, default=0.9, help="for the per-class thresholds")
     t.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    ps = p.add_argument_group("pseudo-labelling (weak labels: fill unknown entries with confident scores)")
+    ps.add_argument("--pseudo-rounds", type=int, default=0, metavar="N",
+                    help="after training, N rounds that retrain with pseudo labels (RUN_DIR/round-N)")
+    ps.add_argument("--pseudo-high", type=float, default=0.9, help="unknown entries scored >= this become present")
+    ps.add_argument("--pseudo-low", type=float, default=0.1, help="unknown entries scored <= this become absent")
+    ps.add_argument("--pseudo-epochs", type=int, metavar="N", help="epochs per pseudo-label round (default --epochs)")
 
     a = p.add_argument_group("augmentation")
     a.add_argument("--no-augment", action="store_true")
@@ -117,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.resume:
         spec = DataSpec(
             data=args.data, annotations=args.annotations, files=args.files, raven=args.raven,
-            folders=args.folders, root=args.root, strict=args.strict,
+            folders=args.folders, validations=args.validation, root=args.root, strict=args.strict,
             selection=LabelSelection(args.min_examples, args.include, args.exclude,
                                      read_mapping(args.merge) if args.merge else {}),
             names_file=args.names,
@@ -133,10 +143,15 @@ def run(args: argparse.Namespace) -> int:
         weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs, weights=args.weights,
         freeze_epochs=args.freeze_epochs, loss=args.loss, focal_gamma=args.focal_gamma,
         balance=args.balance, max_pos_weight=args.max_pos_weight, patience=args.patience,
-        max_minutes=args.max_minutes, stop_after=args.stop_after, seed=args.seed, workers=args.workers, threads=args.threads,
+        max_minutes=args.max_minutes, stop_after=args.stop_after, seed=args.seed, workers=args.workers,
+        threads=args.threads,
         amp=not args.no_amp, device=args.device, resume=args.resume,
         target_precision=args.target_precision, progress=not args.no_progress, augment=augment,
     )
+    if args.pseudo_rounds < 0:
+        raise SonotrapError(f"--pseudo-rounds {args.pseudo_rounds} must be >= 0")
+    if args.pseudo_rounds:
+        return _run_rounds(args, targs, spec)
     result = train(targs, spec, frontend_from_args(args))
     test = result.metrics.get("test", {})
     val = result.metrics.get("val", {})
@@ -144,4 +159,19 @@ def run(args: argparse.Namespace) -> int:
     print(f"val  macro-AP {val.get('macro_ap')}, macro ROC-AUC {val.get('macro_roc_auc')}")
     print(f"test macro-AP {test.get('macro_ap')}, macro ROC-AUC {test.get('macro_roc_auc')}")
     print(f"{result.windows_per_s:.1f} training windows/s, wall time {result.wall_s / 60:.1f} min")
+    return 0
+
+
+def _run_rounds(args: argparse.Namespace, targs, spec) -> int:
+    from trainer.pseudo import ROUNDS_FILE, train_rounds
+
+    records = train_rounds(targs, spec, frontend_from_args(args), args.pseudo_rounds, args.pseudo_high,
+                           args.pseudo_low, args.pseudo_epochs)
+    for r in records:
+        val, test = r.get("val") or {}, r.get("test") or {}
+        added = r.get("pseudo")
+        extra = f", pseudo labels +{added['added_present']} present / +{added['added_absent']} absent" if added else ""
+        print(f"round {r['round']}: val macro-AP {val.get('macro_ap')}, test macro-AP {test.get('macro_ap')}, "
+              f"test macro ROC-AUC {test.get('macro_roc_auc')}{extra} ({r['run_dir']}/best.pt)")
+    print(f"per-round report: {args.out}/{ROUNDS_FILE}")
     return 0

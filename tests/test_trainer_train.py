@@ -118,3 +118,65 @@ def test_training_learns_the_tones(data_dir, tmp_path):
     result = train(_args(out, epochs=6, lr=3e-3, seed=1, patience=10), spec, SMALL)
     assert result.metrics["val"]["macro_roc_auc"] is not None
     assert result.metrics["val"]["macro_roc_auc"] >= 0.75, result.metrics["val"]
+
+
+def test_torchrun_two_cpu_processes(data_dir, tmp_path):
+    """``torchrun --nproc-per-node 2`` (gloo): ranks split the windows, rank 0 writes one run."""
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "ddp"
+    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
+    env["OMP_NUM_THREADS"] = "1"
+    r = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+         "-m", "edge.cli", "train", "--data", str(data_dir), "--out", str(out), "--weights", "none",
+         "--epochs", "2", "--batch-size", "4", "--workers", "0", "--device", "cpu", "--image-size", "32",
+         "--no-progress", "--seed", "3"],
+        capture_output=True, text=True, timeout=300, env=env, cwd=Path(__file__).resolve().parent.parent,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    ckpt = torch.load(out / LAST, map_location="cpu", weights_only=False)
+    assert ckpt["args"]["world_size"] == 2 and ckpt["epoch"] == 2
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["epochs_run"] == 2
+    n_train = len((out / "windows_train.csv").read_text().splitlines()) - 1
+    history = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
+    assert len(history) == 2  # one line per epoch: only rank 0 writes
+    assert r.stdout.count("best checkpoint:") == 1 and n_train > 0  # one report, from rank 0
+
+
+@pytest.mark.data
+def test_whole_path_on_real_nips4bplus_files(shared_data, tmp_path):
+    """A few real recordings: ingest -> windows (labels checked against the table) -> train -> evaluate."""
+    import csv
+
+    from trainer.data import load_run_data
+    from trainer.windows import overlaps_enough
+
+    nips = shared_data / "nips4bplus"
+    with (nips / "annotations.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    with (nips / "files.csv").open() as fh:
+        files = [r["file"] for r in csv.DictReader(fh)]
+    keep = sorted({r["file"] for r in rows})[:10] + [f for f in files if f not in {r["file"] for r in rows}][:2]
+    table, file_list = tmp_path / "ann.csv", tmp_path / "files.csv"
+    with table.open("w", newline="") as fh:
+        w = csv.DictWriter(fh, ["file", "start_s", "end_s", "label"])
+        w.writeheader()
+        w.writerows(r for r in rows if r["file"] in keep)
+    file_list.write_text("file\n" + "\n".join(keep) + "\n")
+    out = tmp_path / "run"
+    spec = DataSpec(annotations=str(table), files=str(file_list), root=str(nips), seed=0, fractions=(0.6, 0.2, 0.2))
+    result = train(_args(out, epochs=1, batch_size=16, augment=AugmentConfig(shift_s=0.3)), spec, SMALL)
+    run = load_run_data(out)
+    assert len(run.recordings) == 12
+    # Every window's label set is exactly the calls overlapping it by >= 25% of call or window.
+    for split in ("train", "val", "test"):
+        for win in run.windows(split):
+            expect = {r["label"] for r in rows if r["file"] == win.file and r["label"] in run.labels
+                      and overlaps_enough(float(r["start_s"]), float(r["end_s"]), win.start_s, win.end_s, 0.25)}
+            assert set(win.positives) == expect, win
+    report = evaluate_checkpoint(out / BEST, "val", tmp_path / "report")
+    assert 0.0 <= report["metrics"]["macro_roc_auc"] <= 1.0 and result.epochs_run == 1

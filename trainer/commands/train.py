@@ -6,6 +6,7 @@ torch is imported only inside :func:`run`, so ``sonotrap --help`` works on an ed
 from __future__ import annotations
 
 import argparse
+import os
 
 from edge.errors import SonotrapError
 from edge.frontend import FrontendConfig
@@ -153,6 +154,8 @@ def run(args: argparse.Namespace) -> int:
     if args.pseudo_rounds:
         return _run_rounds(args, targs, spec)
     result = train(targs, spec, frontend_from_args(args))
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun rank 0 reports for all
+        return 0
     test = result.metrics.get("test", {})
     val = result.metrics.get("val", {})
     print(f"best checkpoint: {result.best} (epoch {result.best_epoch} of {result.epochs_run})")

@@ -95,6 +95,9 @@ class ModelBundle:
     frontend: FrontendConfig
     signed_by: str | None = None  # key id that verified the signature, if checked
     source: Path | None = None  # the .tar.gz it was unpacked from, if any
+    # The 1-thread session load_bundle validated with, handed to the first create_session(1):
+    # building a second one would raise the daemon's peak RSS by the model's size again.
+    checked_session: Any = field(default=None, repr=False, compare=False)
 
     @property
     def model_path(self) -> Path:
@@ -122,6 +125,9 @@ class ModelBundle:
 
     def create_session(self, threads: int = 1):
         """An onnxruntime session for this model (CPU, ``threads`` intra-op threads)."""
+        if threads == 1 and self.checked_session is not None:
+            sess, self.checked_session = self.checked_session, None
+            return sess
         return _session(self.model_path, threads)
 
 
@@ -459,6 +465,7 @@ def load_bundle(
     _check_io(bundle, sess, src)
     if self_test:
         run_self_test(bundle, sess, src)
+    bundle.checked_session = sess
     return bundle
 
 

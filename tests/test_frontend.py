@@ -58,3 +58,32 @@ def test_config_roundtrip_and_rejection():
         FrontendConfig(fmax=40000)
     with pytest.raises(SonotrapError, match="version"):
         FrontendConfig(version=99)
+
+
+def test_resampler_equals_scipy_resample_poly():
+    """The numpy polyphase resampler reproduces scipy.signal.resample_poly (which the edge does not import)."""
+    from math import gcd
+
+    from scipy.signal import resample_poly
+
+    from edge.frontend import resample
+
+    rng = np.random.default_rng(1)
+    for src, dst, n in [(44100, 32000, 88200), (48000, 32000, 96001), (22050, 32000, 44100), (8000, 32000, 7),
+                        (96000, 32000, 192000), (32000, 16000, 64001), (44100, 48000, 1)]:
+        x = (0.01 * rng.standard_normal(n)).astype(np.float32)
+        g = gcd(src, dst)
+        want = resample_poly(x, dst // g, src // g)
+        got = resample(x, src, dst)
+        assert got.dtype == np.float32 and got.shape == want.shape, (src, dst, n)
+        np.testing.assert_allclose(got, want, atol=1e-7, rtol=0)
+
+
+def test_edge_never_imports_scipy_or_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys, edge.cli, edge.daemon, edge.frontend, edge.bundle, edge.publisher; "
+            "print(sorted(m for m in ('scipy', 'torch') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

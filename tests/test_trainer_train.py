@@ -180,3 +180,13 @@ def test_whole_path_on_real_nips4bplus_files(shared_data, tmp_path):
             assert set(win.positives) == expect, win
     report = evaluate_checkpoint(out / BEST, "val", tmp_path / "report")
     assert 0.0 <= report["metrics"]["macro_roc_auc"] <= 1.0 and result.epochs_run == 1
+
+
+def test_validation_metric_that_picks_the_best_checkpoint():
+    from trainer.train import _score
+
+    m = {"macro_ap": 0.92, "macro_roc_auc": 0.55, "loss": 0.3}
+    assert _score(m) == 0.92 and _score(m, "macro_roc_auc") == 0.55 and _score(m, "loss") == -0.3
+    assert _score({**m, "macro_ap": math.nan}) == -0.3  # undefined metric: fall back to the loss
+    with pytest.raises(SonotrapError, match="--select-by"):
+        train(_args(Path("/nonexistent"), select_by="f1"), None, None)

@@ -63,6 +63,7 @@ class TrainArgs:
     balance: str = "pos-weight"  # pos-weight | sampler | none
     max_pos_weight: float = 10.0
     patience: int = 8
+    select_by: str = "macro_ap"  # validation metric for best.pt / early stopping: see SELECT_BY
     max_minutes: float | None = None
     stop_after: int | None = None  # stop after this many epochs in this session (resume later)
     seed: int = 0
@@ -217,9 +218,18 @@ def _validate(model, ds, args, info, pos_weight) -> dict[str, Any]:
     return metrics
 
 
-def _score(metrics: dict[str, Any]) -> float:
-    ap = metrics.get("macro_ap", math.nan)
-    return -metrics["loss"] if ap is None or math.isnan(ap) else ap
+SELECT_BY = ("macro_ap", "macro_roc_auc", "loss")
+
+
+def _score(metrics: dict[str, Any], select_by: str = "macro_ap") -> float:
+    """Higher is better: the chosen validation metric, or minus the loss when it is undefined.
+
+    Macro-AP is the default. With weak labels (one known class per window, mostly positives)
+    masked AP is close to each class's positive rate whatever the model does; there the
+    masked ROC-AUC or the loss tells epochs apart.
+    """
+    value = math.nan if select_by == "loss" else metrics.get(select_by, math.nan)
+    return -metrics["loss"] if value is None or math.isnan(value) else value
 
 
 def train(args: TrainArgs, spec: DataSpec | None = None, frontend: FrontendConfig | None = None) -> TrainResult:
@@ -266,6 +276,8 @@ def _train(args: TrainArgs, spec, frontend, info: D.DistInfo, t_start: float) ->
         torch.set_num_threads(args.threads)
     if args.loss not in ("bce", "focal") or args.balance not in ("pos-weight", "sampler", "none"):
         raise SonotrapError("--loss must be bce|focal and --balance pos-weight|sampler|none")
+    if args.select_by not in SELECT_BY:
+        raise SonotrapError(f"--select-by {args.select_by!r} is not one of {', '.join(SELECT_BY)}")
     run, ckpt = _prepare(args, spec, frontend, info)
     run_dir = run.run_dir
     if ckpt is not None:  # the resumed run keeps its own settings, except time/progress knobs
@@ -395,7 +407,7 @@ def _train(args: TrainArgs, spec, frontend, info: D.DistInfo, t_start: float) ->
         stop = False
         if info.is_main:
             metrics = _validate(model, val_ds, args, info, pos_weight) if val_w else {"loss": math.nan}
-            score = _score(metrics) if val_w else -running / max(seen, 1)
+            score = _score(metrics, args.select_by) if val_w else -running / max(seen, 1)
             improved = score > best_score
             if improved:
                 best_score, best_epoch, bad_epochs = score, epoch + 1, 0

@@ -71,6 +71,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="class imbalance: per-class positive weights, balanced sampling, or nothing")
     t.add_argument("--max-pos-weight", type=float, default=10.0)
     t.add_argument("--patience", type=int, default=8, help="early stopping: epochs without val improvement")
+    t.add_argument("--select-by", choices=("macro_ap", "macro_roc_auc", "loss"), default="macro_ap",
+                   help="validation metric that picks best.pt and drives early stopping (weak labels: macro_roc_auc)")
     t.add_argument("--max-minutes", type=float, help="time budget: stop gracefully with the best checkpoint")
     t.add_argument("--stop-after", type=int, metavar="N", help="stop after N epochs in this session (--resume later)")
     t.add_argument("--seed", type=int, default=0)
@@ -143,7 +145,7 @@ def run(args: argparse.Namespace) -> int:
         out=args.out, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
         weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs, weights=args.weights,
         freeze_epochs=args.freeze_epochs, loss=args.loss, focal_gamma=args.focal_gamma,
-        balance=args.balance, max_pos_weight=args.max_pos_weight, patience=args.patience,
+        balance=args.balance, max_pos_weight=args.max_pos_weight, patience=args.patience, select_by=args.select_by,
         max_minutes=args.max_minutes, stop_after=args.stop_after, seed=args.seed, workers=args.workers,
         threads=args.threads,
         amp=not args.no_amp, device=args.device, resume=args.resume,

@@ -72,7 +72,10 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         return int(_load(args.command).run(args) or 0)
     except SonotrapError as err:
-        print(f"error: {err}", file=sys.stderr)
+        from edge.sdnotify import journal_connected
+
+        # In the journal the line carries priority 3 (error), so `journalctl -p warning` shows it.
+        print(f"{'<3>' if journal_connected() else ''}error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

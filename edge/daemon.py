@@ -33,6 +33,7 @@ from edge.clips import ClipWriter
 from edge.config import Config
 from edge.detector import DetectionEvent, Detector
 from edge.errors import SonotrapError
+from edge.modelstore import CURRENT, store_root
 from edge.pipeline import HopPipeline, HopResult
 from edge.sdnotify import Notifier
 from edge.updater import update_status_summary
@@ -45,7 +46,12 @@ READ_TIMEOUT_S = 0.2  # longest the loop waits for audio before doing housekeepi
 
 
 def model_bundle_path(cfg: Config) -> Path:
-    return Path(cfg.model.bundle) if cfg.model.bundle else DEFAULT_BUNDLE
+    """``model.bundle``; unset: the device's model store (``<state_dir>/models/current``) once
+    an update or ``sonotrap model install`` has filled it, else the shipped demo model."""
+    if cfg.model.bundle:
+        return Path(cfg.model.bundle)
+    current = store_root(cfg.state_dir) / CURRENT
+    return current if current.exists() else DEFAULT_BUNDLE
 
 
 def device_id(cfg: Config) -> str:

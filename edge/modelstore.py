@@ -436,7 +436,7 @@ def verify_bundle_here(bundle_dir: str | Path, trusted_keys: str | Path | None, 
             raise SonotrapError("no trusted keys configured; set update.trusted_keys_dir or allow_unsigned")
         if not has_sig:
             raise SonotrapError(
-                f"bundle {bundle_dir.name} is not signed and unsigned bundles are refused; "
+                "the bundle is not signed and unsigned bundles are refused; "
                 "sign it with 'sonotrap bundle sign' (or set update.allow_unsigned = true)"
             )
         key_id = signing.verify_bundle(bundle_dir, trusted_keys)

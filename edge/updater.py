@@ -57,7 +57,6 @@ log = logging.getLogger(__name__)
 INDEX_FILE = "index.json"
 UPDATE_STATUS_FILE = "update-status.json"
 DAEMON_STATUS_FILE = "status.json"
-PID_FILE = "sonotrap.pid"
 _MAX_INDEX_BYTES = 1 << 20
 _CHUNK = 1 << 16
 
@@ -415,8 +414,8 @@ def check_free_space(path: Path, need_bytes: int, min_free_mb: float) -> None:
 class SignalDaemon:
     """Out-of-process daemon control: SIGHUP to the running daemon and its status.json.
 
-    The pid comes from ``<state_dir>/status.json`` ("pid"), ``<state_dir>/sonotrap.pid``, or
-    systemd's MainPID of sonotrap.service, in that order; each candidate must be alive.
+    The pid comes from ``<state_dir>/status.json`` ("pid") or systemd's MainPID of
+    sonotrap.service, in that order; each candidate must be alive.
     """
 
     def __init__(self, state_dir: str | Path, unit: str = "sonotrap.service") -> None:
@@ -428,8 +427,6 @@ class SignalDaemon:
         st = read_json(self.state_dir / DAEMON_STATUS_FILE) or {}
         if isinstance(st.get("pid"), int):
             candidates.append(st["pid"])
-        with contextlib.suppress(OSError, ValueError):
-            candidates.append(int((self.state_dir / PID_FILE).read_text().strip()))
         if shutil.which("systemctl"):
             with contextlib.suppress(OSError, ValueError, subprocess.SubprocessError):
                 out = subprocess.run(

@@ -153,3 +153,19 @@ def test_rollback_without_previous_and_unknown_version(tmp_path, keys):
         store.rollback()
     with pytest.raises(SonotrapError, match="not installed"):
         store.activate("9.9.9")
+
+
+def test_daemon_uses_the_store_when_no_model_is_configured(tmp_path, keys):
+    """model.bundle unset: the shipped demo model until the store has a `current`, then the store."""
+    from edge.bundle import DEFAULT_BUNDLE
+    from edge.config import Config
+    from edge.daemon import model_bundle_path
+
+    cfg = Config()
+    cfg.state_dir = str(tmp_path / "state")
+    assert model_bundle_path(cfg) == DEFAULT_BUNDLE
+    store = ModelStore(tmp_path / "state" / "models")
+    store.activate(store.install(_signed(tmp_path, keys, "2.0.0"), trusted_keys=keys.public_dir).version)
+    assert load_bundle(model_bundle_path(cfg), self_test=False).version == "2.0.0"
+    cfg.model.bundle = str(DEFAULT_BUNDLE)  # an explicit setting always wins
+    assert model_bundle_path(cfg) == DEFAULT_BUNDLE

@@ -207,3 +207,20 @@ def test_journald_priorities_and_level_from_config(tmp_path, tiny_bundle):
     assert not any(line[3:7].isdigit() for line in lines), "no timestamps: journald adds its own"
     quiet = _run_on_journal_stream(tmp_path / "b", tiny_bundle, "--set", 'log_level="ERROR"')
     assert quiet and all(line.startswith("<3>") for line in quiet), quiet
+
+
+def test_fatal_error_line_has_error_priority_in_the_journal(tmp_path):
+    """The last line of a daemon that cannot start must pass `journalctl -p warning`."""
+    r, w = os.pipe()
+    st = os.fstat(w)
+    env = dict(os.environ, JOURNAL_STREAM=f"{st.st_dev}:{st.st_ino}")
+    env.pop("NOTIFY_SOCKET", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edge", "run", "--model", str(tmp_path / "missing"), "--no-mqtt",
+         "--state-dir", str(tmp_path / "state")],
+        stderr=w, stdout=subprocess.DEVNULL, cwd=REPO, env=env)
+    os.close(w)
+    with os.fdopen(r) as fh:
+        lines = fh.read().splitlines()
+    assert proc.wait(60) == 2
+    assert lines[-1].startswith("<3>error: ") and "missing" in lines[-1], lines

@@ -238,3 +238,14 @@ def test_offer_location_is_resolved_relative_to_index(env):
         offer = Updater(make_cfg(env, server.url + "channels/index.json")).check()
     assert isinstance(offer, Offer) and offer.location.endswith("/" + v2.archive.name)
     assert "channels" not in offer.location
+
+
+def test_timer_run_without_a_configured_source_is_a_quiet_no_op(tmp_path):
+    from tests.daemon_helpers import run_cli
+
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(f'state_dir = "{tmp_path / "state"}"\n')
+    quiet = run_cli("update", "--config", str(cfg), "--no-jitter", "--if-configured")
+    assert quiet.returncode == 0 and "nothing to do" in quiet.stderr
+    by_hand = run_cli("update", "--config", str(cfg), "--no-jitter")
+    assert by_hand.returncode == 1 and "no update source configured" in by_hand.stdout  # by hand: a failure

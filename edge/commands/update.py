@@ -30,6 +30,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--channel", metavar="NAME", help="index channel to follow (update.channel)")
     parser.add_argument("--version", dest="model_version", metavar="VERSION",
                         help="install exactly this version (also an older one)")
+    parser.add_argument("--if-configured", action="store_true",
+                        help="exit 0 quietly when no update source is configured (what the timer runs)")
     jit = parser.add_mutually_exclusive_group()
     jit.add_argument("--no-jitter", action="store_true", help="poll at once (the systemd timer randomises itself)")
     jit.add_argument("--jitter", type=float, metavar="SECONDS", help="random delay before polling (update.jitter_s)")
@@ -46,6 +48,9 @@ def run(args: argparse.Namespace) -> int:
     from edge.updater import MqttEvents, Updater
 
     cfg = load(args)
+    if args.if_configured and not (args.source or cfg.update.url or cfg.update.local_dir):
+        log.info("no update source configured (update.url / update.local_dir); nothing to do")
+        return 0
     if args.check:
         up = Updater(cfg, config_path=args.config)
         offer = up.check(args.source, args.channel, args.model_version)

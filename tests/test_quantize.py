@@ -92,3 +92,23 @@ def test_window_file_errors(tmp_path):
     np.savez(tmp_path / "bad.npz", images=np.zeros((2, 3, 128, 128), np.float32))
     with pytest.raises(SonotrapError, match="needs arrays"):
         load_windows(tmp_path / "bad.npz", "train")
+
+
+def test_bundle_thresholds_are_floored_and_capped(tmp_path):
+    """Near-zero best-F1 thresholds would report noise in the field: the bundle keeps them in [floor, 0.99]."""
+    import json
+
+    from edge.frontend import FrontendConfig
+    from tests.support.tiny_model import DEFAULT_BANDS, band_model_bytes
+    from trainer.bundle_builder import BundleInfo, build_bundle
+
+    cfg = FrontendConfig()
+    onnx_path = tmp_path / "m.onnx"
+    onnx_path.write_bytes(band_model_bytes(cfg, DEFAULT_BANDS))
+    labels = list(DEFAULT_BANDS)
+    info = BundleInfo("t", "1.0.0", labels, {c: c for c in labels}, cfg,
+                      thresholds={labels[0]: 0.003, labels[1]: 0.9999})
+    out = build_bundle(onnx_path, info, tmp_path / "b")
+    assert json.loads((out / "manifest.json").read_text())["thresholds"] == {labels[0]: 0.1, labels[1]: 0.99}
+    out = build_bundle(onnx_path, info, tmp_path / "c", min_threshold=0.01)
+    assert json.loads((out / "manifest.json").read_text())["thresholds"][labels[0]] == 0.01

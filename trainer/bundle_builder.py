@@ -88,8 +88,16 @@ def _json_safe(value: Any, depth: int = 0) -> Any:
     return str(value)
 
 
-def _clip_threshold(t: float) -> float:
-    return float(min(max(t, 0.01), 0.99))
+DEFAULT_MIN_THRESHOLD = 0.1
+
+
+def _clip_threshold(t: float, floor: float = DEFAULT_MIN_THRESHOLD) -> float:
+    """Validation-chosen thresholds, kept in [floor, 0.99].
+
+    Best-F1 thresholds of classes with few validation positives can land near 0, and a class
+    detected at a score of 0.02 only reports noise in the field; the floor keeps it quiet.
+    """
+    return float(min(max(t, floor), 0.99))
 
 
 def build_bundle(
@@ -101,9 +109,10 @@ def build_bundle(
     metrics: dict[str, Any] | None = None,
     reference_images: np.ndarray | None = None,
     archive: str | Path | None = None,
+    min_threshold: float = DEFAULT_MIN_THRESHOLD,
 ) -> Path:
     """Write a complete bundle directory (and ``archive`` .tar.gz if given); returns the directory."""
-    thresholds = {c: _clip_threshold(info.thresholds.get(c, 0.5)) for c in info.labels}
+    thresholds = {c: _clip_threshold(info.thresholds.get(c, 0.5), min_threshold) for c in info.labels}
     manifest = Manifest(
         name=info.name,
         version=info.version,
@@ -158,6 +167,7 @@ def bundle_from_checkpoint(
     archive: str | Path | None = None,
     fp32_path: str | Path | None = None,
     work_dir: str | Path | None = None,
+    min_threshold: float = DEFAULT_MIN_THRESHOLD,
 ) -> tuple[Path, dict[str, Any]]:
     """Export -> parity -> quantize (calibrated on train windows) -> verify -> INT8 bundle.
 
@@ -219,7 +229,8 @@ def bundle_from_checkpoint(
         "fp32_bytes": fp32.stat().st_size,
     }
     out = build_bundle(int8, info, out_dir, quantization=quant, metrics=metrics,
-                       reference_images=_pick_reference(val.images, probs), archive=archive)
+                       reference_images=_pick_reference(val.images, probs), archive=archive,
+                       min_threshold=min_threshold)
     (work / "report.json").write_text(json.dumps(_json_safe(metrics), indent=2) + "\n")
     return out, metrics
 

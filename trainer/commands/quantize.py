@@ -29,6 +29,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--reduce-range", action="store_true",
                         help="7-bit weights (only for old x86 without VNNI if accuracy saturates)")
     parser.add_argument("--max-ap-drop", type=float, default=0.02, help="fail when INT8 macro-AP drops more than this")
+    parser.add_argument("--min-threshold", type=float, default=0.1,
+                        help="floor for the per-class thresholds written into the bundle (default 0.1)")
     parser.add_argument("--val-limit", type=int, default=None, help="use at most N validation windows")
     parser.add_argument("--provenance", action="append", default=[], metavar="KEY=VALUE",
                         help="extra provenance for the manifest (repeatable)")
@@ -50,11 +52,13 @@ def run(args: argparse.Namespace) -> int:
     settings = QuantSettings(method=args.method, calibration_windows=args.calib_windows,
                              activation_type=args.activation_type, reduce_range=args.reduce_range,
                              percentile=args.percentile, seed=args.seed)
+    if not 0.0 <= args.min_threshold < 1.0:
+        raise SonotrapError(f"--min-threshold {args.min_threshold} must be in [0, 1)")
     out, m = bundle_from_checkpoint(
         args.checkpoint, args.out, settings=settings, calibration_source=args.calibration,
         validation_source=args.validation, data_root=args.data, val_limit=args.val_limit,
         max_ap_drop=args.max_ap_drop, name=args.name, version=args.model_version, provenance=extra,
-        archive=args.archive, fp32_path=args.onnx, work_dir=args.work_dir,
+        archive=args.archive, fp32_path=args.onnx, work_dir=args.work_dir, min_threshold=args.min_threshold,
     )
     d = m["int8_vs_fp32"]
     print(f"wrote INT8 bundle {out}" + (f" and {args.archive}" if args.archive else ""))

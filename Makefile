@@ -32,8 +32,10 @@ test: system-deps $(VENV)/.dev-installed
 lint: $(VENV)/.dev-installed
 	$(VENV)/bin/ruff check .
 
+## make bench: daemon (latency, CPU, RSS at hop 0.5/1 s) and publisher benchmarks on the demo model
 bench: $(VENV)/.dev-installed
-	$(PY) bench/run_all.py
+	$(PY) bench/bench_daemon.py
+	$(PY) bench/bench_publisher.py
 
 ## make demo-model [RUN=/work/runs/nips4b-full]: rebuild models/demo from a training run
 ## (thresholds, export + parity, INT8 calibrated on train windows, AP check, bundle, benchmark)

@@ -8,6 +8,7 @@ import torch only inside ``run``, so the edge install never needs torch.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import logging
 import sys
@@ -59,6 +60,17 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+_DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG)
+
+
+def _fail(message: str) -> int:
+    """One line on stderr; in the journal at priority 3 (error), so `journalctl -p warning` shows it."""
+    from edge.sdnotify import journal_connected
+
+    print(f"{'<3>' if journal_connected() else ''}error: {message}", file=sys.stderr)
+    return 2
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     chosen = next((a for a in argv if a in COMMANDS), None)
@@ -72,11 +84,13 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         return int(_load(args.command).run(args) or 0)
     except SonotrapError as err:
-        from edge.sdnotify import journal_connected
-
-        # In the journal the line carries priority 3 (error), so `journalctl -p warning` shows it.
-        print(f"{'<3>' if journal_connected() else ''}error: {err}", file=sys.stderr)
-        return 2
+        return _fail(str(err))
+    except OSError as err:
+        if err.errno not in _DISK_ERRORS:
+            raise
+        # A full, read-only or forbidden disk while writing results, checkpoints or run files.
+        where = f" writing {err.filename}" if err.filename else ""
+        return _fail(f"{err.strerror or err}{where}; free space on that disk or write somewhere else")
     except KeyboardInterrupt:
         return 130
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -36,3 +37,15 @@ def frontend_cfg() -> FrontendConfig:
 def tiny_bundle(tmp_path: Path) -> Path:
     """A bundle whose model detects 1.0-1.4 kHz ('tone_low') and 3.8-4.4 kHz ('tone_high')."""
     return make_tiny_bundle(tmp_path / "tiny-bundle")
+
+
+@pytest.fixture
+def small_fs(tmp_path: Path):
+    """A real 600 KiB tmpfs (needs root / CAP_SYS_ADMIN; skipped otherwise)."""
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=600k", "tmpfs", str(mnt)], capture_output=True)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {proc.stderr.decode().strip()}")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], capture_output=True)

@@ -84,3 +84,20 @@ def test_missing_path_and_empty_folder_are_one_line_errors(tmp_path, tiny_bundle
     (tmp_path / "empty").mkdir()
     r = run_cli("analyze", str(tmp_path / "empty"), "--model", str(tiny_bundle))
     assert r.returncode == 2 and r.stderr.startswith("error: no recordings found") and len(r.stderr.splitlines()) == 1
+
+
+def test_full_disk_is_one_line_error(tmp_path, small_fs, tiny_bundle):
+    """Results that cannot be written (ENOSPC) end with one line naming the problem, not a traceback."""
+    wav = write_tones(tmp_path / "x.wav", [(None, 1), (LOW, 1.5), (None, 1), (HIGH, 1.5), (None, 1)])
+    filler = small_fs / "filler"
+    with filler.open("wb", buffering=0) as fh:  # fill the 600 KiB disk
+        try:
+            while True:
+                fh.write(b"\0" * 4096)
+        except OSError:
+            pass
+    r = run_cli("analyze", str(wav), "--model", str(tiny_bundle), "-o", str(small_fs / "out"), "--no-progress")
+    assert r.returncode == 2, r.stderr
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "No space left on device" in last and "free space" in last, r.stderr
+    assert "Traceback" not in r.stderr

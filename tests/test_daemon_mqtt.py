@@ -65,3 +65,34 @@ def test_broker_down_at_boot_keeps_detections_in_the_outbox_until_it_is_up(tmp_p
         assert run_fast(tmp_path, quiet, tiny_bundle, port).returncode == 0
         got = sub.wait_for(lambda ms: [m.json() for m in ms] or None)
     assert [g["id"] for g in got] == [det["id"]]
+
+
+def test_sigterm_publishes_the_open_event_then_offline_and_exits_0(tmp_path, tiny_bundle, mosquitto):
+    """Clean shutdown with a real broker: stop audio, finish in-flight windows, flush the outbox, go offline."""
+    import signal
+
+    from tests.daemon_helpers import sonotrap, wait_for
+
+    wav = write_tones(tmp_path / "t.wav", [(LOW, 30)])  # the call is still going on at SIGTERM
+    with Subscriber(mosquitto.port, "sonotrap/field-1/#") as sub:
+        proc = sonotrap("run", "--file", str(wav), "--realtime", "--loop", "--model", str(tiny_bundle),
+                        "--broker", f"127.0.0.1:{mosquitto.port}", "--device-id", "field-1",
+                        "--state-dir", str(tmp_path / "state"))
+        try:
+            status = tmp_path / "state" / "status.json"
+            wait_for(lambda: status.is_file() and json.loads(status.read_text()).get("hops", 0) >= 3, timeout=30)
+            assert sub.on_topic("/detections") == []  # the event has not ended yet
+            proc.send_signal(signal.SIGTERM)
+            _, err = proc.communicate(timeout=20)
+        finally:
+            proc.kill()
+        assert proc.returncode == 0, err
+        sub.wait_for(lambda ms: any(json.loads(m.payload).get("state") == "offline"
+                                    for m in ms if m.topic.endswith("/status")), timeout=10)
+        det = [json.loads(m.payload) for m in sub.on_topic("/detections")]
+        assert [(d["label"], d["state"]) for d in det] == [("tone_low", "ended")]
+        statuses = [json.loads(m.payload) for m in sub.on_topic("/status")]
+        assert statuses[-1]["state"] == "offline" and statuses[-1]["reason"] == "shutdown"
+    rows = sqlite3.connect(tmp_path / "state" / "outbox.sqlite").execute("SELECT COUNT(*) FROM outbox").fetchone()
+    assert rows == (0,)  # nothing left behind
+    assert "Traceback" not in err

@@ -109,18 +109,6 @@ def test_bad_settings_and_a_file_that_is_not_a_database_are_clear_errors(tmp_pat
         Outbox(junk)
 
 
-@pytest.fixture
-def small_fs(tmp_path: Path):
-    """A real 600 KiB tmpfs (needs root / CAP_SYS_ADMIN; skipped otherwise)."""
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=600k", "tmpfs", str(mnt)], capture_output=True)
-    if proc.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here: {proc.stderr.decode().strip()}")
-    yield mnt
-    subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
-
-
 def test_disk_full_falls_back_to_memory_reports_it_and_returns_to_disk(small_fs: Path) -> None:
     path = small_fs / "outbox.sqlite"
     box = Outbox(path, retry_s=0.0)

@@ -190,3 +190,21 @@ def test_validation_metric_that_picks_the_best_checkpoint():
     assert _score({**m, "macro_ap": math.nan}) == -0.3  # undefined metric: fall back to the loss
     with pytest.raises(SonotrapError, match="--select-by"):
         train(_args(Path("/nonexistent"), select_by="f1"), None, None)
+
+
+def test_bad_rows_are_skipped_and_counted_in_the_report(data_dir, tmp_path):
+    import csv
+
+    rows = list(csv.reader((data_dir / "annotations.csv").open()))
+    rows += [["audio/rec00.wav", "2.0", "1.0", "low"], ["audio/missing.wav", "0.1", "0.5", "high"]]
+    table = tmp_path / "ann.csv"
+    with table.open("w", newline="") as fh:
+        csv.writer(fh).writerows(rows)
+    out = tmp_path / "run"
+    spec = DataSpec(annotations=str(table), root=str(data_dir), seed=3)
+    train(_args(out, epochs=1), spec, SMALL)
+    problems = (out / "input_problems.txt").read_text().splitlines()
+    assert len(problems) == 2 and any("missing.wav" in p for p in problems)
+    assert json.loads((out / "train_summary.json").read_text())["input_problems_skipped"] == 2
+    with pytest.raises(SonotrapError, match="missing.wav|end"):
+        train(_args(tmp_path / "strict", epochs=1), DataSpec(annotations=str(table), root=str(data_dir), strict=True), SMALL)

@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = "sonotrap-checkpoint/1"
 BEST, LAST = "best.pt", "last.pt"
+PROBLEMS_FILE = "input_problems.txt"  # one line per skipped input row/file
 
 
 @dataclass
@@ -264,9 +265,9 @@ def _prepare(args: TrainArgs, spec, frontend, info) -> tuple[RunData, dict | Non
     if info.is_main:
         prepared = prepare_run(spec, frontend or FrontendConfig(), run_dir)
         if prepared.problems:
-            (run_dir / "input_problems.txt").write_text("\n".join(prepared.problems) + "\n", encoding="utf-8")
+            (run_dir / PROBLEMS_FILE).write_text("\n".join(prepared.problems) + "\n", encoding="utf-8")
             log.warning("%d bad input rows/files skipped (listed in %s)", len(prepared.problems),
-                        run_dir / "input_problems.txt")
+                        run_dir / PROBLEMS_FILE)
     D.barrier(info)
     return load_run_data(run_dir), None
 
@@ -448,7 +449,9 @@ def _train(args: TrainArgs, spec, frontend, info: D.DistInfo, t_start: float) ->
         log.info("training stopped after epoch %d: %s; best epoch %d", epoch, stop_reason, best_epoch)
         final = finalize(run_dir / BEST, run, info.device, args.batch_size, args.workers,
                          args.target_precision, args.progress)
+        problems = run_dir / PROBLEMS_FILE
         summary = {"stop_reason": stop_reason, "epochs_run": epoch, "best_epoch": best_epoch,
+                   "input_problems_skipped": len(problems.read_text().splitlines()) if problems.is_file() else 0,
                    "train_windows_per_s": train_samples / max(train_seconds, 1e-9),
                    "train_seconds": train_seconds, "wall_s": time.monotonic() - t_start,
                    "val": {k: final["val"].get(k) for k in ("macro_ap", "macro_roc_auc", "macro_f1")},

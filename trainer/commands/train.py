@@ -121,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
     from trainer.dataset import AugmentConfig
     from trainer.labels import LabelSelection, read_mapping
     from trainer.prepare import DataSpec
-    from trainer.train import TrainArgs, train
+    from trainer.train import PROBLEMS_FILE, TrainArgs, train
     from trainer.windows import WindowConfig
 
     if len(args.split) != 3:
@@ -164,6 +164,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"val  macro-AP {val.get('macro_ap')}, macro ROC-AUC {val.get('macro_roc_auc')}")
     print(f"test macro-AP {test.get('macro_ap')}, macro ROC-AUC {test.get('macro_roc_auc')}")
     print(f"{result.windows_per_s:.1f} training windows/s, wall time {result.wall_s / 60:.1f} min")
+    problems = result.run_dir / PROBLEMS_FILE
+    if problems.is_file():
+        print(f"{len(problems.read_text().splitlines())} bad input rows/files skipped; listed in {problems}")
     return 0
 
 

@@ -12,7 +12,7 @@ Three-state labels (issue 6): ``Annotation.present`` is True (a call of ``label`
 False (validated absent) or None (unknown). ``Recording.complete`` says every class was
 annotated in the recording, so any class without a call there is a known negative.
 
-Bad input (missing/unreadable audio, annotation outside the file, end before start, unknown
+Bad input (missing/unreadable/truncated audio, annotation outside the file, end before start, unknown
 columns) is reported as one line naming file and row; ``strict`` raises, otherwise the row or
 file is skipped and counted in ``Source.problems``. No torch here.
 """
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -104,7 +105,35 @@ def audio_info(path: Path, problems: Problems) -> tuple[float, int] | None:
     if info.frames <= 0 or info.samplerate <= 0:
         problems(f"audio file {path} is empty; remove it from the file list")
         return None
+    damage = _damage(path, info)
+    if damage is not None:
+        problems(f"audio file {path} is truncated or damaged ({damage}); re-export or remove it")
+        return None
     return info.frames / info.samplerate, int(info.samplerate)
+
+
+# Frames decoded at the end of each file to catch truncation (a seek + short read, not a full decode).
+_TAIL_FRAMES = 4096
+# libsndfile's WAV report when the data chunk promises more bytes than the file holds (it then
+# silently shortens the file); sizes >= 2**31 - 1 are streaming placeholders, not truncation.
+_WAV_DATA_SHORT = re.compile(r"^data\s*:\s*(\d+)\s*\(should be (\d+)\)", re.MULTILINE)
+
+
+def _damage(path: Path, info) -> str | None:
+    """Why ``path`` is truncated/undecodable at its end, or None when its last frames decode."""
+    m = _WAV_DATA_SHORT.search(info.extra_info or "")
+    if m and int(m.group(2)) < int(m.group(1)) < 0x7FFFFFFF:
+        return f"header promises {m.group(1)} bytes of audio, the file holds {m.group(2)}"
+    try:
+        with sf.SoundFile(str(path)) as f:
+            want = min(_TAIL_FRAMES, f.frames)
+            f.seek(f.frames - want)
+            got = len(f.read(want, dtype="float32", always_2d=True))
+    except Exception as err:  # LibsndfileError "lost sync", "psf_fseek() failed", ...
+        return f"decoding its last frames failed: {str(err).splitlines()[0][:100]}"
+    if got < want:
+        return f"header promises {info.frames} frames, only {info.frames - want + got} could be read"
+    return None
 
 
 def _read_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
@@ -290,12 +319,14 @@ def read_raven(folder: str | Path, strict: bool = False) -> Source:
             continue
         columns, rows = _read_csv(table)
         label_col = next((c for c in RAVEN_LABEL_COLUMNS if c in columns), None)
-        _require(columns, (RAVEN_BEGIN, RAVEN_END), table, "export the selection table from Raven")
-        if label_col is None:
-            raise SonotrapError(
-                f"table {table} has no label column (one of {list(RAVEN_LABEL_COLUMNS)[:2]}; found "
-                f"{columns}); add a Species or Annotation column"
-            )
+        missing = [c for c in (RAVEN_BEGIN, RAVEN_END) if c not in columns]
+        if missing or label_col is None:
+            # One bad table skips that recording (counted), like a bad row; strict stops.
+            problems(f"{table.name} row 1: no column(s) {missing or list(RAVEN_LABEL_COLUMNS)[:2]} "
+                     f"(found {columns}); export the selection table from Raven with a Species "
+                     "or Annotation column")
+            recordings.pop(rel)
+            continue
         view_col = "View" if "View" in columns else None
         for i, r in enumerate(rows, start=2):
             if view_col and r[view_col] and not r[view_col].lower().startswith("spectrogram"):

@@ -35,17 +35,34 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+TRAIN_EXTRAS = ("torch", "torchvision", "onnx", "tqdm", "matplotlib")  # the `train` extra
+
+
 def _load(name: str):
     module_name = COMMANDS[name][0]
     try:
         return importlib.import_module(module_name)
-    except ModuleNotFoundError as err:
-        if err.name in ("torch", "torchvision", "onnx"):
+    except ImportError:
+        _raise_if_train_extra_missing(name)
+        raise
+
+
+def _raise_if_train_extra_missing(name: str) -> None:
+    """For a trainer command that hit an ImportError: one line naming the missing package.
+
+    The trainer commands import torch inside ``run`` (so ``--help`` works on an edge install),
+    hence this is checked where the command runs, not only where its module loads.
+    """
+    if not COMMANDS[name][0].startswith("trainer."):
+        return
+    for package in TRAIN_EXTRAS:
+        try:
+            importlib.import_module(package)
+        except ImportError as err:
             raise SonotrapError(
-                f"'sonotrap {name}' needs {err.name}; install sonotrap[train] "
+                f"'sonotrap {name}' needs {package} ({str(err).splitlines()[0][:80]}); install sonotrap[train] "
                 "(pip install 'sonotrap[train]')"
             ) from None
-        raise
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
@@ -82,7 +99,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.command is None:
             parser.print_help()
             return 2
-        return int(_load(args.command).run(args) or 0)
+        command = _load(args.command)
+        try:
+            return int(command.run(args) or 0)
+        except ImportError:
+            _raise_if_train_extra_missing(args.command)
+            raise
     except SonotrapError as err:
         return _fail(str(err))
     except OSError as err:

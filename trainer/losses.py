@@ -54,8 +54,9 @@ def sample_weights(targets: np.ndarray, known: np.ndarray) -> np.ndarray:
     """
     pos = (targets * known).sum(axis=0)
     inv = np.where(pos > 0, 1.0 / np.maximum(pos, 1), 0.0)
-    w = (targets * known * inv[None, :]).max(axis=1)
+    # float64 before normalising: numpy's weighted choice wants the sum within ~1e-8 of 1.
+    w = (targets * known * inv[None, :]).max(axis=1).astype(np.float64)
     empty = w == 0
     if empty.any():
         w[empty] = 1.0 / empty.sum()
-    return (w / w.sum()).astype(np.float64)
+    return w / w.sum()

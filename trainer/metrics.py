@@ -104,8 +104,10 @@ def evaluate_scores(
         thr = (thresholds or {}).get(lab, 0.5)
         p, r, f1 = f1_at(y, s, thr)
         n_pos = int(y.sum())
+        # Without a known negative precision is 1 at every step whatever the scores: undefined.
+        ap = average_precision(y, s) if n_pos < len(y) else math.nan
         per_class[lab] = {
-            "ap": average_precision(y, s), "roc_auc": roc_auc(y, s), "f1": f1 if n_pos else math.nan,
+            "ap": ap, "roc_auc": roc_auc(y, s), "f1": f1 if n_pos else math.nan,
             "precision": p, "recall": r, "threshold": thr, "n_pos": n_pos, "n_known": int(m.sum()),
         }
     aps = [c["ap"] for c in per_class.values()]

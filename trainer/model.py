@@ -66,6 +66,10 @@ def _read_backbone(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, torch
             if key in state and isinstance(state[key], dict):
                 state = state[key]
                 break
+    if not isinstance(state, dict):
+        raise SonotrapError(
+            f"weights file {path} holds a {type(state).__name__}, not a ResNet50 state dict; pass the right file"
+        )
     state = {k.removeprefix("module."): v for k, v in state.items()}
     # A fine-tuned sonotrap checkpoint has a different head size: load the backbone alone.
     head = {k: v for k, v in state.items() if k in ("fc.weight", "fc.bias")}

@@ -29,6 +29,16 @@ def shared_data() -> Path:
 
 
 @pytest.fixture(scope="session")
+def data_dir(tmp_path_factory) -> Path:
+    """Synthetic labelled recordings (tests/support/synth_calls.py) for the trainer tests."""
+    from tests.support.synth_calls import make_dataset
+
+    root = tmp_path_factory.mktemp("synth")
+    make_dataset(root, n_files=12, n_negative=3)
+    return root
+
+
+@pytest.fixture(scope="session")
 def frontend_cfg() -> FrontendConfig:
     return FrontendConfig()
 

@@ -15,7 +15,6 @@ import torch
 
 from edge.errors import SonotrapError
 from edge.frontend import FrontendConfig
-from tests.support.synth_calls import make_dataset
 from trainer.dataset import AugmentConfig
 from trainer.evaluate import evaluate_checkpoint
 from trainer.prepare import DataSpec
@@ -29,13 +28,6 @@ def _args(out: Path, **kw) -> TrainArgs:
                 seed=3, warmup_epochs=0.5, augment=AugmentConfig(shift_s=0.3))
     base.update(kw)
     return TrainArgs(**base)
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("synth")
-    make_dataset(root, n_files=12, n_negative=3)
-    return root
 
 
 @pytest.fixture(scope="module")

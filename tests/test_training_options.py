@@ -23,7 +23,6 @@ from torchvision.models import resnet50
 import trainer.train as train_module
 from edge.errors import SonotrapError
 from edge.frontend import FrontendConfig
-from tests.support.synth_calls import make_dataset
 from trainer.data import load_run_data
 from trainer.dataset import AugmentConfig, WindowDataset
 from trainer.losses import sample_weights
@@ -58,13 +57,6 @@ def _history(out: Path) -> list[dict]:
 
 def _is_param(name: str) -> bool:
     return not name.endswith(BN_BUFFERS)
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("synth")
-    make_dataset(root, n_files=12, n_negative=3)
-    return root
 
 
 @pytest.fixture(scope="module")

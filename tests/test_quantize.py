@@ -14,7 +14,6 @@ from trainer.export import export_onnx  # noqa: E402
 from trainer.quantize import (  # noqa: E402
     QuantSettings,
     WindowSet,
-    average_precision,
     check_ap_drop,
     load_windows,
     quantize_and_verify,
@@ -35,13 +34,6 @@ def small(tmp_path_factory):
     model = train_small_cnn(xt, yt, epochs=12)
     fp32 = export_onnx(model, d / "fp32.onnx")
     return d, fp32, _ws(xt, yt, labels, "train"), _ws(xv, yv, labels, "val")
-
-
-def test_average_precision_known_values():
-    assert average_precision(np.array([0.9, 0.8, 0.1]), np.array([1, 1, 0])) == 1.0
-    assert average_precision(np.array([0.9, 0.8, 0.1]), np.array([0, 1, 1])) == pytest.approx((1 / 2 + 2 / 3) / 2)
-    assert average_precision(np.array([0.5, 0.5]), np.array([1, 0])) == 0.5  # ties count against us
-    assert np.isnan(average_precision(np.array([0.5]), np.array([0])))
 
 
 @pytest.mark.parametrize("method", ["minmax", "entropy", "percentile"])

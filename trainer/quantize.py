@@ -120,29 +120,14 @@ def load_windows(
 # --------------------------------------------------------------------------- metrics
 
 
-def average_precision(scores: np.ndarray, targets: np.ndarray) -> float:
-    """AP = mean precision at the rank of each positive (ties broken pessimistically); NaN without positives."""
-    scores = np.asarray(scores, dtype=np.float64)
-    targets = np.asarray(targets) > 0.5
-    n_pos = int(targets.sum())
-    if n_pos == 0:
-        return float("nan")
-    order = np.lexsort((targets, -scores))  # descending score; among ties, negatives first
-    hits = targets[order]
-    tp = np.cumsum(hits)
-    precision = tp / np.arange(1, len(hits) + 1)
-    return float(precision[hits].sum() / n_pos)
-
-
 def per_class_ap(probs: np.ndarray, ws: WindowSet) -> dict[str, float]:
-    """AP per label over windows where that label is known; labels without positives are omitted."""
-    out = {}
-    for k, label in enumerate(ws.labels):
-        m = ws.known[:, k]
-        ap = average_precision(probs[m, k], ws.targets[m, k])
-        if not np.isnan(ap):
-            out[label] = ap
-    return out
+    """AP per label over windows where that label is known (the trainer's metric, so the
+    FP32/INT8 figures match ``sonotrap evaluate``); labels without a known positive and a known
+    negative are omitted."""
+    from trainer.metrics import evaluate_scores
+
+    per_class = evaluate_scores(probs, ws.targets, ws.known, ws.labels)["per_class"]
+    return {label: c["ap"] for label, c in per_class.items() if not np.isnan(c["ap"])}
 
 
 @dataclass

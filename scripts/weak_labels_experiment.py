@@ -12,7 +12,10 @@ leave it:
   centres its window exactly where the full-label run centred it;
 - a window without calls -> one row ``(window, label, 0)`` for a seeded random class absent
   from the whole recording (so the "absent" statement stays true for any overlapping
-  window).
+  window);
+- with ``--present-fraction F`` < 1 only that share of call windows keeps a present class;
+  the others keep a class absent from the recording, ``(window, label, 0)``, like template
+  hits a reviewer marked false (a review export has those for every class).
 
 Every other class of the window is unknown. Training on the table with ``--split-file``
 of the full run keeps the same recordings in train/val/test.
@@ -41,8 +44,14 @@ from trainer.split import SPLITS  # noqa: E402
 from trainer.windows import Window  # noqa: E402
 
 
-def weak_rows(run_dir: str | Path, seed: int = 0) -> list[tuple[str, float, float, str, int]]:
-    """One ``(file, start_s, end_s, label, present)`` row per window of every split."""
+def weak_rows(
+    run_dir: str | Path, seed: int = 0, present_fraction: float = 1.0,
+) -> list[tuple[str, float, float, str, int]]:
+    """One ``(file, start_s, end_s, label, present)`` row per window of every split.
+
+    ``present_fraction`` < 1: that share of call windows keeps a present class; the others keep
+    a class absent from the recording, as a reviewer's "false" verdict on a template hit.
+    """
     run = load_run_data(run_dir)
     rng = np.random.default_rng(seed)
     by_file = run.annotations_by_file()
@@ -54,7 +63,11 @@ def weak_rows(run_dir: str | Path, seed: int = 0) -> list[tuple[str, float, floa
     rows = []
     for i in order:
         w = windows[int(i)]
-        if w.positives:
+        absent = [lab for lab in labels if lab not in present_in_file.get(w.file, set())]
+        if w.positives and absent and rng.random() >= present_fraction:
+            label = absent[int(rng.integers(len(absent)))]  # a validated false detection
+            rows.append((w.file, w.start_s, min(w.end_s, run.recordings[w.file].duration_s), label, 0))
+        elif w.positives:
             # Classes whose call contains the anchoring piece (true detections of the template).
             anchors = sorted({
                 a.label for a in by_file.get(w.file, ())
@@ -71,7 +84,6 @@ def weak_rows(run_dir: str | Path, seed: int = 0) -> list[tuple[str, float, floa
             else:  # a tile that happens to hold calls: the whole window is the detection
                 rows.append((w.file, w.start_s, min(w.end_s, run.recordings[w.file].duration_s), label, 1))
         else:
-            absent = [lab for lab in labels if lab not in present_in_file.get(w.file, set())]
             label = absent[int(rng.integers(len(absent)))]
             end = min(w.end_s, run.recordings[w.file].duration_s)  # short files: window is padded
             rows.append((w.file, w.start_s, end, label, 0))
@@ -116,6 +128,9 @@ def main(argv: list[str] | None = None) -> int:
     mk.add_argument("--run", required=True, help="run directory of the full-label training")
     mk.add_argument("--out", required=True, help="CSV to write (file,start_s,end_s,label,present)")
     mk.add_argument("--seed", type=int, default=0)
+    mk.add_argument("--present-fraction", type=float, default=1.0,
+                    help="share of call windows that keep a present class (default 1); the rest keep "
+                         "an absent class, like template hits a reviewer marked false")
     ev = sub.add_parser("evaluate", help="checkpoint(s) on a run dir's full-label split")
     ev.add_argument("--run", required=True, help="run directory whose windows/labels are the reference")
     ev.add_argument("--checkpoint", action="append", required=True, help="best.pt (repeatable)")
@@ -123,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     ev.add_argument("--out", help="write a JSON with the metrics here")
     args = p.parse_args(argv)
     if args.cmd == "make-table":
-        rows = weak_rows(args.run, args.seed)
+        rows = weak_rows(args.run, args.seed, args.present_fraction)
         write_rows(args.out, rows)
         pos = sum(r[4] for r in rows)
         per_class = Counter(r[3] for r in rows if r[4])

@@ -200,3 +200,35 @@ def test_bad_rows_are_skipped_and_counted_in_the_report(data_dir, tmp_path):
     assert json.loads((out / "train_summary.json").read_text())["input_problems_skipped"] == 2
     with pytest.raises(SonotrapError, match="missing.wav|end"):
         train(_args(tmp_path / "strict", epochs=1), DataSpec(annotations=str(table), root=str(data_dir), strict=True), SMALL)
+
+
+@pytest.mark.parametrize("present_fraction", [1.0, 0.5])
+def test_weak_label_table_keeps_one_true_statement_per_window(trained, present_fraction):
+    """scripts/weak_labels_experiment.py make-table: one known class per window, never a false label."""
+    import importlib.util
+
+    from trainer.data import load_run_data
+
+    spec = importlib.util.spec_from_file_location("wle", Path(__file__).parent.parent / "scripts" / "weak_labels_experiment.py")
+    wle = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(wle)
+    out, _ = trained
+    run = load_run_data(out)
+    windows = [w for s in ("train", "val", "test") for w in run.windows(s)]
+    rows = wle.weak_rows(out, seed=1, present_fraction=present_fraction)
+    assert len(rows) == len(windows)
+    in_file = {}
+    for a in run.annotations:
+        in_file.setdefault(a.file, set()).add(a.label)
+    for f, start, end, label, present in rows:
+        if present:
+            assert any(a.file == f and a.label == label and a.start_s <= start + 1e-6 and a.end_s >= end - 1e-6
+                       for a in run.annotations), (f, start, label)
+        else:
+            assert label not in in_file.get(f, set())
+    calls = sum(bool(w.positives) for w in windows)
+    kept_present = sum(r[4] for r in rows)
+    if present_fraction == 1.0:
+        assert kept_present == calls
+    else:
+        assert 0 < kept_present < calls

@@ -140,3 +140,17 @@ def test_pseudo_file_must_match_the_windows(rounds, tmp_path):
     run = load_run_data(out / "round-1")
     with pytest.raises(SonotrapError, match="other windows"):
         load_pseudo(out / "round-1", run.windows("train")[1:], run.labels)
+
+
+def test_degenerate_pseudo_labels_are_flagged():
+    from trainer.pseudo import implausible
+
+    targets = np.zeros((4, 10), dtype=np.float32)
+    known = np.zeros((4, 10), dtype=bool)
+    targets[:, 0] = 1
+    known[:, 0] = True  # one validated present class per window
+    everything_high = np.full((4, 10), 0.95)
+    msg = implausible(pseudo_label(everything_high, targets, known), targets, known)
+    assert msg and "10.0 present labels in each window" in msg
+    sensible = np.where(np.arange(10) == 1, 0.95, 0.02)[None, :].repeat(4, axis=0)
+    assert implausible(pseudo_label(sensible, targets, known), targets, known) is None

@@ -53,6 +53,24 @@ class PseudoLabels:
                 "added_absent": self.added_absent}
 
 
+def implausible(labels: PseudoLabels, targets: np.ndarray, known: np.ndarray, factor: float = 3.0) -> str | None:
+    """Why these pseudo labels look degenerate, or None.
+
+    A model trained almost only on positives (review exports without rejected hits) scores
+    nearly every class high; its pseudo labels then declare dozens of species present in every
+    window and the next round learns that. Caught by comparing present labels per window:
+    validated + pseudo against validated alone.
+    """
+    n = max(len(targets), 1)
+    validated = float((np.asarray(targets) * np.asarray(known)).sum()) / n
+    after = validated + labels.added_present / n
+    if labels.added_present and after > factor * max(validated, 1.0):
+        return (f"pseudo labels put {after:.1f} present labels in each window where the validated labels "
+                f"have {validated:.1f}: the model scores most classes high (too few validated-absent "
+                "examples?); raise --pseudo-high or add rejected detections to the export")
+    return None
+
+
 def pseudo_label(
     probs: np.ndarray, targets: np.ndarray, known: np.ndarray, high: float = 0.9, low: float = 0.1,
 ) -> PseudoLabels:
@@ -151,9 +169,13 @@ def train_rounds(args, spec, frontend, rounds: int, high: float = 0.9, low: floa
                 save_pseudo(d, labels, train_w, run.labels)
                 # A plain state dict, so the round loads it with torch.load(weights_only=True).
                 torch.save(load_checkpoint(prev)["model"], d / INIT_FILE)
-                (d / "pseudo_counts.json").write_text(json.dumps(labels.counts()) + "\n")
+                counts = labels.counts()
+                counts["warning"] = implausible(labels, ds.targets, ds.known)
+                (d / "pseudo_counts.json").write_text(json.dumps(counts) + "\n")
             record["pseudo"] = json.loads((d / "pseudo_counts.json").read_text())
             log.info("round %d: %s", r, record["pseudo"])
+            if record["pseudo"].get("warning"):
+                log.warning("round %d: %s", r, record["pseudo"]["warning"])
         if not (d / SUMMARY_FILE).is_file():
             if r == 0:
                 train(args, spec, frontend)

@@ -181,5 +181,7 @@ def _run_rounds(args: argparse.Namespace, targs, spec) -> int:
         extra = f", pseudo labels +{added['added_present']} present / +{added['added_absent']} absent" if added else ""
         print(f"round {r['round']}: val macro-AP {val.get('macro_ap')}, test macro-AP {test.get('macro_ap')}, "
               f"test macro ROC-AUC {test.get('macro_roc_auc')}{extra} ({r['run_dir']}/best.pt)")
+        if added and added.get("warning"):
+            print(f"  warning: {added['warning']}")
     print(f"per-round report: {args.out}/{ROUNDS_FILE}")
     return 0

@@ -13,6 +13,14 @@ import pytest
 from tests.daemon_helpers import LOW, REPO, write_tones
 
 
+def _kill_leftovers(proc: subprocess.Popen, tmp_path) -> None:
+    """After a failure, stop the script and its children (their own sessions; their arguments
+    name tmp_path), so a looping daemon does not load the machine for the rest of the suite."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+    subprocess.run(["pkill", "-KILL", "-f", str(tmp_path)], check=False)
+
+
 @pytest.mark.skipif(not (shutil.which("mosquitto") or os.path.exists("/usr/sbin/mosquitto")), reason="needs mosquitto")
 def test_demo_shows_live_detections_and_stops_cleanly(tmp_path, tiny_bundle):
     wav = write_tones(tmp_path / "rec.wav", [(None, 2.5), (LOW, 1.5), (None, 2)])
@@ -23,8 +31,7 @@ def test_demo_shows_live_detections_and_stops_cleanly(tmp_path, tiny_bundle):
     try:
         out, _ = proc.communicate(timeout=60)  # the recording (6 s) ends before DURATION
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+        _kill_leftovers(proc, tmp_path)
     assert proc.returncode == 0, out
     assert "mosquitto on 127.0.0.1:" in out and "DETECTION  tone low  [tone_low]" in out, out
     assert "status     offline (shutdown)" in out and "demo: the recording ended" in out
@@ -42,11 +49,10 @@ def test_demo_ctrl_c_stops_everything(tmp_path, tiny_bundle):
         time.sleep(8)
         os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in the terminal does
         out, _ = proc.communicate(timeout=30)
+        ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+        _kill_leftovers(proc, tmp_path)
+    assert str(tmp_path) not in ps, "a demo process survived Ctrl-C"
     assert proc.returncode == 0, out
     assert "demo: stopping" in out and "status     offline (shutdown)" in out, out
     assert "DETECTION  tone low" in out  # the open event was flushed at shutdown and delivered
-    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
-    assert str(tmp_path) not in ps, "a demo process survived Ctrl-C"

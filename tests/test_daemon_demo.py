@@ -13,12 +13,25 @@ import pytest
 from tests.daemon_helpers import LOW, REPO, write_tones
 
 
+def _start_demo(env: dict[str, str]) -> subprocess.Popen:
+    # SIGINT at its default, as in a terminal: a shell started with SIGINT ignored (e.g. from a
+    # background job, as a CI runner may start the suite) can never trap it.
+    return subprocess.Popen([str(REPO / "scripts" / "demo")], cwd=REPO, env=env, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
 def _kill_leftovers(proc: subprocess.Popen, tmp_path) -> None:
-    """After a failure, stop the script and its children (their own sessions; their arguments
-    name tmp_path), so a looping daemon does not load the machine for the rest of the suite."""
+    """After a failure, stop the script and its children (each in its own session; the daemon's
+    and broker's arguments name tmp_path, the feed's the port), so a looping daemon does not
+    load the machine for the rest of the suite."""
     if proc.poll() is None:
         os.killpg(proc.pid, signal.SIGKILL)
     subprocess.run(["pkill", "-KILL", "-f", str(tmp_path)], check=False)
+    conf = next(tmp_path.glob("sonotrap-demo.*/mosquitto.conf"), None)
+    port = conf.read_text().split()[1] if conf else None
+    if port:
+        subprocess.run(["pkill", "-KILL", "-f", f"demo_feed.py {port}"], check=False)
 
 
 @pytest.mark.skipif(not (shutil.which("mosquitto") or os.path.exists("/usr/sbin/mosquitto")), reason="needs mosquitto")
@@ -26,8 +39,7 @@ def test_demo_shows_live_detections_and_stops_cleanly(tmp_path, tiny_bundle):
     wav = write_tones(tmp_path / "rec.wav", [(None, 2.5), (LOW, 1.5), (None, 2)])
     env = dict(os.environ, MODEL=str(tiny_bundle), SOURCE=str(wav), DURATION="30", TMPDIR=str(tmp_path))
     env.pop("NOTIFY_SOCKET", None)
-    proc = subprocess.Popen([str(REPO / "scripts" / "demo")], cwd=REPO, env=env, start_new_session=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = _start_demo(env)
     try:
         out, _ = proc.communicate(timeout=60)  # the recording (6 s) ends before DURATION
     finally:
@@ -43,8 +55,7 @@ def test_demo_ctrl_c_stops_everything(tmp_path, tiny_bundle):
     wav = write_tones(tmp_path / "rec.wav", [(LOW, 4)])
     env = dict(os.environ, MODEL=str(tiny_bundle), SOURCE=str(wav), LOOP="1", TMPDIR=str(tmp_path))
     env.pop("NOTIFY_SOCKET", None)
-    proc = subprocess.Popen([str(REPO / "scripts" / "demo")], cwd=REPO, env=env, start_new_session=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = _start_demo(env)
     try:
         time.sleep(8)
         os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in the terminal does

@@ -150,8 +150,10 @@ def _ddp_worker(rank: int, world: int, port: int, out: str) -> None:
             loss = masked_bce(model(x[part]), y[part], k[part], w, gamma, normalizer=norm)
             loss.backward()
             grads[gamma] = {n: p.grad for n, p in model.module.named_parameters()}
+            del model, loss
         if rank == 0:
             torch.save(grads, out)
+        dist.barrier()  # neither rank tears gloo down while the other still uses it
     finally:
         dist.destroy_process_group()
 

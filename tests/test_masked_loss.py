@@ -16,7 +16,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from trainer.losses import masked_bce, positive_weights, sample_weights
+from trainer.losses import entry_weights, masked_bce, positive_weights, sample_weights
 
 # 2 windows x 3 classes; two entries unknown.
 LOGITS = [[2.0, -1.0, 0.5], [-0.3, 1.5, -2.0]]
@@ -128,6 +128,38 @@ def test_class_weighting_and_sampling_count_known_entries_only():
     np.testing.assert_allclose(sample_weights(t2, known), sample_weights(targets, known))
 
 
+def test_unknown_weight_counts_unknown_entries_as_weighted_negatives_by_hand():
+    """Weak assume-negative: unknown entries are negatives of weight w (whatever their stored
+    target), and the mean is over known + w * unknown entries."""
+    w = 0.25
+    z, y, k = _tensors()
+    loss = masked_bce(z, y, k, unknown_weight=w)
+    loss.backward()
+    norm = 4 + w * 2
+    expected_loss = 0.0
+    expected_grad = np.zeros((2, 3))
+    for i in range(2):
+        for j in range(3):
+            s = _sig(LOGITS[i][j])
+            t, weight = (TARGETS[i][j], 1.0) if KNOWN[i][j] else (0.0, w)  # [1][2] stores 1: ignored
+            expected_loss += weight * -(t * math.log(s) + (1 - t) * math.log(1 - s))
+            expected_grad[i, j] = weight * (s - t) / norm
+    assert loss.item() == pytest.approx(expected_loss / norm, rel=1e-6)
+    np.testing.assert_allclose(z.grad.numpy(), expected_grad, rtol=1e-5, atol=1e-8)
+    assert z.grad[1, 2].item() == pytest.approx(w * _sig(-2.0) / norm, rel=1e-6)  # pushed down, not up
+    # w = 0 is exactly the masked loss; w = 1 is "assume negative" over all 6 entries.
+    z0, y0, k0 = _tensors()
+    masked_bce(z0, y0, k0, unknown_weight=0.0).backward()
+    z1, y1, k1 = _tensors()
+    masked_bce(z1, y1, k1).backward()
+    np.testing.assert_array_equal(z0.grad.numpy(), z1.grad.numpy())
+    z2, y2, k2 = _tensors()
+    all_neg = torch.where(k2, y2, torch.zeros_like(y2))
+    torch.testing.assert_close(masked_bce(z2, y2, k2, unknown_weight=1.0),
+                               masked_bce(z2, all_neg, torch.ones_like(k2)).to(torch.float32))
+    with pytest.raises(ValueError, match=r"unknown_weight 1.5 must be in \[0, 1\]"):
+        masked_bce(z2, y2, k2, unknown_weight=1.5)
+
 # --- DDP: the training loop's normaliser (global known count / world size) -----------------
 
 def _ddp_worker(rank: int, world: int, port: int, out: str) -> None:
@@ -142,14 +174,15 @@ def _ddp_worker(rank: int, world: int, port: int, out: str) -> None:
         info = D.DistInfo(rank=rank, world_size=world)
         x, y, k, w = _ddp_data()
         grads = {}
-        for gamma in GAMMAS:
+        for gamma, uw in CASES:
             torch.manual_seed(0)
             model = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(4, 3).double())
             part = slice(0, 2) if rank == 0 else slice(2, 6)  # unequal shards, unequal known counts
-            norm = D.all_sum(info, k[part].sum().to(torch.float64)) / world  # as in trainer.train
-            loss = masked_bce(model(x[part]), y[part], k[part], w, gamma, normalizer=norm)
+            # as in trainer.train: the global (weighted) entry count over the world size
+            norm = D.all_sum(info, entry_weights(k[part], uw).sum().to(torch.float64)) / world
+            loss = masked_bce(model(x[part]), y[part], k[part], w, gamma, normalizer=norm, unknown_weight=uw)
             loss.backward()
-            grads[gamma] = {n: p.grad for n, p in model.module.named_parameters()}
+            grads[gamma, uw] = {n: p.grad for n, p in model.module.named_parameters()}
             del model, loss
         if rank == 0:
             torch.save(grads, out)
@@ -173,7 +206,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-GAMMAS = (0.0, 2.0)  # plain BCE and focal, both with class weights
+CASES = ((0.0, 0.0), (2.0, 0.0), (0.0, 0.25))  # (focal gamma, unknown weight), all with class weights
 
 
 def test_ddp_gradient_equals_single_process_masked_mean(tmp_path):
@@ -181,14 +214,14 @@ def test_ddp_gradient_equals_single_process_masked_mean(tmp_path):
     mp.spawn(_ddp_worker, args=(2, _free_port(), str(out)), nprocs=2, join=True)
     all_grads = torch.load(out)
     x, y, k, w = _ddp_data()
-    for gamma in GAMMAS:
-        ddp = all_grads[gamma]
+    for gamma, uw in CASES:
+        ddp = all_grads[gamma, uw]
         torch.manual_seed(0)
         model = torch.nn.Linear(4, 3).double()
-        masked_bce(model(x), y, k, w, gamma).backward()
+        masked_bce(model(x), y, k, w, gamma, unknown_weight=uw).backward()
         for name, p in model.named_parameters():
             torch.testing.assert_close(ddp[name], p.grad, rtol=1e-5, atol=1e-7)
         # Precondition: per-rank normalisation would give a different gradient here.
         model.zero_grad()
-        (sum(masked_bce(model(x[s]), y[s], k[s], w, gamma) for s in (slice(0, 2), slice(2, 6))) / 2).backward()
+        (sum(masked_bce(model(x[s]), y[s], k[s], w, gamma, unknown_weight=uw) for s in (slice(0, 2), slice(2, 6))) / 2).backward()
         assert not torch.allclose(model.weight.grad, ddp["weight"], rtol=1e-3)

@@ -18,8 +18,16 @@ from trainer.data import load_run_data
 from trainer.dataset import AugmentConfig, WindowDataset
 from trainer.metrics import average_precision, evaluate_scores
 from trainer.prepare import DataSpec
-from trainer.pseudo import PSEUDO_FILE, ROUNDS_FILE, load_pseudo, merge, pseudo_label, train_rounds
-from trainer.train import BEST, TrainArgs, load_checkpoint, model_from_checkpoint, predict
+from trainer.pseudo import (
+    PSEUDO_FILE,
+    ROUNDS_FILE,
+    _copy_run_data,
+    load_pseudo,
+    merge,
+    pseudo_label,
+    train_rounds,
+)
+from trainer.train import BEST, LAST, TrainArgs, load_checkpoint, model_from_checkpoint, predict, train
 
 SMALL = FrontendConfig(n_mels=32, n_frames=32, hop_length=2000)
 
@@ -154,3 +162,31 @@ def test_degenerate_pseudo_labels_are_flagged():
     assert msg and "10.0 present labels in each window" in msg
     sensible = np.where(np.arange(10) == 1, 0.95, 0.02)[None, :].repeat(4, axis=0)
     assert implausible(pseudo_label(sensible, targets, known), targets, known) is None
+
+
+def test_unknown_weight_trains_unknown_entries_as_weak_negatives(rounds, tmp_path):
+    """--unknown-weight changes training (same data, seed and init) but not what validation
+    scores: the reported metrics still cover known entries only."""
+    out, _ = rounds
+    finals = {}
+    for w in (0.0, 0.5):
+        d = tmp_path / f"w{w}"
+        _copy_run_data(out, d)  # the prepared weak-label run: one known class per window
+        args = TrainArgs(out=str(d), epochs=1, batch_size=8, weights="none", workers=0, progress=False,
+                         seed=2, warmup_epochs=0.5, augment=AugmentConfig(shift_s=0.3), unknown_weight=w)
+        train(args)
+        ckpt = torch.load(d / LAST, map_location="cpu", weights_only=False)
+        assert ckpt["args"]["unknown_weight"] == w
+        finals[w] = ckpt["model"]["fc.weight"]
+        run = load_run_data(d)
+        ds = WindowDataset(run, run.windows("val"))
+        probs = predict(model_from_checkpoint(load_checkpoint(d / BEST)), ds, 8, torch.device("cpu"))
+        reported = json.loads((d / "train_summary.json").read_text())["val"]
+        assert reported["macro_ap"] == pytest.approx(evaluate_scores(probs, ds.targets, ds.known,
+                                                                     run.labels)["macro_ap"], abs=1e-6)
+    assert not torch.allclose(finals[0.0], finals[0.5])  # the unknown entries did push
+
+
+def test_unknown_weight_out_of_range_is_a_clear_error(tmp_path):
+    with pytest.raises(SonotrapError, match=r"--unknown-weight 1.5 must be in \[0, 1\]"):
+        train(TrainArgs(out=str(tmp_path / "r"), weights="none", unknown_weight=1.5))

@@ -5,6 +5,11 @@ entries -- not by N*K -- so a validation-style batch with one known class per wi
 the same scale as a fully annotated one (issue 6). Under DDP the caller passes the global
 known count (divided by the world size), which makes the averaged gradient exactly that
 of the masked mean over all ranks' entries.
+
+``unknown_weight`` w > 0 ("weak assume negative", Cole et al. 2021, *Multi-label learning
+from single positive labels*) instead counts each unknown entry as a negative of weight w,
+normalised by ``known + w * unknown``: with one known class per window the plain mask leaves
+the model nothing that says "not this species", so it learns to score everything high.
 """
 
 from __future__ import annotations
@@ -21,21 +26,29 @@ def masked_bce(
     pos_weight: torch.Tensor | None = None,
     focal_gamma: float = 0.0,
     normalizer: torch.Tensor | float | None = None,
+    unknown_weight: float = 0.0,
 ) -> torch.Tensor:
-    """Mean BCE-with-logits (optionally focal) over known entries."""
+    """Mean BCE-with-logits (optionally focal) over known entries (and weighted unknowns)."""
     logits = logits.float()
-    targets = targets.float()
-    mask = known.to(logits.dtype)
+    targets = torch.where(known, targets.float(), torch.zeros((), device=logits.device))
+    weight = entry_weights(known, unknown_weight).to(logits.dtype)
     loss = F.binary_cross_entropy_with_logits(logits, targets, pos_weight=pos_weight, reduction="none")
     if focal_gamma > 0:
         p = torch.sigmoid(logits)
         p_t = p * targets + (1 - p) * (1 - targets)
         loss = loss * (1 - p_t).pow(focal_gamma)
-    total = torch.where(known, loss, torch.zeros_like(loss)).sum()
-    n = mask.sum() if normalizer is None else normalizer
+    total = torch.where(weight > 0, loss * weight, torch.zeros_like(loss)).sum()
+    n = weight.sum() if normalizer is None else normalizer
     if isinstance(n, torch.Tensor):
         return total / n.clamp(min=1.0)
     return total / max(float(n), 1.0)
+
+
+def entry_weights(known: torch.Tensor, unknown_weight: float = 0.0) -> torch.Tensor:
+    """Each (window, class) entry's weight in the loss: 1 known, ``unknown_weight`` unknown."""
+    if not 0.0 <= unknown_weight <= 1.0:
+        raise ValueError(f"unknown_weight {unknown_weight} must be in [0, 1]")
+    return torch.where(known, 1.0, unknown_weight)
 
 
 def positive_weights(targets: np.ndarray, known: np.ndarray, max_weight: float = 10.0) -> np.ndarray:

@@ -35,7 +35,7 @@ from edge.frontend import FrontendConfig
 from trainer import distributed as D
 from trainer.data import DATASET_FILE, SPLIT_FILE, RunData, load_run_data
 from trainer.dataset import AugmentConfig, WindowDataset
-from trainer.losses import masked_bce, positive_weights, sample_weights
+from trainer.losses import entry_weights, masked_bce, positive_weights, sample_weights
 from trainer.metrics import choose_thresholds, evaluate_scores, threshold_dicts
 from trainer.model import backbone_parameters, build_model
 from trainer.prepare import DataSpec, prepare_run
@@ -65,6 +65,7 @@ class TrainArgs:
     max_pos_weight: float = 10.0
     patience: int = 8
     select_by: str = "macro_ap"  # validation metric for best.pt / early stopping: see SELECT_BY
+    unknown_weight: float = 0.0  # weak labels: unknown entries count as negatives of this weight
     max_minutes: float | None = None
     stop_after: int | None = None  # stop after this many epochs in this session (resume later)
     seed: int = 0
@@ -277,6 +278,8 @@ def _train(args: TrainArgs, spec, frontend, info: D.DistInfo, t_start: float) ->
         torch.set_num_threads(args.threads)
     if args.loss not in ("bce", "focal") or args.balance not in ("pos-weight", "sampler", "none"):
         raise SonotrapError("--loss must be bce|focal and --balance pos-weight|sampler|none")
+    if not 0.0 <= args.unknown_weight <= 1.0:
+        raise SonotrapError(f"--unknown-weight {args.unknown_weight} must be in [0, 1] (0: unknown labels ignored)")
     if args.select_by not in SELECT_BY:
         raise SonotrapError(f"--select-by {args.select_by!r} is not one of {', '.join(SELECT_BY)}")
     run, ckpt = _prepare(args, spec, frontend, info)
@@ -386,10 +389,11 @@ def _train(args: TrainArgs, spec, frontend, info: D.DistInfo, t_start: float) ->
         for images, targets, known, _ in bar:
             images = images.to(dev, memory_format=torch.channels_last)
             targets, known = targets.to(dev), known.to(dev)
-            norm = D.all_sum(info, known.sum().float()) / info.world_size
+            norm = D.all_sum(info, entry_weights(known, args.unknown_weight).sum().float()) / info.world_size
             with torch.autocast(device_type=dev.type, dtype=amp_dtype or torch.float32, enabled=use_amp):
                 logits = model(images)
-            loss = masked_bce(logits, targets, known, pos_weight, gamma, normalizer=norm)
+            loss = masked_bce(logits, targets, known, pos_weight, gamma, normalizer=norm,
+                              unknown_weight=args.unknown_weight)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)

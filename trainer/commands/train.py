@@ -84,6 +84,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     t.add_argument("--target-precision", type=float, default=0.9, help="for the per-class thresholds")
     t.add_argument("--no-progress", action="store_true", help="no progress bars")
 
+    t.add_argument("--unknown-weight", type=float, default=0.0, metavar="W",
+                   help="weak labels: count unknown entries as negatives of weight W in [0, 1] "
+                        "(0: ignored; 1/(classes-1) is 'weak assume negative')")
+
     ps = p.add_argument_group("pseudo-labelling (weak labels: fill unknown entries with confident scores)")
     ps.add_argument("--pseudo-rounds", type=int, default=0, metavar="N",
                     help="after training, N rounds that retrain with pseudo labels (RUN_DIR/round-N)")
@@ -146,6 +150,7 @@ def run(args: argparse.Namespace) -> int:
         weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs, weights=args.weights,
         freeze_epochs=args.freeze_epochs, loss=args.loss, focal_gamma=args.focal_gamma,
         balance=args.balance, max_pos_weight=args.max_pos_weight, patience=args.patience, select_by=args.select_by,
+        unknown_weight=args.unknown_weight,
         max_minutes=args.max_minutes, stop_after=args.stop_after, seed=args.seed, workers=args.workers,
         threads=args.threads,
         amp=not args.no_amp, device=args.device, resume=args.resume,

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from edge.errors import SonotrapError
+from trainer.metrics import evaluate_scores
 
 log = logging.getLogger(__name__)
 
@@ -124,8 +125,6 @@ def per_class_ap(probs: np.ndarray, ws: WindowSet) -> dict[str, float]:
     """AP per label over windows where that label is known (the trainer's metric, so the
     FP32/INT8 figures match ``sonotrap evaluate``); labels without a known positive and a known
     negative are omitted."""
-    from trainer.metrics import evaluate_scores
-
     per_class = evaluate_scores(probs, ws.targets, ws.known, ws.labels)["per_class"]
     return {label: c["ap"] for label, c in per_class.items() if not np.isnan(c["ap"])}
 

@@ -83,7 +83,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     t.add_argument("--resume", action="store_true", help="continue RUN_DIR/last.pt exactly")
     t.add_argument("--target-precision", type=float, default=0.9, help="for the per-class thresholds")
     t.add_argument("--no-progress", action="store_true", help="no progress bars")
-
     t.add_argument("--unknown-weight", type=float, default=0.0, metavar="W",
                    help="weak labels: count unknown entries as negatives of weight W in [0, 1] "
                         "(0: ignored; 1/(classes-1) is 'weak assume negative')")

@@ -3,7 +3,7 @@
 
     .venv/bin/python bench/bench_daemon.py [--model models/demo] [--seconds 60] [--audio FILE]
 
-For each hop a fresh child process runs the real daemon (``edge.daemon.Daemon``) on the
+For each hop a fresh child process runs the real daemon (``edge.service.daemon.Daemon``) on the
 recording replayed in REAL TIME (looped), with the real publisher + SQLite outbox talking to
 a real Mosquitto on localhost and a real paho subscriber in the same process (same
 monotonic clock):
@@ -61,11 +61,11 @@ def pct(values: list[float], q: float) -> float | None:
 
 def child(args: argparse.Namespace) -> None:
     """One measurement in this process; prints a JSON line."""
-    from edge.bundle import load_bundle
     from edge.config import Config
-    from edge.daemon import Daemon
-    from edge.outbox import Outbox
-    from edge.publisher import Publisher
+    from edge.models.bundle import load_bundle
+    from edge.mqtt.outbox import Outbox
+    from edge.mqtt.publisher import Publisher
+    from edge.service.daemon import Daemon
     from tests.support.broker import Mosquitto, Subscriber
 
     tmp = Path(args.tmp)
@@ -148,7 +148,7 @@ def main() -> None:
         raise SystemExit(f"model bundle {args.model} not found; pass --model")
     import platform
 
-    from edge.bundle import load_bundle
+    from edge.models.bundle import load_bundle
 
     b = load_bundle(args.model)
     print(f"model {b.name} {b.version} ({args.model}, {len(b.labels)} labels), audio {args.audio}, "

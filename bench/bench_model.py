@@ -85,7 +85,7 @@ def _worker(kind: str, model: str, threads: int, windows: str, iters: int, warmu
 def _frontend_ms(cfg, n: int = 20) -> float:
     import numpy as np
 
-    from edge.frontend import compute
+    from edge.inference.frontend import compute
 
     audio = (0.001 * np.random.default_rng(0).standard_normal(cfg.window_samples)).astype(np.float32)
     compute(audio, cfg.sample_rate, cfg)
@@ -102,8 +102,8 @@ def _windows(args, cfg):
         from trainer.quantize import load_windows
 
         return load_windows(args.windows, "val", args.n_windows, 0).images
-    from edge.bundle import default_reference_audio
-    from edge.frontend import compute
+    from edge.inference.frontend import compute
+    from edge.models.bundle import default_reference_audio
 
     return np.stack([compute(w, cfg.sample_rate, cfg) for w in default_reference_audio(cfg)] * 4)
 
@@ -140,7 +140,7 @@ def main() -> int:
         print(json.dumps(_worker(args.worker, args.model, args.threads[0], args.input, args.iters, args.warmup)))
         return 0
 
-    from edge.bundle import load_bundle
+    from edge.models.bundle import load_bundle
 
     bundle = load_bundle(args.bundle)
     fp32 = args.fp32 or bundle.path.parent / f".{bundle.path.name}-work" / "model_fp32.onnx"

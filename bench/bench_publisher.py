@@ -23,8 +23,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from edge.config import MqttConfig  # noqa: E402
-from edge.outbox import Outbox  # noqa: E402
-from edge.publisher import Publisher  # noqa: E402
+from edge.mqtt.outbox import Outbox  # noqa: E402
+from edge.mqtt.publisher import Publisher  # noqa: E402
 from tests.support.broker import Mosquitto, Subscriber  # noqa: E402
 
 

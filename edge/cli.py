@@ -15,7 +15,7 @@ import sys
 
 from edge import __version__
 from edge.errors import SonotrapError
-from edge.sdnotify import configure_logging
+from edge.service.sdnotify import configure_logging
 
 # name -> (module, one-line help). Order is the order shown in --help.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -82,7 +82,7 @@ _DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPE
 
 def _fail(message: str) -> int:
     """One line on stderr; in the journal at priority 3 (error), so `journalctl -p warning` shows it."""
-    from edge.sdnotify import journal_connected
+    from edge.service.sdnotify import journal_connected
 
     print(f"{'<3>' if journal_connected() else ''}error: {message}", file=sys.stderr)
     return 2

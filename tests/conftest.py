@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from edge.frontend import FrontendConfig
+from edge.inference.frontend import FrontendConfig
 from tests.support.broker import mosquitto, mosquitto_factory  # noqa: F401  (fixtures: real Mosquitto)
 from tests.support.tiny_model import make_tiny_bundle
 

@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge import bundle as B
 from edge.cli import main
 from edge.errors import SonotrapError
-from edge.frontend import FrontendConfig, compute
+from edge.inference.frontend import FrontendConfig, compute
+from edge.models import bundle as B
 from tests.support.tiny_model import band_model_bytes, make_tiny_bundle, tone
 
 
@@ -210,7 +210,7 @@ def test_reference_round_trip_is_exact():
 
 
 def test_rewriting_a_bundle_drops_stale_signature(tiny_bundle, tmp_path):
-    from edge.signing import SIGNATURE_FILE, generate_keypair, sign_bundle
+    from edge.models.signing import SIGNATURE_FILE, generate_keypair, sign_bundle
 
     generate_keypair(tmp_path / "k.key", tmp_path / "k.pub")
     sign_bundle(tiny_bundle, tmp_path / "k.key")

@@ -7,9 +7,9 @@ import time
 
 import pytest
 
-from edge.bundle import load_bundle
-from edge.classifier import Classifier
-from edge.daemon import Daemon
+from edge.inference.runtime import Classifier
+from edge.models.bundle import load_bundle
+from edge.service.daemon import Daemon
 from tests.daemon_helpers import HIGH, LOW, SR, file_config, read_jsonl, stream_t0, write_tones
 
 HOP = 0.5
@@ -81,7 +81,7 @@ class SlowClassifier(Classifier):
 
 
 def test_slow_inference_batches_to_catch_up_without_losing_hops(tmp_path, tiny_bundle, monkeypatch):
-    monkeypatch.setattr("edge.daemon.Classifier", SlowClassifier)
+    monkeypatch.setattr("edge.service.daemon.Classifier", SlowClassifier)
     wav = write_tones(tmp_path / "t.wav", [(None, 3), (LOW, 2), (None, 3)])
     batches = []
     cfg_audio = {"realtime": True, "block_s": 0.05}

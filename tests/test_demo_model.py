@@ -9,7 +9,7 @@ from collections import defaultdict
 import numpy as np
 import pytest
 
-from edge.bundle import DEFAULT_BUNDLE, load_bundle
+from edge.models.bundle import DEFAULT_BUNDLE, load_bundle
 from tests.daemon_helpers import run_cli
 
 

@@ -7,8 +7,8 @@ import itertools
 import pytest
 
 from edge.config import DetectorConfig
-from edge.detector import Detector, resolve_thresholds
 from edge.errors import SonotrapError
+from edge.inference.detector import Detector, resolve_thresholds
 
 LABELS = ["a", "b"]
 HOP, WIN = 0.5, 2.0

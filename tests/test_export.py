@@ -12,7 +12,7 @@ torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
 
 from edge.errors import SonotrapError  # noqa: E402
-from edge.frontend import FrontendConfig, compute  # noqa: E402
+from edge.inference.frontend import FrontendConfig, compute  # noqa: E402
 from tests.support.synth_windows import make_windows, save_npz  # noqa: E402
 from trainer.export import check_parity, export_onnx, load_checkpoint, onnx_predict, torch_predict  # noqa: E402
 from trainer.model import build_model  # noqa: E402

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from edge.errors import SonotrapError
-from edge.frontend import FrontendConfig, compute, mel_filterbank
+from edge.inference.frontend import FrontendConfig, compute, mel_filterbank
 from tests.support.tiny_model import tone
 
 
@@ -64,7 +64,7 @@ def test_resampler_equals_scipy_resample_poly():
     """The numpy polyphase resampler reproduces scipy.signal.resample_poly (which the edge does not import)."""
     from math import gcd
 
-    from edge.frontend import resample
+    from edge.inference.frontend import resample
 
     resample_poly = pytest.importorskip("scipy.signal").resample_poly  # the trainer extra has scipy
 
@@ -83,7 +83,7 @@ def test_edge_never_imports_scipy_or_torch():
     import subprocess
     import sys
 
-    code = ("import sys, edge.cli, edge.daemon, edge.frontend, edge.bundle, edge.publisher; "
+    code = ("import sys, edge.cli, edge.service.daemon, edge.inference.frontend, edge.models.bundle, edge.mqtt.publisher; "
             "print(sorted(m for m in ('scipy', 'torch') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from edge.bundle import load_bundle, write_archive
 from edge.errors import SonotrapError
-from edge.modelstore import ModelStore, version_key
-from edge.signing import sign_bundle
+from edge.models.bundle import load_bundle, write_archive
+from edge.models.signing import sign_bundle
+from edge.models.store import ModelStore, version_key
 from tests.support.tiny_model import make_tiny_bundle
 from tests.support.update_server import make_keys
 
@@ -99,7 +99,7 @@ def test_rejected_bundles_never_enter_the_store(tmp_path, keys):
     crash = _signed(tmp_path / "c", keys, "1.4.0")
     (crash / "model.onnx").write_bytes(b"\x08\x07garbage, not a protobuf" * 10)
     m = json.loads((crash / "manifest.json").read_text())
-    from edge.bundle import sha256_file
+    from edge.models.bundle import sha256_file
 
     m["model_sha256"] = sha256_file(crash / "model.onnx")
     (crash / "manifest.json").write_text(json.dumps(m))
@@ -157,9 +157,9 @@ def test_rollback_without_previous_and_unknown_version(tmp_path, keys):
 
 def test_daemon_uses_the_store_when_no_model_is_configured(tmp_path, keys):
     """model.bundle unset: the shipped demo model until the store has a `current`, then the store."""
-    from edge.bundle import DEFAULT_BUNDLE
     from edge.config import Config
-    from edge.daemon import model_bundle_path
+    from edge.models.bundle import DEFAULT_BUNDLE
+    from edge.service.daemon import model_bundle_path
 
     cfg = Config()
     cfg.state_dir = str(tmp_path / "state")

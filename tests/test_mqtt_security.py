@@ -10,8 +10,8 @@ import pytest
 
 from edge.config import MqttConfig
 from edge.errors import SonotrapError
-from edge.outbox import Outbox
-from edge.publisher import Publisher, check_broker
+from edge.mqtt.outbox import Outbox
+from edge.mqtt.publisher import Publisher, check_broker
 from tests.support.broker import Mosquitto, Subscriber, make_pki
 
 DEVICE = "secure-01"

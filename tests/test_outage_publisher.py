@@ -10,8 +10,8 @@ import time
 from pathlib import Path
 
 from edge.config import MqttConfig
-from edge.outbox import Outbox
-from edge.publisher import Publisher
+from edge.mqtt.outbox import Outbox
+from edge.mqtt.publisher import Publisher
 from tests.support.broker import Mosquitto, Subscriber
 
 

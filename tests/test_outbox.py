@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from edge.errors import SonotrapError
-from edge.outbox import Outbox
+from edge.mqtt.outbox import Outbox
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -41,7 +41,7 @@ def test_put_commits_in_wal_mode_and_rows_come_back_oldest_first(tmp_path: Path)
 def test_a_row_survives_sigkill_right_after_put(tmp_path: Path) -> None:
     path = tmp_path / "outbox.sqlite"
     code = (
-        "import os, signal, sys; from edge.outbox import Outbox; "
+        "import os, signal, sys; from edge.mqtt.outbox import Outbox; "
         f"b = Outbox({str(path)!r}); b.put('t', b'survivor'); os.kill(os.getpid(), signal.SIGKILL)"
     )
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True)

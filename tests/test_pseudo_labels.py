@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from edge.errors import SonotrapError
-from edge.frontend import FrontendConfig
+from edge.inference.frontend import FrontendConfig
 from tests.support.synth_calls import make_dataset
 from trainer.data import load_run_data
 from trainer.dataset import AugmentConfig, WindowDataset

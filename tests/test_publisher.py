@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 
 from edge.config import MqttConfig
-from edge.detector import DetectionEvent
-from edge.messages import SCHEMA_VERSION, MessageContext, detection_payload
-from edge.outbox import Outbox
-from edge.publisher import Publisher, backoff_delay
+from edge.inference.detector import DetectionEvent
+from edge.mqtt.outbox import Outbox
+from edge.mqtt.payloads import SCHEMA_VERSION, MessageContext, detection_payload
+from edge.mqtt.publisher import Publisher, backoff_delay
 from tests.support.broker import Mosquitto, Subscriber
 
 DEVICE = "rec-01"

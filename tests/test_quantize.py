@@ -90,7 +90,7 @@ def test_bundle_thresholds_are_floored_and_capped(tmp_path):
     """Near-zero best-F1 thresholds would report noise in the field: the bundle keeps them in [floor, 0.99]."""
     import json
 
-    from edge.frontend import FrontendConfig
+    from edge.inference.frontend import FrontendConfig
     from tests.support.tiny_model import DEFAULT_BANDS, band_model_bytes
     from trainer.bundle_builder import BundleInfo, build_bundle
 

@@ -10,8 +10,8 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("onnx")
 
-from edge.bundle import load_bundle  # noqa: E402
 from edge.cli import main  # noqa: E402
+from edge.models.bundle import load_bundle  # noqa: E402
 from tests.support.synth_windows import make_windows, save_npz  # noqa: E402
 
 

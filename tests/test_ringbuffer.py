@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edge.ringbuffer import RingBuffer
+from edge.inference.ringbuffer import RingBuffer
 
 
 def test_append_and_read_across_wraparound():

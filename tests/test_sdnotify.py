@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from edge.daemon import Daemon
-from edge.sdnotify import Notifier
+from edge.service.daemon import Daemon
+from edge.service.sdnotify import Notifier
 from tests.daemon_helpers import LOW, file_config, read_jsonl, wait_for, write_tones
 
 REPO = Path(__file__).resolve().parent.parent

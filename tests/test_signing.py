@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from edge import signing
-from edge.bundle import load_bundle, write_archive
 from edge.cli import main
 from edge.errors import SonotrapError
+from edge.models import signing
+from edge.models.bundle import load_bundle, write_archive
 
 
 @pytest.fixture

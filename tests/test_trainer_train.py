@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from edge.errors import SonotrapError
-from edge.frontend import FrontendConfig
+from edge.inference.frontend import FrontendConfig
 from trainer.dataset import AugmentConfig
 from trainer.evaluate import evaluate_checkpoint
 from trainer.prepare import DataSpec

@@ -22,7 +22,7 @@ from torchvision.models import resnet50
 
 import trainer.train as train_module
 from edge.errors import SonotrapError
-from edge.frontend import FrontendConfig
+from edge.inference.frontend import FrontendConfig
 from trainer.data import load_run_data
 from trainer.dataset import AugmentConfig, WindowDataset
 from trainer.losses import sample_weights

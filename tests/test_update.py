@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from edge.bundle import sha256_file
 from edge.errors import SonotrapError
-from edge.updater import Offer, Updater, download, parse_command, url_allowed
+from edge.models.bundle import sha256_file
+from edge.models.updater import Offer, Updater, download, parse_command, url_allowed
 from tests.support.update_server import (
     BundleServer,
     StandinDaemon,

@@ -7,8 +7,8 @@ import csv
 import numpy as np
 import pytest
 
+from edge.analysis.recording_scores import RecordingScores, aggregate
 from edge.errors import SonotrapError
-from edge.recording_scores import RecordingScores, aggregate
 from tests.daemon_helpers import HIGH, LOW, read_jsonl, run_cli, write_tones
 
 

@@ -20,9 +20,9 @@ from typing import Any
 import numpy as np
 
 from edge import __version__
-from edge.bundle import Label, Manifest, sha256_file, write_bundle
 from edge.errors import SonotrapError
-from edge.frontend import FrontendConfig
+from edge.inference.frontend import FrontendConfig
+from edge.models.bundle import Label, Manifest, sha256_file, write_bundle
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +127,7 @@ def build_bundle(
         min_sonotrap_version=__version__,
     )
     out = write_bundle(out_dir, model_path, manifest, reference_images=reference_images, archive=archive)
-    from edge.bundle import load_bundle
+    from edge.models.bundle import load_bundle
 
     load_bundle(out)  # the bundle we ship must pass the same checks a device runs
     return out

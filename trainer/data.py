@@ -4,7 +4,7 @@ A run directory (written by ``sonotrap train``) holds ``dataset.json`` (data roo
 frontend, window settings, recordings), ``annotations.csv`` (the selected, merged
 annotations), ``split.json`` and ``windows_<split>.csv``. From these any command rebuilds
 exactly the training windows; :func:`load_split_arrays` turns a split into arrays through
-``edge.frontend.compute`` -- the same function the edge daemon calls -- with no
+``edge.inference.frontend.compute`` -- the same function the edge daemon calls -- with no
 augmentation (used for calibration, FP32-vs-INT8 checks and evaluation).
 """
 
@@ -21,7 +21,7 @@ import numpy as np
 import soundfile as sf
 
 from edge.errors import SonotrapError
-from edge.frontend import FrontendConfig, compute
+from edge.inference.frontend import FrontendConfig, compute
 from trainer.annotations import Annotation, Recording
 from trainer.windows import Window, WindowConfig, read_windows, to_arrays
 
@@ -181,7 +181,7 @@ def load_split_arrays(
     run_dir: str | Path, split: str, limit: int | None = None, seed: int = 0,
     root: str | Path | None = None,
 ) -> WindowArrays:
-    """Images (through ``edge.frontend.compute``) and 3-state labels of a run's split.
+    """Images (through ``edge.inference.frontend.compute``) and 3-state labels of a run's split.
 
     ``limit`` picks a seeded random subset (in window order) for quick calibration.
     """

@@ -1,4 +1,4 @@
-"""torch Dataset over a run's windows: audio -> augment -> ``edge.frontend.compute`` -> tensor.
+"""torch Dataset over a run's windows: audio -> augment -> ``edge.inference.frontend.compute`` -> tensor.
 
 Unaugmented items are exactly :func:`trainer.data.window_image` (the edge's computation).
 Training items draw their randomness from ``(seed, epoch, index)`` so a resumed run, or a
@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from edge.frontend import FrontendConfig, compute, resample, to_image
+from edge.inference.frontend import FrontendConfig, compute, resample, to_image
 from trainer.data import AudioCache, RunData, cut, window_image
 from trainer.pseudo import merge
 from trainer.windows import Window, jitter_start, to_arrays, window_targets

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from edge.errors import SonotrapError
-from edge.frontend import FrontendConfig
+from edge.inference.frontend import FrontendConfig
 
 log = logging.getLogger(__name__)
 

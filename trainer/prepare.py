@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edge.errors import SonotrapError
-from edge.frontend import FrontendConfig
+from edge.inference.frontend import FrontendConfig
 from trainer.annotations import Source, read_data_dir, read_folders, read_raven, read_table
 from trainer.data import SPLIT_FILE, RunData, load_run_data, windows_file, write_run_data
 from trainer.labels import LabelSelection, label_names, select_labels

@@ -3,7 +3,7 @@
 Calibration and validation windows always come through the shared frontend: from a training
 run directory (``trainer.data.load_split_arrays``: train split for calibration, val split for
 the check) or from an ``.npz`` with ``images``/``targets``/``labels`` (``known`` optional)
-built with ``edge.frontend.compute``. Never random tensors: activation ranges calibrated on
+built with ``edge.inference.frontend.compute``. Never random tensors: activation ranges calibrated on
 noise do not match spectrograms.
 
 Default settings (reasons in ``models/README.md``): QDQ, weights QInt8 symmetric per channel,
@@ -87,7 +87,7 @@ def load_windows(
     source = Path(source)
     if source.suffix == ".npz":
         if not source.is_file():
-            raise SonotrapError(f"window file {source} does not exist; build it with edge.frontend.compute")
+            raise SonotrapError(f"window file {source} does not exist; build it with edge.inference.frontend.compute")
         with np.load(source, allow_pickle=False) as z:
             if "images" not in z or "targets" not in z or "labels" not in z:
                 raise SonotrapError(f"window file {source} needs arrays images, targets and labels")

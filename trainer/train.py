@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from edge.errors import SonotrapError
-from edge.frontend import FrontendConfig
+from edge.inference.frontend import FrontendConfig
 from trainer import distributed as D
 from trainer.data import DATASET_FILE, SPLIT_FILE, RunData, load_run_data
 from trainer.dataset import AugmentConfig, WindowDataset

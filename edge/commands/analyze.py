@@ -46,12 +46,19 @@ def _info_duration(path: Path) -> float:
 
 
 def run(args: argparse.Namespace) -> int:
-    from edge.analyze import CSV_HEADER, Progress, analyze_file, csv_rows, find_recordings, write_raven
-    from edge.bundle import load_bundle
-    from edge.classifier import Classifier
-    from edge.daemon import model_bundle_path
-    from edge.detector import resolve_thresholds
-    from edge.recording_scores import RecordingScores, open_recording_scores, write_recording_scores
+    from edge.analysis.analyze import (
+        CSV_HEADER,
+        Progress,
+        analyze_file,
+        csv_rows,
+        find_recordings,
+        write_raven,
+    )
+    from edge.analysis.recording_scores import RecordingScores, open_recording_scores, write_recording_scores
+    from edge.inference.detector import resolve_thresholds
+    from edge.inference.runtime import Classifier
+    from edge.models.bundle import load_bundle
+    from edge.service.daemon import model_bundle_path
 
     if args.batch < 1:
         raise SonotrapError(f"--batch {args.batch} must be >= 1")

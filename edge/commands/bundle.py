@@ -31,8 +31,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from edge import bundle as bundle_mod
-    from edge import signing
+    from edge.models import bundle as bundle_mod
+    from edge.models import signing
 
     action = getattr(args, "action", None)
     if action == "keygen":

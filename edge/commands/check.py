@@ -78,17 +78,17 @@ def check_audio(cfg: Config, model_rate: int, timeout: float) -> str:
 
 def check_broker(cfg: Config, timeout: float) -> str:
     """TCP + MQTT CONNECT with the configured credentials/TLS (the publisher's own check)."""
-    from edge.daemon import device_id
-    from edge.publisher import check_broker as mqtt_check
+    from edge.mqtt.publisher import check_broker as mqtt_check
+    from edge.service.daemon import device_id
 
     return mqtt_check(cfg.mqtt, device_id(cfg), timeout)
 
 
 def run(args: argparse.Namespace) -> int:
-    from edge.bundle import load_bundle
-    from edge.classifier import Classifier
-    from edge.daemon import device_id, model_bundle_path
-    from edge.detector import resolve_thresholds
+    from edge.inference.detector import resolve_thresholds
+    from edge.inference.runtime import Classifier
+    from edge.models.bundle import load_bundle
+    from edge.service.daemon import device_id, model_bundle_path
 
     rep = Report()
     where = args.config or (str(DEFAULT_CONFIG_PATH) if DEFAULT_CONFIG_PATH.is_file() else "built-in defaults")

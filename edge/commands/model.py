@@ -30,7 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from edge.commands.update import load
-    from edge.updater import MqttEvents, Updater
+    from edge.models.updater import MqttEvents, Updater
 
     cfg = load(args)
     if args.action == "list":

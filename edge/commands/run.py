@@ -93,17 +93,17 @@ def make_publisher(cfg: Config):
     """The MQTT publisher with its on-disk outbox, or None when MQTT is disabled."""
     if not cfg.mqtt.enabled:
         return None
-    from edge.daemon import device_id
-    from edge.outbox import Outbox
-    from edge.publisher import Publisher
+    from edge.mqtt.outbox import Outbox
+    from edge.mqtt.publisher import Publisher
+    from edge.service.daemon import device_id
 
     outbox = Outbox.from_config(cfg.outbox, cfg.state_dir)  # path, size bound, fsync policy, disk retry
     return Publisher(cfg.mqtt, outbox, device_id(cfg))
 
 
 def run(args: argparse.Namespace) -> int:
-    from edge.bundle import load_bundle
-    from edge.daemon import Daemon, model_bundle_path
+    from edge.models.bundle import load_bundle
+    from edge.service.daemon import Daemon, model_bundle_path
 
     cfg = config_from_args(args)
     if args.verbose:
@@ -115,8 +115,8 @@ def run(args: argparse.Namespace) -> int:
     bundle = load_bundle(model_bundle_path(cfg))
     publisher = make_publisher(cfg)
     daemon = Daemon(cfg, bundle=bundle, publisher=publisher, jsonl=args.jsonl, hops_jsonl=args.hops_jsonl)
-    if publisher is not None:  # MQTT .../cmd/update: verified update + in-process hot swap (edge/updater.py)
-        from edge.updater import attach_mqtt_updates
+    if publisher is not None:  # MQTT .../cmd/update: verified update + in-process hot swap (edge/models/updater.py)
+        from edge.models.updater import attach_mqtt_updates
 
         attach_mqtt_updates(cfg, daemon, publisher, config_path=args.config)
     return daemon.run()

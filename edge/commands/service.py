@@ -266,8 +266,8 @@ def install(args: argparse.Namespace) -> int:
 
 def _seed_store(state: Path, ids: tuple[int, int] | None) -> None:
     """Put the shipped demo model in the store as `current` so the first start has a model."""
-    from edge.bundle import DEFAULT_BUNDLE
-    from edge.modelstore import ModelStore, store_root
+    from edge.models.bundle import DEFAULT_BUNDLE
+    from edge.models.store import ModelStore, store_root
 
     store = ModelStore(store_root(state))
     if store.current() is not None:

@@ -19,9 +19,9 @@ import time
 import uuid
 
 from edge.config import MqttConfig
-from edge.messages import MessageContext, detection_payload
-from edge.outbox import Outbox
-from edge.publisher import Publisher
+from edge.mqtt.outbox import Outbox
+from edge.mqtt.payloads import MessageContext, detection_payload
+from edge.mqtt.publisher import Publisher
 
 
 class _Event:

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.bundle import load_bundle
-from edge.frontend import compute
+from edge.inference.frontend import compute
+from edge.models.bundle import load_bundle
 from tests.support.tiny_model import tone
 
 

@@ -2,7 +2,7 @@
 
 Export/quantization tests need real frontend windows with known labels and a model whose
 AP means something, in seconds on two cores: three call types (tones/sweeps in separate
-bands, overlapping in time, in noise, at random quiet levels) through ``edge.frontend``,
+bands, overlapping in time, in noise, at random quiet levels) through ``edge.inference.frontend``,
 and a 3-layer CNN with BatchNorm/ReLU (the same op mix as ResNet50) trained for a few epochs.
 """
 
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.frontend import FrontendConfig, compute
+from edge.inference.frontend import FrontendConfig, compute
 
 LABELS = ["low_whistle", "mid_trill", "high_sweep"]
 BANDS = {"low_whistle": (900.0, 1500.0), "mid_trill": (2500.0, 3300.0), "high_sweep": (5000.0, 7000.0)}

@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from edge.bundle import sha256_file, write_archive
 from edge.config import Config, MqttConfig, UpdateConfig
-from edge.modelstore import ModelStore
-from edge.signing import generate_keypair, sign_bundle
+from edge.models.bundle import sha256_file, write_archive
+from edge.models.signing import generate_keypair, sign_bundle
+from edge.models.store import ModelStore
 from tests.support.tiny_model import make_tiny_bundle
 
 REPO = Path(__file__).resolve().parent.parent.parent

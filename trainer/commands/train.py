@@ -9,7 +9,7 @@ import argparse
 import os
 
 from edge.errors import SonotrapError
-from edge.frontend import FrontendConfig
+from edge.inference.frontend import FrontendConfig
 
 
 def _floats(text: str) -> tuple[float, ...]:

@@ -27,16 +27,16 @@ from pathlib import Path
 from typing import IO, Any
 
 from edge import __version__
-from edge.bundle import DEFAULT_BUNDLE, ModelBundle, load_bundle
-from edge.classifier import Classifier
-from edge.clips import ClipWriter
 from edge.config import Config
-from edge.detector import DetectionEvent, Detector
 from edge.errors import SonotrapError
-from edge.modelstore import CURRENT, store_root
-from edge.pipeline import HopPipeline, HopResult
-from edge.sdnotify import Notifier
-from edge.updater import update_status_summary
+from edge.inference.detector import DetectionEvent, Detector
+from edge.inference.pipeline import HopPipeline, HopResult
+from edge.inference.runtime import Classifier
+from edge.models.bundle import DEFAULT_BUNDLE, ModelBundle, load_bundle
+from edge.models.store import CURRENT, store_root
+from edge.models.updater import update_status_summary
+from edge.service.clips import ClipWriter
+from edge.service.sdnotify import Notifier
 
 log = logging.getLogger("sonotrap.daemon")
 
@@ -61,8 +61,8 @@ def device_id(cfg: Config) -> str:
 
 
 def _payload(event: DetectionEvent, dev: str, bundle: ModelBundle, hop_s: float) -> dict[str, Any]:
-    """The versioned detection payload (``edge.messages``); identical for MQTT and --jsonl."""
-    from edge.messages import MessageContext, detection_payload
+    """The versioned detection payload (``edge.mqtt.payloads``); identical for MQTT and --jsonl."""
+    from edge.mqtt.payloads import MessageContext, detection_payload
 
     ctx = MessageContext(dev, bundle.name, bundle.version, hop_s, bundle.frontend.window_s)
     return detection_payload(event, ctx)

@@ -50,7 +50,7 @@ from typing import Any
 
 from edge.config import DEFAULT_CONFIG_PATH, Config
 from edge.errors import SonotrapError
-from edge.modelstore import ModelStore, StoredModel, store_root, version_key
+from edge.models.store import ModelStore, StoredModel, store_root, version_key
 
 log = logging.getLogger(__name__)
 
@@ -464,7 +464,7 @@ class InProcessDaemon:
         return True
 
     def swap(self) -> None:
-        from edge.bundle import load_bundle
+        from edge.models.bundle import load_bundle
 
         # request_model_swap self-tests the session itself; resolve() names the versioned directory
         self.daemon.request_model_swap(load_bundle(self.model_path.resolve(), self_test=False))
@@ -581,7 +581,7 @@ class MqttEvents:
     def __call__(self, kind: str, data: dict) -> None:
         if self._client is None:
             return
-        from edge.messages import encode, event_payload
+        from edge.mqtt.payloads import encode, event_payload
 
         info = self._client.publish(self.topic, encode(event_payload(self.device, kind, data)), qos=1)
         self._pending.append(info)

@@ -12,8 +12,8 @@ from collections import deque
 
 import numpy as np
 
-from edge.bundle import ModelBundle
 from edge.errors import SonotrapError
+from edge.models.bundle import ModelBundle
 
 
 class Classifier:
@@ -64,7 +64,7 @@ class Classifier:
 
     def self_test(self) -> np.ndarray:
         """One inference on a silent window: proves the session runs and outputs are sane."""
-        from edge.frontend import compute
+        from edge.inference.frontend import compute
 
         fe = self.bundle.frontend
         img = compute(np.zeros(fe.window_samples, dtype=np.float32), fe.sample_rate, fe)

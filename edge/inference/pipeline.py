@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from edge.classifier import Classifier
-from edge.detector import DetectionEvent, Detector
-from edge.frontend import compute
-from edge.ringbuffer import RingBuffer
+from edge.inference.detector import DetectionEvent, Detector
+from edge.inference.frontend import compute
+from edge.inference.ringbuffer import RingBuffer
+from edge.inference.runtime import Classifier
 
 
 @dataclass

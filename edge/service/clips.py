@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from edge.config import ClipsConfig
-from edge.detector import DetectionEvent
-from edge.ringbuffer import RingBuffer
+from edge.inference.detector import DetectionEvent
+from edge.inference.ringbuffer import RingBuffer
 
 log = logging.getLogger(__name__)
 

@@ -35,10 +35,10 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from edge.config import MqttConfig
-from edge.discovery import discovery_messages
 from edge.errors import SonotrapError
-from edge.messages import encode, event_payload, offline_payload, status_payload
-from edge.outbox import Outbox
+from edge.mqtt.discovery import discovery_messages
+from edge.mqtt.outbox import Outbox
+from edge.mqtt.payloads import encode, event_payload, offline_payload, status_payload
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ Layout under ``<state_dir>/models``::
 Switching writes a new symlink under a temporary name and ``os.replace``-s it over
 ``current``: at every instant ``current`` names a complete, verified bundle, even if the
 power is cut mid-update. A bundle is verified *before* it enters the store, in a separate
-process (``python -m edge.modelstore verify DIR``), so a model that crashes onnxruntime, or
+process (``python -m edge.models.store verify DIR``), so a model that crashes onnxruntime, or
 a malicious archive, can never take the daemon or the updater down with it.
 """
 
@@ -386,14 +386,14 @@ def verify_in_subprocess(
     timeout_s: float = 120.0,
 ) -> VerifiedBundle:
     """Run :func:`verify_bundle_here` in a fresh interpreter; a crash there is a rejection."""
-    cmd = [sys.executable, "-m", "edge.modelstore", "verify", str(bundle_dir)]
+    cmd = [sys.executable, "-m", "edge.models.store", "verify", str(bundle_dir)]
     if trusted_keys is not None:
         cmd += ["--trusted-keys", str(trusted_keys)]
     if allow_unsigned:
         cmd.append("--allow-unsigned")
     env = dict(os.environ)
     env.pop("NOTIFY_SOCKET", None)  # the child must never talk to systemd on our behalf
-    repo = str(Path(__file__).resolve().parent.parent)
+    repo = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = repo + os.pathsep + env.get("PYTHONPATH", "") if env.get("PYTHONPATH") else repo
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=env)
@@ -425,8 +425,8 @@ def verify_bundle_here(bundle_dir: str | Path, trusted_keys: str | Path | None, 
     """
     import numpy as np
 
-    from edge import bundle as bundle_mod
-    from edge import signing
+    from edge.models import bundle as bundle_mod
+    from edge.models import signing
 
     bundle_dir = Path(bundle_dir)
     has_sig = (bundle_dir / signing.SIGNATURE_FILE).exists()
@@ -461,7 +461,7 @@ def verify_bundle_here(bundle_dir: str | Path, trusted_keys: str | Path | None, 
 
 
 def _main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m edge.modelstore")
+    parser = argparse.ArgumentParser(prog="python -m edge.models.store")
     sub = parser.add_subparsers(dest="cmd", required=True)
     v = sub.add_parser("verify", help="verify a bundle directory (used in a separate process)")
     v.add_argument("bundle")

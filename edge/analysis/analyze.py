@@ -18,11 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.classifier import Classifier
 from edge.config import Config
-from edge.detector import DetectionEvent, Detector
 from edge.errors import SonotrapError
-from edge.pipeline import HopPipeline
+from edge.inference.detector import DetectionEvent, Detector
+from edge.inference.pipeline import HopPipeline
+from edge.inference.runtime import Classifier
 
 AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".oga", ".mp3", ".aif", ".aiff", ".w64", ".rf64", ".opus"}
 RAVEN_HEADER = ["Selection", "View", "Channel", "Begin Time (s)", "End Time (s)",

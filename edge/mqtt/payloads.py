@@ -18,7 +18,7 @@ SCHEMA_VERSION = 1
 
 
 class EventLike(Protocol):
-    """What :func:`detection_payload` reads from ``edge.detector.DetectionEvent``."""
+    """What :func:`detection_payload` reads from ``edge.inference.detector.DetectionEvent``."""
 
     id: str
     label: str

@@ -156,7 +156,7 @@ def verify_bundle(bundle_dir: str | Path, trusted_keys: str | Path) -> str:
     """
     bundle_dir = Path(bundle_dir)
     if bundle_dir.is_file():
-        from edge.bundle import open_bundle_dir  # lazy: bundle imports signing
+        from edge.models.bundle import open_bundle_dir  # lazy: bundle imports signing
 
         bundle_dir = open_bundle_dir(bundle_dir)
     manifest = bundle_dir / _MANIFEST

@@ -29,7 +29,7 @@ import numpy as np
 
 from edge import __version__
 from edge.errors import SonotrapError
-from edge.frontend import FrontendConfig, compute, to_image
+from edge.inference.frontend import FrontendConfig, compute, to_image
 
 log = logging.getLogger(__name__)
 
@@ -37,9 +37,9 @@ SCHEMA_VERSION = 1
 SUPPORTED_SCHEMA_VERSIONS = (1,)
 MANIFEST_FILE = "manifest.json"
 MODEL_FILE = "model.onnx"
-SIGNATURE_FILE = "manifest.json.sig"  # same as edge.signing.SIGNATURE_FILE
+SIGNATURE_FILE = "manifest.json.sig"  # same as edge.models.signing.SIGNATURE_FILE
 BUNDLE_FILES = (MANIFEST_FILE, MODEL_FILE, SIGNATURE_FILE)
-DEFAULT_BUNDLE = Path(__file__).resolve().parent.parent / "models" / "demo"
+DEFAULT_BUNDLE = Path(__file__).resolve().parents[2] / "models" / "demo"
 REFERENCE_ATOL = 0.05  # probabilities; INT8 kernels differ slightly across CPUs (VNNI/NEON)
 _SEMVER = re.compile(r"^(\d+)\.(\d+)\.(\d+)(?:[-+][0-9A-Za-z.-]+)?$")
 _MAX_ARCHIVE_MEMBER = 512 * 1024 * 1024
@@ -173,7 +173,7 @@ def default_reference_audio(cfg: FrontendConfig, seed: int = 0) -> list[np.ndarr
 
 
 def _unit_from_image(image: np.ndarray, cfg: FrontendConfig) -> np.ndarray:
-    """Invert :func:`edge.frontend.to_image` (channel 0) back to the [0, 1] spectrogram."""
+    """Invert :func:`edge.inference.frontend.to_image` (channel 0) back to the [0, 1] spectrogram."""
     ch0 = np.asarray(image, dtype=np.float32)[0]
     if cfg.normalization == "imagenet":
         ch0 = ch0 * 0.229 + 0.485
@@ -453,7 +453,7 @@ def load_bundle(
     if require_signature and trusted_keys is None:
         raise SonotrapError("a signed model is required but no trusted keys are configured; set the trusted keys path")
     if trusted_keys is not None and (require_signature or (p / SIGNATURE_FILE).exists()):
-        from edge.signing import verify_bundle
+        from edge.models.signing import verify_bundle
 
         signed_by = verify_bundle(p, trusted_keys)
     try:

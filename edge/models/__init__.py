@@ -1,0 +1,1 @@
+"""Model bundles: format, signing, the on-device model store and fleet updates."""

@@ -1,0 +1,1 @@
+"""The long-running service: daemon loop, systemd notification, audio clips."""

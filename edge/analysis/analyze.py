@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -100,8 +101,11 @@ def analyze_file(
 
 
 
-def event_rows(events: Sequence[DetectionEvent], duration_s: float) -> list[list[str]]:
+def event_rows(events: Sequence[DetectionEvent], duration_s: float, recording: str) -> list[list[str]]:
     """``[label, name, start_s, end_s, peak, mean, hops, id]`` per event, sorted by start time.
+
+    The id is derived from the recording's name, label and start, so re-analysing (in any
+    number of shards, workers or restarts) gives the same ids, not a fresh random one each run.
 
     Times are in ms, inside the recording: the end is rounded down so that a call at the end
     of a 1.787937-s file ends at 1.787, never at 1.788 (a time Raven and OpenSoundscape
@@ -112,7 +116,8 @@ def event_rows(events: Sequence[DetectionEvent], duration_s: float) -> list[list
         end = math.floor(min(e.end, duration_s) * 1000 + 1e-6) / 1000
         start = min(round(max(0.0, e.start), 3), end)
         rows.append([e.label, e.name, f"{start:.3f}", f"{end:.3f}", f"{e.peak_score:.4f}",
-                     f"{e.mean_score:.4f}", str(e.hops), e.id])
+                     f"{e.mean_score:.4f}", str(e.hops),
+                     uuid.uuid5(uuid.NAMESPACE_URL, f"sonotrap-analyze:{recording}:{e.label}:{start:.3f}").hex])
     return rows
 
 

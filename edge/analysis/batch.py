@@ -67,7 +67,7 @@ def analyze_one(rec: Recording, progress: Callable[[float], None] | None = None)
     result = Result(rec.name, _worker["key"], error=fr.error)
     if fr.error is None:
         result.duration_s, result.hops = fr.duration_s, fr.hops
-        result.rows = event_rows(fr.events, fr.duration_s)
+        result.rows = event_rows(fr.events, fr.duration_s, rec.name)
         result.scores = {agg: [None if v != v else float(v) for v in acc.result(agg)] for agg in AGGREGATIONS}
         if s.raven:
             fe = classifier.bundle.frontend

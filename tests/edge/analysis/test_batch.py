@@ -169,3 +169,14 @@ def test_shard_assignment_is_stable_and_checked():
         with pytest.raises(SonotrapError, match="K/N"):
             parse_shard(bad)
 
+
+
+def test_progress_is_one_bar_without_per_file_log_lines(tmp_path, tiny_bundle):
+    make_archive(tmp_path / "arch")
+    (tmp_path / "arch" / "siteA" / "broken.wav").write_text("not audio")
+    r = run_cli("analyze", str(tmp_path / "arch"), "--model", str(tiny_bundle), "-o", str(tmp_path / "out"))
+    assert r.returncode == 1
+    assert "audio: file" not in r.stderr  # the daemon's per-file INFO line would break the bar
+    lines = [line for line in r.stderr.replace("\r", "\n").splitlines() if line.strip()]
+    skipped = [line for line in lines if "skipped:" in line]
+    assert len(skipped) == 1 and skipped[0].lstrip("\x1b[K").startswith("skipped: "), r.stderr

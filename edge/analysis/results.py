@@ -36,8 +36,9 @@ FORMAT = 1
 
 def settings_key(bundle: ModelBundle, cfg: Config) -> dict[str, Any]:
     """What makes two results comparable: the exact model and the detection settings."""
-    return {"labels": list(bundle.labels), "model": bundle.name, "version": bundle.version, "model_sha256": bundle.manifest.model_sha256,
-            "hop_s": cfg.model.hop_s, "detector": asdict(cfg.detector)}
+    key = {"labels": list(bundle.labels), "model": bundle.name, "version": bundle.version,
+           "model_sha256": bundle.manifest.model_sha256, "hop_s": cfg.model.hop_s, "detector": asdict(cfg.detector)}
+    return json.loads(json.dumps(key))  # as it reads back from a result file (tuples become lists)
 
 
 def result_path(out: Path, name: str) -> Path:
@@ -117,9 +118,7 @@ def merge(out: Path, scores_path: Path | None = None, agg: str = "max") -> Merge
     root = out / RESULTS
     results = []
     if root.is_dir():
-        for path in sorted(root.rglob("*.json")):
-            if path.name.startswith("."):
-                continue
+        for path in sorted(root.rglob("*.json")):  # not the .tmp files of results being written
             res = _read(path)
             if res is None:
                 raise SonotrapError(f"{path} is not a sonotrap result; remove it and re-run that recording")

@@ -138,7 +138,7 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"analyzed {len(todo) - failed} recording(s), {audio_s:.1f} s of audio in {wall:.1f} s with "
         f"{args.workers} worker(s) x {threads} thread(s), {cpu:.1f} s CPU: "
-        f"{audio_s / max(wall, 1e-9):.0f} audio-hours per wall-hour, {audio_s / max(cpu, 1e-9):.0f} per CPU-hour "
+        f"{audio_s / max(wall, 1e-9):.3g} audio-hours per wall-hour, {audio_s / max(cpu, 1e-9):.3g} per CPU-hour "
         f"({bundle.name} {bundle.version}, {detections} detection(s))"
         + (f"; {skipped} already done" if skipped else "")
         + (f"; {failed} recording(s) could not be read" if failed else ""),

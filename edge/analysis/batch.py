@@ -13,7 +13,7 @@ import logging
 import multiprocessing
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -100,7 +100,7 @@ def run_batch(
     ctx = multiprocessing.get_context("spawn")  # no model or thread state inherited from the parent
     with ProcessPoolExecutor(workers, mp_context=ctx, initializer=init_worker, initargs=(settings,)) as pool:
         queue = list(reversed(recordings))
-        running = set()
+        running: set[Future[Done]] = set()
         stop = False
         while queue or running:
             while queue and not stop and len(running) < 2 * workers:  # a short queue: stop soon when asked

@@ -39,16 +39,9 @@ from edge.errors import SonotrapError
 from edge.mqtt.discovery import discovery_messages
 from edge.mqtt.outbox import Outbox
 from edge.mqtt.payloads import encode, event_payload, offline_payload, status_payload
+from edge.util.jsonio import json_safe
 
 log = logging.getLogger(__name__)
-
-
-def default_device_id(cfg: MqttConfig) -> str:
-    """``mqtt.device_id`` or this machine's hostname (without '/', '#', '+')."""
-    if cfg.device_id:
-        return cfg.device_id
-    name = socket.gethostname().split(".")[0] or "sonotrap"
-    return "".join(c if c not in "/#+ " else "_" for c in name)
 
 
 def backoff_delay(attempt: int, low: float, high: float, rng: random.Random | None = None) -> float:
@@ -368,7 +361,7 @@ class Publisher:
             try:
                 data = encode(payload)
             except ValueError:  # NaN/inf scores: still deliver, as JSON null
-                data = encode(_finite(payload))
+                data = encode(json_safe(payload))
             row_id = self.outbox.put(topic, data, qos=1)
         except Exception:  # noqa: BLE001 - must never take the inference thread down
             log.exception("mqtt: could not queue a message for %s; it is lost", topic)
@@ -476,7 +469,7 @@ class Publisher:
         try:
             data = encode(status_payload(self.device, "online", fields))
         except (TypeError, ValueError):
-            data = encode(_finite(status_payload(self.device, "online", _jsonable(fields))))
+            data = encode(json_safe(status_payload(self.device, "online", fields)))
         self._client.publish(self.status_topic, data, qos=1, retain=True)
 
     def _send_discovery(self) -> None:
@@ -589,25 +582,3 @@ def check_broker(cfg: MqttConfig, device_id: str, timeout: float = 5.0) -> str:
         client.disconnect()
         client.loop_stop()
     return f"broker {where} accepts MQTT {cfg.protocol} connections{' over TLS' if cfg.tls else ''}"
-
-
-def _finite(obj: Any) -> Any:
-    if isinstance(obj, float):
-        return obj if obj == obj and abs(obj) != float("inf") else None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    return obj
-
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, (str, int, float, bool)) or obj is None:
-        return obj
-    if hasattr(obj, "item"):  # numpy scalars
-        return obj.item()
-    return str(obj)

@@ -21,10 +21,11 @@ import numpy as np
 import torch
 
 from edge.errors import SonotrapError
+from edge.util.jsonio import json_safe
 from trainer.data import load_run_data
 from trainer.dataset import WindowDataset
 from trainer.metrics import choose_thresholds, evaluate_scores, pr_curve, threshold_dicts
-from trainer.train import _atomic_save, _clean, load_checkpoint, model_from_checkpoint, predict
+from trainer.train import _atomic_save, load_checkpoint, model_from_checkpoint, predict
 
 log = logging.getLogger(__name__)
 
@@ -71,14 +72,14 @@ def evaluate_checkpoint(
     }
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps(_clean(report), indent=1) + "\n", encoding="utf-8")
+    (out / "metrics.json").write_text(json.dumps(json_safe(report), indent=1) + "\n", encoding="utf-8")
     (out / "summary.md").write_text(summary_markdown(report), encoding="utf-8")
     np.savez_compressed(out / "scores.npz", probs=probs, targets=ds.targets, known=ds.known)
     plot_pr_curves(out, probs, ds.targets, ds.known, run.labels, thresholds)
     plot_confusion(out / "confusion.png", probs, ds.targets, ds.known, run.labels, thresholds)
     if write_thresholds:
         ckpt["thresholds"] = thresholds
-        ckpt.setdefault("metrics", {})[split] = _clean(metrics)
+        ckpt.setdefault("metrics", {})[split] = json_safe(metrics)
         ckpt["target_precision"] = target_precision
         _atomic_save(ckpt, ckpt_path)
     return report

@@ -14,20 +14,19 @@ is skipped. A failed load keeps the old model and publishes ``model_update_faile
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
-import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, Any
 
 from edge import __version__
 from edge.config import Config
+from edge.contracts import AudioSource, DetectionSink, ModelRuntime
 from edge.errors import SonotrapError
 from edge.inference.detector import DetectionEvent, Detector
 from edge.inference.pipeline import HopPipeline, HopResult
@@ -37,6 +36,8 @@ from edge.models.store import CURRENT, store_root
 from edge.models.updater import update_status_summary
 from edge.service.clips import ClipWriter
 from edge.service.sdnotify import Notifier
+from edge.service.sinks import JsonLinesSink
+from edge.service.status import write_status
 
 log = logging.getLogger("sonotrap.daemon")
 
@@ -68,34 +69,6 @@ def _payload(event: DetectionEvent, dev: str, bundle: ModelBundle, hop_s: float)
     return detection_payload(event, ctx)
 
 
-class _Lines:
-    """A JSON-lines sink: a path (appended) or '-' for stdout; flushed per line."""
-
-    def __init__(self, target: str | IO[str] | None) -> None:
-        self._fh: IO[str] | None = None
-        self._own = False
-        if target is None:
-            return
-        if target == "-":
-            self._fh = sys.stdout
-        elif isinstance(target, str | Path):
-            Path(target).parent.mkdir(parents=True, exist_ok=True)
-            self._fh = open(target, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
-            self._own = True
-        else:
-            self._fh = target
-
-    def write(self, obj: dict) -> None:
-        if self._fh is not None:
-            self._fh.write(json.dumps(obj, separators=(",", ":")) + "\n")
-            self._fh.flush()
-
-    def close(self) -> None:
-        if self._own and self._fh is not None:
-            self._fh.close()
-        self._fh = None
-
-
 class Daemon:
     """Runs the detector until stopped; see the module docstring."""
 
@@ -103,31 +76,40 @@ class Daemon:
         self,
         cfg: Config,
         *,
-        source=None,
+        source: AudioSource | None = None,
         bundle: ModelBundle | None = None,
+        runtime_factory: Callable[[ModelBundle, int], ModelRuntime] = Classifier,
         publisher=None,
+        sinks: Sequence[DetectionSink] = (),
         notifier: Notifier | None = None,
         clock: Callable[[], float] = time.time,
         jsonl: str | IO[str] | None = None,
         hops_jsonl: str | IO[str] | None = None,
         install_signals: bool = True,
     ) -> None:
+        """``source``: audio (default: opened from ``cfg.audio``); ``runtime_factory(bundle, threads)``
+        builds the model runtime (default onnxruntime) for the first model and every hot swap;
+        ``publisher``: the MQTT side (detections, status, events, discovery); ``sinks``: further
+        detection sinks (``jsonl`` is a shorthand for a :class:`JsonLinesSink`)."""
         self.cfg = cfg
         self.source = source
         self.bundle = bundle
+        self.runtime_factory = runtime_factory
         self.publisher = publisher
+        self.sinks: list[DetectionSink] = list(sinks)
+        if jsonl is not None:
+            self.sinks.append(JsonLinesSink(jsonl))
         self.notifier = notifier or Notifier()
         self.clock = clock
         self.device = device_id(cfg)
         self.state_dir = Path(cfg.state_dir)
-        self._jsonl = _Lines(jsonl)
-        self._hops_jsonl = _Lines(hops_jsonl)
+        self._hops_jsonl = JsonLinesSink(hops_jsonl)
         self._install_signals = install_signals
         self._stop = threading.Event()
         self._reload_lock = threading.Lock()
-        self._pending_swap: tuple[Classifier, Detector] | None = None
+        self._pending_swap: tuple[ModelRuntime, Detector] | None = None
         self._swap_lock = threading.Lock()
-        self.classifier: Classifier | None = None
+        self.classifier: ModelRuntime | None = None
         self.pipeline: HopPipeline | None = None  # built at the first audio block (actual rate)
         self._detector: Detector | None = None
         self.clips: ClipWriter | None = None
@@ -160,7 +142,7 @@ class Daemon:
 
         Raises :class:`SonotrapError` (old model untouched) if the bundle cannot run.
         """
-        classifier = Classifier(bundle, self.cfg.model.threads)
+        classifier = self.runtime_factory(bundle, self.cfg.model.threads)
         classifier.self_test()
         detector = Detector.for_bundle(bundle, self.cfg.detector)
         with self._swap_lock:
@@ -245,7 +227,7 @@ class Daemon:
         self._prepare_state_dir()
         if self.bundle is None:
             self.bundle = load_bundle(model_bundle_path(self.cfg))
-        self.classifier = Classifier(self.bundle, self.cfg.model.threads)
+        self.classifier = self.runtime_factory(self.bundle, self.cfg.model.threads)
         self.classifier.self_test()
         detector = Detector.for_bundle(self.bundle, self.cfg.detector)
         if self.source is None:
@@ -413,7 +395,8 @@ class Daemon:
             if self.clips is not None:
                 pipe = self.pipeline
                 self.clips.add(ev, ev.first_hop * pipe.hop_samples - pipe.window_samples, ev.last_hop * pipe.hop_samples)
-        self._jsonl.write(payload)
+        for sink in self.sinks:
+            self._safe(lambda sink=sink: sink.send_detection(payload))
         if self.publisher is not None:
             try:
                 self.publisher.publish_detection(payload)
@@ -494,7 +477,8 @@ class Daemon:
         log.info("stopped: %d hops, %d detections", self.pipeline.processed if self.pipeline else 0, self.detections)
 
     def _close_outputs(self) -> None:
-        self._jsonl.close()
+        for sink in self.sinks:
+            self._safe(sink.close)
         self._hops_jsonl.close()
 
     # ------------------------------------------------------------------ helpers
@@ -507,13 +491,10 @@ class Daemon:
             self._safe(lambda: self.publisher.publish_event(kind, data))
 
     def _write_status(self) -> None:
-        path = self.state_dir / "status.json"
-        tmp = path.with_name(f".status.json.{os.getpid()}.tmp")
         try:
-            tmp.write_text(json.dumps(self.status(), indent=1))
-            os.replace(tmp, path)
+            write_status(self.state_dir, self.status())
         except OSError as err:
-            log.warning("cannot write %s: %s", path, err)
+            log.warning("cannot write status.json in %s: %s", self.state_dir, err)
 
     def _sd_status(self) -> str:
         b = self.classifier.bundle if self.classifier else None

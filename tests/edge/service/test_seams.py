@@ -15,7 +15,7 @@ from edge.models.bundle import load_bundle
 from edge.service.daemon import Daemon
 from edge.service.sinks import JsonLinesSink, WebhookSink
 from edge.service.status import Health, read_health
-from tests.daemon_helpers import LOW, file_config, read_jsonl, write_tones
+from tests.support.daemon_helpers import LOW, file_config, read_jsonl, write_tones
 
 
 class ListSink:

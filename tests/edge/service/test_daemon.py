@@ -10,7 +10,7 @@ import pytest
 from edge.inference.runtime import Classifier
 from edge.models.bundle import load_bundle
 from edge.service.daemon import Daemon
-from tests.daemon_helpers import HIGH, LOW, SR, file_config, read_jsonl, stream_t0, write_tones
+from tests.support.daemon_helpers import HIGH, LOW, SR, file_config, read_jsonl, stream_t0, write_tones
 
 HOP = 0.5
 

@@ -14,6 +14,7 @@ is skipped. A failed load keeps the old model and publishes ``model_update_faile
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import signal
@@ -242,7 +243,8 @@ class Daemon:
             self.publisher.start()
             announce = getattr(self.publisher, "announce_discovery", None)
             if announce is not None:
-                self._safe(lambda: announce(dict(self.bundle.names)))
+                names = dict(self.bundle.names)
+                self._safe(lambda: announce(names))
         log.info(
             "running model %s %s (%d labels) on %s at %d Hz, hop %.2f s, window %.2f s",
             self.bundle.name, self.bundle.version, len(self.bundle.labels),
@@ -299,12 +301,14 @@ class Daemon:
     def _pull(self, timeout: float) -> bool:
         """Move queued audio into the pipeline: wait up to ``timeout`` for the first block,
         then take whatever is already queued, up to a full catch-up batch."""
-        block = self.source.read(timeout)
+        source = self.source
+        assert source is not None
+        block = source.read(timeout)
         if block is None:
             return False
         self._ingest(block)
         while self.pipeline is not None and self.pipeline.pending() < self.cfg.model.max_batch:
-            block = self.source.read(0)
+            block = source.read(0)
             if block is None:
                 break
             self._ingest(block)
@@ -320,6 +324,7 @@ class Daemon:
                 self._emit(ev, None)
             self._detector = self.pipeline.detector
             self.classifier = self.pipeline.classifier
+        assert self.classifier is not None and self._detector is not None
         self.pipeline = HopPipeline(
             self.classifier, self._detector, rate, self.cfg.model.hop_s, self.cfg.model.max_batch,
             time_of=self._epoch_of,
@@ -333,6 +338,7 @@ class Daemon:
         if self.pipeline is None or self.pipeline.sample_rate != int(block.sample_rate):
             self._make_pipeline(int(block.sample_rate))
         pipe = self.pipeline
+        assert pipe is not None
         self._anchor = (pipe.total, float(block.start_time))
         pipe.append(block.samples)
         self._received.append((pipe.total, float(block.received)))
@@ -341,6 +347,7 @@ class Daemon:
 
     def _epoch_of(self, sample: int) -> float:
         base_sample, base_epoch = self._anchor
+        assert self.pipeline is not None
         return base_epoch + (sample - base_sample) / self.pipeline.sample_rate
 
     def received_of(self, sample: int) -> float | None:
@@ -353,6 +360,7 @@ class Daemon:
     def _process(self, max_batch: int) -> int:
         """Classify pending hops in batches; returns how many hops were processed."""
         pipe = self.pipeline
+        assert pipe is not None
         done = 0
         while pipe.pending() > 0:
             # Backlog = complete hops waiting behind the one just due; > 0 means we fell behind.
@@ -385,18 +393,19 @@ class Daemon:
     _draining = False
 
     def _emit(self, ev: DetectionEvent, received: float | None) -> None:
-        bundle = self.pipeline.classifier.bundle
-        payload = _payload(ev, self.device, bundle, self.pipeline.hop_s)
+        pipe = self.pipeline
+        assert pipe is not None
+        bundle = pipe.classifier.bundle
+        payload = _payload(ev, self.device, bundle, pipe.hop_s)
         self.messages += 1
         if ev.state == "ended":
             self.detections += 1
             log.info("detection %s %s %.2f s peak %.3f (%d hops)", ev.label, payload.get("start"),
                      ev.end - ev.start, ev.peak_score, ev.hops)
             if self.clips is not None:
-                pipe = self.pipeline
                 self.clips.add(ev, ev.first_hop * pipe.hop_samples - pipe.window_samples, ev.last_hop * pipe.hop_samples)
         for sink in self.sinks:
-            self._safe(lambda sink=sink: sink.send_detection(payload))
+            self._safe(functools.partial(sink.send_detection, payload))
         if self.publisher is not None:
             try:
                 self.publisher.publish_detection(payload)
@@ -412,8 +421,10 @@ class Daemon:
         if pending is None:
             return
         classifier, detector = pending
+        assert self.classifier is not None
         old = self.classifier.bundle
         current = self.pipeline.detector if self.pipeline is not None else self._detector
+        assert current is not None
         if detector.labels == current.labels:
             # Same labels: keep open events running across the swap, adopt new thresholds.
             current.thresholds = detector.thresholds
@@ -507,10 +518,10 @@ class Daemon:
             depth = f", outbox {stats.get('outbox_depth', '?')}"
         return f"{self.state}: {model}, {hops} hops, {self.detections} detections, backlog {self.backlog_hops}{depth}"
 
-    def _signals(self) -> list[tuple[int, Any]]:
+    def _signals(self) -> list[tuple[signal.Signals, Any]]:
         if not self._install_signals or threading.current_thread() is not threading.main_thread():
             return []
-        restore = []
+        restore: list[tuple[signal.Signals, Any]] = []
 
         def stop(signum, _frame):
             log.info("received %s, shutting down", signal.Signals(signum).name)

@@ -1,8 +1,7 @@
 """Update events from outside the daemon (``sonotrap update``, ``sonotrap model``) over MQTT.
 
 Best effort: an unreachable broker only costs a log line (the journal has every step). The
-broker connection is made in :func:`connect_client` alone, the one place this package touches
-paho, so it can be replaced by the shared MQTT connection set-up in one call.
+client comes from :mod:`edge.mqtt.connection`, the one MQTT set-up, in :func:`connect_client`.
 """
 
 from __future__ import annotations
@@ -11,10 +10,10 @@ import contextlib
 import logging
 import os
 import time
-from pathlib import Path
 from typing import Any
 
 from edge.config import Config
+from edge.mqtt.connection import new_client
 from edge.mqtt.payloads import encode, event_payload
 from edge.util.identity import device_id
 
@@ -22,24 +21,9 @@ log = logging.getLogger(__name__)
 
 
 def connect_client(cfg: Config, client_id: str) -> Any:
-    """A connected paho client with its network loop running (raises on any failure)."""
-    import paho.mqtt.client as mqtt
-
-    m = cfg.mqtt
-    client = mqtt.Client(
-        mqtt.CallbackAPIVersion.VERSION2,
-        client_id=client_id,
-        protocol=mqtt.MQTTv5 if m.protocol == "5" else mqtt.MQTTv311,
-    )
-    password = m.password
-    if m.password_file:
-        password = Path(m.password_file).read_text().strip()
-    if m.username:
-        client.username_pw_set(m.username, password)
-    if m.tls:
-        client.tls_set(ca_certs=m.ca_file, certfile=m.cert_file, keyfile=m.key_file)
-        client.tls_insecure_set(m.tls_insecure)
-    client.connect(m.host, m.port, keepalive=30)
+    """A connected client (the shared set-up: credentials, TLS, connect timeout) with its loop running."""
+    client = new_client(cfg.mqtt, client_id)
+    client.connect(cfg.mqtt.host, cfg.mqtt.port, keepalive=30)
     client.loop_start()
     return client
 

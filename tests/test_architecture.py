@@ -18,8 +18,8 @@ MAX_LINES = 400
 # not grow (by more than GROWTH lines); take an entry out once the module is split (the test
 # says when).
 OVERSIZED = {
-    "edge/mqtt/publisher.py": 584,
-    "edge/service/daemon.py": 547,
+    "edge/mqtt/publisher.py": 459,
+    "edge/service/daemon.py": 539,
     "trainer/train.py": 507,
 }
 GROWTH = 20

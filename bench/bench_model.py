@@ -103,7 +103,7 @@ def _windows(args, cfg):
 
         return load_windows(args.windows, "val", args.n_windows, 0).images
     from edge.inference.frontend import compute
-    from edge.models.bundle import default_reference_audio
+    from edge.models.selftest import default_reference_audio
 
     return np.stack([compute(w, cfg.sample_rate, cfg) for w in default_reference_audio(cfg)] * 4)
 

@@ -39,6 +39,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from edge.util.jsonio import json_safe  # noqa: E402
 from trainer.data import load_run_data  # noqa: E402
 from trainer.split import SPLITS  # noqa: E402
 from trainer.windows import Window  # noqa: E402
@@ -161,8 +162,7 @@ def main(argv: list[str] | None = None) -> int:
               f"micro-AP {m['micro_ap']:.4f} over {m['classes_scored']} scored classes "
               f"({len(common)} common labels, {m['num_windows']} windows)")
     if args.out:
-        clean = json.loads(json.dumps(out, default=float).replace("NaN", "null"))
-        Path(args.out).write_text(json.dumps(clean, indent=1) + "\n")
+        Path(args.out).write_text(json.dumps(json_safe(out), indent=1) + "\n")
     return 0
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import platform
 import subprocess
 from dataclasses import dataclass, field
@@ -22,7 +21,10 @@ import numpy as np
 from edge import __version__
 from edge.errors import SonotrapError
 from edge.inference.frontend import FrontendConfig
-from edge.models.bundle import Label, Manifest, sha256_file, write_bundle
+from edge.models.bundle import write_bundle
+from edge.models.manifest import Label, Manifest
+from edge.util.hashing import sha256_file
+from edge.util.jsonio import json_safe
 
 log = logging.getLogger(__name__)
 
@@ -48,12 +50,12 @@ class BundleInfo:
             "checkpoint_sha256": sha256_file(ckpt.path),
             "architecture": "torchvision ResNet50, new Linear head, sigmoid in graph",
             "init_weights": args.get("weights", "unknown"),
-            "training_args": _json_safe(args),
-            "training_data": _json_safe(data),
+            "training_args": _plain(args),
+            "training_data": _plain(data),
         }
         for key in ("git_commit", "created", "epoch", "best_epoch", "torch_version"):
             if key in ckpt.extra:
-                prov[key] = _json_safe(ckpt.extra[key])
+                prov[key] = _plain(ckpt.extra[key])
         prov.update(provenance or {})
         return cls(
             name=name or str(args.get("name") or ckpt.path.parent.name or "sonotrap-model"),
@@ -63,29 +65,13 @@ class BundleInfo:
             frontend=ckpt.frontend,
             thresholds=dict(ckpt.thresholds),
             provenance=prov,
-            metrics={"training": _json_safe(ckpt.metrics)},
+            metrics={"training": _plain(ckpt.metrics)},
         )
 
 
-def _json_safe(value: Any, depth: int = 0) -> Any:
-    """Plain JSON values only (numpy -> python, paths -> str); long lists and deep nests are cut."""
-    if isinstance(value, dict):
-        if depth > 4:
-            return "..."
-        return {str(k): _json_safe(v, depth + 1) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        if len(value) > 200:
-            return f"<{len(value)} items>"
-        return [_json_safe(v, depth + 1) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if value is None or isinstance(value, bool | int | str):
-        return value
-    if isinstance(value, np.ndarray):
-        return _json_safe(value.tolist(), depth) if value.size <= 200 else f"<array {value.shape}>"
-    return str(value)
+def _plain(value: Any) -> Any:
+    """JSON values for the manifest, with long lists and deep nests cut (provenance can be big)."""
+    return json_safe(value, max_depth=4, max_items=200)
 
 
 DEFAULT_MIN_THRESHOLD = 0.1
@@ -121,9 +107,9 @@ def build_bundle(
         frontend=info.frontend.to_dict(),
         model_sha256="",
         created=datetime.now(UTC).isoformat(timespec="seconds"),
-        provenance=_json_safe(info.provenance),
-        metrics=_json_safe(info.metrics | (metrics or {})),
-        quantization=_json_safe(quantization or {"kind": "none (FP32)"}),
+        provenance=_plain(info.provenance),
+        metrics=_plain(info.metrics | (metrics or {})),
+        quantization=_plain(quantization or {"kind": "none (FP32)"}),
         min_sonotrap_version=__version__,
     )
     out = write_bundle(out_dir, model_path, manifest, reference_images=reference_images, archive=archive)
@@ -231,7 +217,7 @@ def bundle_from_checkpoint(
     out = build_bundle(int8, info, out_dir, quantization=quant, metrics=metrics,
                        reference_images=_pick_reference(val.images, probs), archive=archive,
                        min_threshold=min_threshold)
-    (work / "report.json").write_text(json.dumps(_json_safe(metrics), indent=2) + "\n")
+    (work / "report.json").write_text(json.dumps(_plain(metrics), indent=2) + "\n")
     return out, metrics
 
 

@@ -32,6 +32,7 @@ from tqdm import tqdm
 
 from edge.errors import SonotrapError
 from edge.inference.frontend import FrontendConfig
+from edge.util.jsonio import json_safe
 from trainer import distributed as D
 from trainer.data import DATASET_FILE, SPLIT_FILE, RunData, load_run_data
 from trainer.dataset import AugmentConfig, WindowDataset
@@ -115,17 +116,6 @@ def _atomic_save(obj: dict, path: Path) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     torch.save(obj, tmp)
     os.replace(tmp, path)
-
-
-def _clean(obj):
-    """NaN -> None, recursively, so metrics are valid JSON."""
-    if isinstance(obj, float) and math.isnan(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _clean(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_clean(v) for v in obj]
-    return obj
 
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -357,7 +347,7 @@ def _train(args: TrainArgs, spec, frontend, info: D.DistInfo, t_start: float) ->
         return {
             "format": CHECKPOINT_FORMAT, "model": _unwrap(model).state_dict(), "labels": labels,
             "label_names": run.label_names, "frontend": run.frontend.to_dict(), "thresholds": {},
-            "metrics": {"val": _clean(metrics)}, "epoch": epoch, "optimizer": optimizer.state_dict(),
+            "metrics": {"val": json_safe(metrics)}, "epoch": epoch, "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "rng": _rng_state(),
             "args": all_args, "data": data_info, "history": history,
             "best": {"score": best_score, "epoch": best_epoch, "bad_epochs": bad_epochs},
@@ -422,13 +412,13 @@ def _train(args: TrainArgs, spec, frontend, info: D.DistInfo, t_start: float) ->
                    "val_macro_ap": metrics.get("macro_ap"), "val_macro_roc_auc": metrics.get("macro_roc_auc"),
                    "windows_per_s": seen * info.world_size / max(batch_s, 1e-9),
                    "epoch_s": time.monotonic() - t_epoch, "lr": scheduler.get_last_lr()[0]}
-            history.append(_clean(row))
+            history.append(json_safe(row))
             state = checkpoint(epoch + 1, metrics)
             _atomic_save(state, run_dir / LAST)
             if improved:
                 _atomic_save(state, run_dir / BEST)
             with (run_dir / "history.jsonl").open("a", encoding="utf-8") as fh:
-                fh.write(json.dumps(_clean(row)) + "\n")
+                fh.write(json.dumps(json_safe(row)) + "\n")
             msg = (f"epoch {epoch + 1}: train loss {row['train_loss']:.4f}, val loss {row['val_loss']:.4f}, "
                    f"val macro-AP {row['val_macro_ap']}, ROC-AUC {row['val_macro_roc_auc']}, "
                    f"{row['windows_per_s']:.1f} windows/s{' *best*' if improved else ''}")
@@ -460,8 +450,8 @@ def _train(args: TrainArgs, spec, frontend, info: D.DistInfo, t_start: float) ->
                    "train_seconds": train_seconds, "wall_s": time.monotonic() - t_start,
                    "val": {k: final["val"].get(k) for k in ("macro_ap", "macro_roc_auc", "macro_f1")},
                    "test": {k: final.get("test", {}).get(k) for k in ("macro_ap", "macro_roc_auc", "macro_f1")}}
-        (run_dir / "train_summary.json").write_text(json.dumps(_clean(summary), indent=1) + "\n")
-        log.info("summary: %s", json.dumps(_clean(summary)))
+        (run_dir / "train_summary.json").write_text(json.dumps(json_safe(summary), indent=1) + "\n")
+        log.info("summary: %s", json.dumps(json_safe(summary)))
     D.barrier(info)
     return TrainResult(run_dir, run_dir / BEST, epoch, best_epoch, final,
                        train_samples / max(train_seconds, 1e-9), time.monotonic() - t_start)
@@ -512,6 +502,6 @@ def finalize(
         probs = predict(model, ds, batch_size, device, workers, progress, "test")
         out["test"] = evaluate_scores(probs, ds.targets, ds.known, run.labels, thresholds or None)
     ckpt["thresholds"] = thresholds
-    ckpt["metrics"] = _clean({**ckpt.get("metrics", {}), **out})
+    ckpt["metrics"] = json_safe({**ckpt.get("metrics", {}), **out})
     _atomic_save(ckpt, best_path)
     return out

@@ -31,8 +31,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from edge.models import bundle as bundle_mod
     from edge.models import signing
+    from edge.models.archive import write_archive
+    from edge.models.bundle import describe, load_bundle
+    from edge.models.selftest import run_self_test
 
     action = getattr(args, "action", None)
     if action == "keygen":
@@ -46,24 +48,24 @@ def run(args: argparse.Namespace) -> int:
         sig = signing.sign_bundle(args.bundle, args.key)
         print(f"signed {args.bundle} -> {sig}")
         if args.archive:
-            print(f"wrote {bundle_mod.write_archive(args.bundle, args.archive)}")
+            print(f"wrote {write_archive(args.bundle, args.archive)}")
         return 0
     if action == "verify":
         kid = signing.verify_bundle(args.bundle, args.trusted)
         print(f"OK: {args.bundle} is signed by trusted key {kid}; manifest and model are intact")
         return 0
     if action == "inspect":
-        b = bundle_mod.load_bundle(args.bundle, trusted_keys=args.trusted)
-        diff = bundle_mod.run_self_test(b)
-        summary = bundle_mod.describe(b) | {"self_test_max_abs_diff": diff}
+        b = load_bundle(args.bundle, trusted_keys=args.trusted)
+        diff = run_self_test(b)
+        summary = describe(b) | {"self_test_max_abs_diff": diff}
         if args.json:
             print(json.dumps(summary, indent=2))
         else:
             _print_summary(summary, b)
         return 0
     if action == "pack":
-        bundle_mod.load_bundle(args.bundle, self_test=False)
-        print(f"wrote {bundle_mod.write_archive(args.bundle, args.archive)}")
+        load_bundle(args.bundle, self_test=False)
+        print(f"wrote {write_archive(args.bundle, args.archive)}")
         return 0
     raise SonotrapError("choose an action: sonotrap bundle keygen|sign|verify|inspect|pack (see --help)")
 

@@ -8,7 +8,6 @@ connect timeouts and the paho API version are decided once. Nothing else imports
 from __future__ import annotations
 
 import random
-import socket
 import ssl
 import threading
 from collections.abc import Callable
@@ -25,14 +24,6 @@ from edge.errors import SonotrapError
 
 #: publish return codes that mean "queued" (sent now, or kept by paho until the connection is back)
 PUBLISH_QUEUED = (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN)
-
-
-def default_device_id(cfg: MqttConfig) -> str:
-    """``mqtt.device_id`` or this machine's hostname (without '/', '#', '+')."""
-    if cfg.device_id:
-        return cfg.device_id
-    name = socket.gethostname().split(".")[0] or "sonotrap"
-    return "".join(c if c not in "/#+ " else "_" for c in name)
 
 
 def backoff_delay(attempt: int, low: float, high: float, rng: random.Random | None = None) -> float:
@@ -88,6 +79,18 @@ def connect_async(client: mqtt.Client, cfg: MqttConfig, *, persistent_session: b
         client.connect_async(cfg.host, cfg.port, cfg.keepalive_s, clean_start=False, properties=props)
     else:
         client.connect_async(cfg.host, cfg.port, cfg.keepalive_s)
+
+
+def connect_blocking(cfg: MqttConfig, client_id: str) -> Client:
+    """A connected client with its network loop running, for short-lived reporters.
+
+    Raises SonotrapError for bad credential/TLS files and OSError when the broker cannot be
+    reached within ``cfg.connect_timeout_s``.
+    """
+    client = new_client(cfg, client_id)
+    client.connect(cfg.host, cfg.port, keepalive=min(cfg.keepalive_s, 60))
+    client.loop_start()
+    return client
 
 
 def configure_security(client: mqtt.Client, cfg: MqttConfig) -> None:

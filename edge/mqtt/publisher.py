@@ -33,6 +33,7 @@ from edge.mqtt.connection import PUBLISH_QUEUED, Client, backoff_delay, connect_
 from edge.mqtt.discovery import discovery_messages
 from edge.mqtt.outbox import Outbox
 from edge.mqtt.payloads import encode, event_payload, offline_payload, status_payload
+from edge.util.jsonio import json_safe
 
 log = logging.getLogger(__name__)
 
@@ -316,7 +317,7 @@ class Publisher:
             try:
                 data = encode(payload)
             except ValueError:  # NaN/inf scores: still deliver, as JSON null
-                data = encode(_finite(payload))
+                data = encode(json_safe(payload))
             row_id = self.outbox.put(topic, data, qos=1)
         except Exception:  # noqa: BLE001 - must never take the inference thread down
             log.exception("mqtt: could not queue a message for %s; it is lost", topic)
@@ -424,7 +425,7 @@ class Publisher:
         try:
             data = encode(status_payload(self.device, "online", fields))
         except (TypeError, ValueError):
-            data = encode(_finite(status_payload(self.device, "online", _jsonable(fields))))
+            data = encode(json_safe(status_payload(self.device, "online", fields)))
         self._client.publish(self.status_topic, data, qos=1, retain=True)
 
     def _send_discovery(self) -> None:
@@ -456,23 +457,3 @@ class Publisher:
                 log.exception("mqtt: handler for %s failed", topic)
 
 
-def _finite(obj: Any) -> Any:
-    if isinstance(obj, float):
-        return obj if obj == obj and abs(obj) != float("inf") else None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    return obj
-
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, (str, int, float, bool)) or obj is None:
-        return obj
-    if hasattr(obj, "item"):  # numpy scalars
-        return obj.item()
-    return str(obj)

@@ -34,11 +34,12 @@ from edge.inference.pipeline import HopPipeline, HopResult
 from edge.inference.runtime import Classifier
 from edge.models.bundle import DEFAULT_BUNDLE, ModelBundle, load_bundle
 from edge.models.store import CURRENT, store_root
-from edge.models.updater import update_status_summary
+from edge.models.update.status import update_status_summary
 from edge.service.clips import ClipWriter
 from edge.service.sdnotify import Notifier
 from edge.service.sinks import JsonLinesSink
 from edge.service.status import write_status
+from edge.util.identity import device_id
 
 log = logging.getLogger("sonotrap.daemon")
 
@@ -54,12 +55,6 @@ def model_bundle_path(cfg: Config) -> Path:
         return Path(cfg.model.bundle)
     current = store_root(cfg.state_dir) / CURRENT
     return current if current.exists() else DEFAULT_BUNDLE
-
-
-def device_id(cfg: Config) -> str:
-    import socket
-
-    return cfg.mqtt.device_id or socket.gethostname()
 
 
 def _payload(event: DetectionEvent, dev: str, bundle: ModelBundle, hop_s: float) -> dict[str, Any]:
@@ -102,7 +97,7 @@ class Daemon:
             self.sinks.append(JsonLinesSink(jsonl))
         self.notifier = notifier or Notifier()
         self.clock = clock
-        self.device = device_id(cfg)
+        self.device = device_id(cfg.mqtt.device_id)
         self.state_dir = Path(cfg.state_dir)
         self._hops_jsonl = JsonLinesSink(hops_jsonl)
         self._install_signals = install_signals

@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import hashlib
+import importlib.resources
 import json
 import logging
 import os
@@ -39,7 +40,9 @@ MANIFEST_FILE = "manifest.json"
 MODEL_FILE = "model.onnx"
 SIGNATURE_FILE = "manifest.json.sig"  # same as edge.models.signing.SIGNATURE_FILE
 BUNDLE_FILES = (MANIFEST_FILE, MODEL_FILE, SIGNATURE_FILE)
-DEFAULT_BUNDLE = Path(__file__).resolve().parents[2] / "models" / "demo"
+# The shipped demo model is package data of edge (edge/demo_model links to models/demo in a
+# clone), so wheel and sdist installs carry it too.
+DEFAULT_BUNDLE = Path(str(importlib.resources.files("edge") / "demo_model"))
 REFERENCE_ATOL = 0.05  # probabilities; INT8 kernels differ slightly across CPUs (VNNI/NEON)
 _SEMVER = re.compile(r"^(\d+)\.(\d+)\.(\d+)(?:[-+][0-9A-Za-z.-]+)?$")
 _MAX_ARCHIVE_MEMBER = 512 * 1024 * 1024

@@ -41,6 +41,9 @@ from edge.mqtt.outbox import Outbox
 from edge.mqtt.payloads import encode, event_payload, offline_payload, status_payload
 
 log = logging.getLogger(__name__)
+# After a (re)connect the retained status waits this long for the daemon's own "ready" status,
+# so a listener sees one status line at start-up, not one per trigger.
+CONNECT_STATUS_GRACE_S = 1.0
 
 
 def default_device_id(cfg: MqttConfig) -> str:
@@ -100,6 +103,7 @@ class Publisher:
         self._callbacks: queue.SimpleQueue = queue.SimpleQueue()
         self._stopping = threading.Event()
         self._status_due = threading.Event()
+        self._connected_status = threading.Event()  # a (re)connect: status within the grace period
         self._discovery_due = threading.Event()
         self._connected = threading.Event()
         self._inflight: dict[int, tuple[int, float]] = {}  # paho mid -> (row id, monotonic sent)
@@ -297,13 +301,13 @@ class Publisher:
         if recv_max is not None and recv_max < self.cfg.max_inflight:
             log.warning("mqtt: the broker accepts only %d messages in flight (Receive Maximum); "
                         "set mqtt.max_inflight <= %d", recv_max, recv_max)
+        self._connected_status.set()  # before _connected: the sender must see both together
         self._connected.set()
         log.info(
             "mqtt: connected to %s:%d (session present: %s)", self.cfg.host, self.cfg.port, flags.session_present
         )
         for topic in topics:
             client.subscribe(topic, qos=1)
-        self._status_due.set()
         if self._discovery_labels is not None:
             self._discovery_due.set()
         self._wake.set()
@@ -382,10 +386,13 @@ class Publisher:
         return row_id
 
     def _sender_main(self) -> None:
-        next_status = time.monotonic()
+        next_status = float("inf")  # scheduled by the first connect
         while not self._stopping.is_set():
             self._wake.wait(timeout=max(0.0, min(1.0, next_status - time.monotonic())))
             self._wake.clear()
+            if self._connected_status.is_set():
+                self._connected_status.clear()
+                next_status = min(next_status, time.monotonic() + CONNECT_STATUS_GRACE_S)
             try:
                 self._process_acks()
                 if not self._connected.is_set():

@@ -23,6 +23,7 @@ from edge import __version__
 from edge.errors import SonotrapError
 from edge.inference.frontend import FrontendConfig
 from edge.models.bundle import Label, Manifest, sha256_file, write_bundle
+from trainer.species import SPECIES_FILE, label_fields, read_species
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,7 @@ class BundleInfo:
     thresholds: dict[str, float] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
+    species: dict[str, dict[str, str]] = field(default_factory=dict)  # code -> scientific/common name, group
 
     @classmethod
     def from_checkpoint(cls, ckpt, name: str | None = None, version: str = "1.0.0", provenance: dict | None = None) -> BundleInfo:
@@ -64,7 +66,17 @@ class BundleInfo:
             thresholds=dict(ckpt.thresholds),
             provenance=prov,
             metrics={"training": _json_safe(ckpt.metrics)},
+            species=_run_species(ckpt.path.parent, list(ckpt.labels)),
         )
+
+
+def _run_species(run_dir: Path, labels: list[str]) -> dict[str, dict[str, str]]:
+    """Label entries' species fields from the run's species table (``train --species``), if any."""
+    path = run_dir / SPECIES_FILE
+    if not path.is_file():
+        return {}
+    table = read_species(path)
+    return {lab: fields for lab in labels if (fields := label_fields(lab, table))}
 
 
 def _json_safe(value: Any, depth: int = 0) -> Any:
@@ -116,7 +128,7 @@ def build_bundle(
     manifest = Manifest(
         name=info.name,
         version=info.version,
-        labels=[Label(c, info.label_names.get(c, c)) for c in info.labels],
+        labels=[Label(c, info.label_names.get(c, c), **info.species.get(c, {})) for c in info.labels],
         thresholds=thresholds,
         frontend=info.frontend.to_dict(),
         model_sha256="",

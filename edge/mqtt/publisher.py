@@ -36,7 +36,7 @@ from paho.mqtt.properties import Properties
 
 from edge.config import MqttConfig
 from edge.errors import SonotrapError
-from edge.mqtt.discovery import discovery_messages
+from edge.mqtt.discovery import discovery_messages, read_record, write_record
 from edge.mqtt.outbox import Outbox
 from edge.mqtt.payloads import encode, event_payload, offline_payload, status_payload
 
@@ -82,8 +82,9 @@ class _Client(mqtt.Client):
 class Publisher:
     """Durable, non-blocking MQTT publisher for one device (see the module docstring)."""
 
-    def __init__(self, cfg: MqttConfig, outbox: Outbox, device_id: str) -> None:
+    def __init__(self, cfg: MqttConfig, outbox: Outbox, device_id: str, ha_record: Path | None = None) -> None:
         self.cfg = cfg
+        self.ha_record = ha_record  # Home Assistant config topics announced (edge.mqtt.discovery)
         self.outbox = outbox
         self.device = device_id
         self.base = f"{cfg.prefix}/{device_id}"
@@ -96,7 +97,7 @@ class Publisher:
         self._status_provider: Callable[[], dict] | None = None
         self._subs: dict[str, Callable[[str, bytes], None]] = {}
         self._discovery_labels: dict[str, str] | None = None
-        self._discovered: set[str] = set()
+        self._discovered: set[str] | None = None  # config topics announced; None = read the record
         self._lock = threading.Lock()  # our own state only; never held while calling paho
         self._wake = threading.Event()
         self._acks: queue.SimpleQueue = queue.SimpleQueue()  # from paho's thread to the sender
@@ -489,17 +490,26 @@ class Publisher:
     def _send_discovery(self) -> None:
         with self._lock:
             labels = dict(self._discovery_labels or {})
+        previous = self._discovered
+        if previous is None and self.ha_record is not None:
+            previous = read_record(self.ha_record)
         msgs, keep = discovery_messages(
             self.cfg.discovery_prefix,
             self.device,
             labels,
             detections_topic=self.detections_topic,
             status_topic=self.status_topic,
-            previous=self._discovered,
+            previous=previous,
         )
         for topic, payload in msgs:
             self._client.publish(topic, encode(payload) if payload is not None else b"", qos=1, retain=True)
         self._discovered = keep
+        if self.ha_record is not None:
+            try:
+                write_record(self.ha_record, keep)
+            except OSError as err:
+                log.warning("mqtt: cannot record the Home Assistant configs in %s (%s); configs of labels "
+                            "a later model drops may stay in Home Assistant", self.ha_record, err.strerror or err)
 
     # ------------------------------------------------------------------ callback thread
 
@@ -546,6 +556,37 @@ def configure_security(client: mqtt.Client, cfg: MqttConfig) -> None:
             ) from None
         if cfg.tls_insecure:
             client.tls_insecure_set(True)
+
+
+def publish_retained(cfg: MqttConfig, device_id: str, messages: list[tuple[str, bytes]], timeout: float = 10.0) -> str:
+    """Connect once, publish ``messages`` retained with QoS 1, wait for the broker's acks, disconnect.
+
+    For one-shot maintenance (``sonotrap ha-cleanup``): its own client id, no Last Will, so a
+    running daemon is untouched. Returns the broker's ``host:port``.
+    """
+    where = f"{cfg.host}:{cfg.port}"
+    check_broker(cfg, device_id, timeout)  # the exact reason when the broker is unreachable or refuses us
+    proto = mqtt.MQTTv5 if cfg.protocol == "5" else mqtt.MQTTv311
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"sonotrap-tool-{device_id}-{random.randrange(1 << 30)}",
+                         protocol=proto)
+    client.connect_timeout = min(timeout, cfg.connect_timeout_s)
+    configure_security(client, cfg)
+    try:
+        client.connect(cfg.host, cfg.port, cfg.keepalive_s)
+    except OSError as err:
+        raise SonotrapError(f"mqtt broker {where} unreachable ({err}); check mqtt.host, mqtt.port and mqtt.tls") from None
+    client.loop_start()
+    try:
+        infos = [client.publish(topic, payload, qos=1, retain=True) for topic, payload in messages]
+        deadline = time.monotonic() + timeout
+        for info in infos:
+            info.wait_for_publish(max(0.1, deadline - time.monotonic()))
+            if not info.is_published():
+                raise SonotrapError(f"mqtt broker {where} did not acknowledge within {timeout:.0f} s; try again")
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    return where
 
 
 def check_broker(cfg: MqttConfig, device_id: str, timeout: float = 5.0) -> str:

@@ -64,7 +64,7 @@ def display_name(label: str, table: dict[str, Species]) -> str | None:
     if sp is None:
         return None
     rest = label[len(sp.code):].strip("_").replace("_", " ") if label.startswith(sp.code) else ""
-    if sp.common_name and sp.scientific_name:
+    if sp.common_name and sp.scientific_name and sp.scientific_name not in sp.common_name:
         base = f"{sp.common_name} ({sp.scientific_name})"
     else:
         base = sp.common_name or sp.scientific_name or label

@@ -12,7 +12,7 @@ from edge.inference.frontend import FrontendConfig
 from edge.models.bundle import Label, Manifest
 from trainer.bundle_builder import _run_species
 from trainer.prepare import DataSpec, prepare_run
-from trainer.species import SPECIES_FILE, display_name, read_species
+from trainer.species import SPECIES_FILE, Species, display_name, read_species
 
 SMALL = FrontendConfig(n_mels=32, n_frames=32, hop_length=2000)
 TABLE = "code,scientific_name,common_name,group\nErirub,Erithacus rubecula,European Robin,bird\nHuman,,Human voice,\n"
@@ -24,6 +24,8 @@ def test_display_names_keep_the_call_type_and_fall_back_for_unknown_codes(tmp_pa
     assert display_name("Erirub_song", table) == "European Robin (Erithacus rubecula) song"
     assert display_name("Erirub", table) == "European Robin (Erithacus rubecula)"
     assert display_name("Human", table) == "Human voice"
+    table["Plaaff"] = Species("Plaaff", "Platycleis affinis", "Bush-cricket (Platycleis affinis)", "insect")
+    assert display_name("Plaaff_song", table) == "Bush-cricket (Platycleis affinis) song"  # not named twice
     assert display_name("Sylmel_call", table) is None
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.daemon_helpers import REPO
+from tests.support.paths import REPO
 
 pytestmark = pytest.mark.slow
 OFFLINE_HINTS = ("Could not find a version", "No matching distribution", "NewConnectionError",

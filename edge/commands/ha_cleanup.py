@@ -49,7 +49,7 @@ def config_topics(cfg, device: str) -> set[str]:
 def run(args: argparse.Namespace) -> int:
     from edge.commands.run import config_from_args
     from edge.mqtt import discovery as ha
-    from edge.mqtt.publisher import publish_retained
+    from edge.mqtt.connection import publish_retained
     from edge.service.daemon import device_id
 
     cfg = config_from_args(args)

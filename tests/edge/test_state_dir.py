@@ -12,7 +12,8 @@ import sys
 from pathlib import Path
 
 from edge.config import Config, default_state_dir, load_config
-from tests.daemon_helpers import LOW, REPO, write_tones
+from tests.support.daemon_helpers import LOW, write_tones
+from tests.support.paths import REPO
 
 SYSTEM_DIR = Path("/var/lib/sonotrap")
 

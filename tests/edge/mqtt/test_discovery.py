@@ -19,8 +19,8 @@ from edge.mqtt import discovery as ha
 from edge.mqtt.outbox import Outbox
 from edge.mqtt.payloads import FileOffset, MessageContext, detection_payload
 from edge.mqtt.publisher import Publisher
-from tests.daemon_helpers import run_cli
 from tests.support.broker import Subscriber
+from tests.support.daemon_helpers import run_cli
 
 RO = {"state_topic", "value_template", "qos", "encoding", "group"}
 AVAILABILITY = {"availability", "availability_mode", "availability_template", "availability_topic",

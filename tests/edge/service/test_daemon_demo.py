@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from tests.daemon_helpers import LOW, REPO, write_tones
+from tests.support.daemon_helpers import LOW, REPO, write_tones
 
 HAS_MOSQUITTO = bool(shutil.which("mosquitto") or os.path.exists("/usr/sbin/mosquitto"))
 

@@ -25,6 +25,7 @@ from edge.models.bundle import write_bundle
 from edge.models.manifest import Label, Manifest
 from edge.util.hashing import sha256_file
 from edge.util.jsonio import json_safe
+from trainer.species import SPECIES_FILE, label_fields, read_species
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,7 @@ class BundleInfo:
     thresholds: dict[str, float] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
+    species: dict[str, dict[str, str]] = field(default_factory=dict)  # code -> scientific/common name, group
 
     @classmethod
     def from_checkpoint(cls, ckpt, name: str | None = None, version: str = "1.0.0", provenance: dict | None = None) -> BundleInfo:
@@ -66,12 +68,22 @@ class BundleInfo:
             thresholds=dict(ckpt.thresholds),
             provenance=prov,
             metrics={"training": _plain(ckpt.metrics)},
+            species=_run_species(ckpt.path.parent, list(ckpt.labels)),
         )
 
 
 def _plain(value: Any) -> Any:
     """JSON values for the manifest, with long lists and deep nests cut (provenance can be big)."""
     return json_safe(value, max_depth=4, max_items=200)
+
+
+def _run_species(run_dir: Path, labels: list[str]) -> dict[str, dict[str, str]]:
+    """Label entries' species fields from the run's species table (``train --species``), if any."""
+    path = run_dir / SPECIES_FILE
+    if not path.is_file():
+        return {}
+    table = read_species(path)
+    return {lab: fields for lab in labels if (fields := label_fields(lab, table))}
 
 
 DEFAULT_MIN_THRESHOLD = 0.1
@@ -102,7 +114,7 @@ def build_bundle(
     manifest = Manifest(
         name=info.name,
         version=info.version,
-        labels=[Label(c, info.label_names.get(c, c)) for c in info.labels],
+        labels=[Label(c, info.label_names.get(c, c), **info.species.get(c, {})) for c in info.labels],
         thresholds=thresholds,
         frontend=info.frontend.to_dict(),
         model_sha256="",

@@ -39,7 +39,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from trainer.data import load_run_data  # noqa: E402
+from trainer.rundata import load_run_data  # noqa: E402
 from trainer.split import SPLITS  # noqa: E402
 from trainer.windows import Window  # noqa: E402
 

@@ -14,7 +14,6 @@ import torch
 from edge.errors import SonotrapError
 from edge.inference.frontend import FrontendConfig
 from tests.support.synth_calls import make_dataset
-from trainer.data import load_run_data
 from trainer.dataset import AugmentConfig, WindowDataset
 from trainer.metrics import average_precision, evaluate_scores
 from trainer.prepare import DataSpec
@@ -27,6 +26,7 @@ from trainer.pseudo import (
     pseudo_label,
     train_rounds,
 )
+from trainer.rundata import load_run_data
 from trainer.train import BEST, LAST, TrainArgs, load_checkpoint, model_from_checkpoint, predict, train
 
 SMALL = FrontendConfig(n_mels=32, n_frames=32, hop_length=2000)

@@ -144,7 +144,7 @@ def test_whole_path_on_real_nips4bplus_files(shared_data, tmp_path):
     """A few real recordings: ingest -> windows (labels checked against the table) -> train -> evaluate."""
     import csv
 
-    from trainer.data import load_run_data
+    from trainer.rundata import load_run_data
     from trainer.windows import overlaps_enough
 
     nips = shared_data / "nips4bplus"
@@ -207,7 +207,7 @@ def test_weak_label_table_keeps_one_true_statement_per_window(trained, present_f
     """scripts/weak_labels_experiment.py make-table: one known class per window, never a false label."""
     import importlib.util
 
-    from trainer.data import load_run_data
+    from trainer.rundata import load_run_data
 
     spec = importlib.util.spec_from_file_location("wle", Path(__file__).parent.parent / "scripts" / "weak_labels_experiment.py")
     wle = importlib.util.module_from_spec(spec)

@@ -23,11 +23,11 @@ from torchvision.models import resnet50
 import trainer.train as train_module
 from edge.errors import SonotrapError
 from edge.inference.frontend import FrontendConfig
-from trainer.data import load_run_data
 from trainer.dataset import AugmentConfig, WindowDataset
 from trainer.losses import sample_weights
 from trainer.model import build_model
 from trainer.prepare import DataSpec, prepare_run
+from trainer.rundata import load_run_data
 from trainer.train import BEST, LAST, TrainArgs, lr_lambda, train
 
 REPO = Path(__file__).resolve().parent.parent

@@ -21,9 +21,9 @@ import numpy as np
 import torch
 
 from edge.errors import SonotrapError
-from trainer.data import load_run_data
 from trainer.dataset import WindowDataset
 from trainer.metrics import choose_thresholds, evaluate_scores, pr_curve, threshold_dicts
+from trainer.rundata import load_run_data
 from trainer.train import _atomic_save, _clean, load_checkpoint, model_from_checkpoint, predict
 
 log = logging.getLogger(__name__)

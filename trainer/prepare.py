@@ -1,7 +1,7 @@
 """Ingest -> label selection -> windows -> split, written into a run directory (no torch).
 
 After this the run directory alone (plus the audio) defines the training data; training,
-evaluation, export and calibration all read it back with :mod:`trainer.data`.
+evaluation, export and calibration all read it back with :mod:`trainer.rundata`.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from pathlib import Path
 from edge.errors import SonotrapError
 from edge.inference.frontend import FrontendConfig
 from trainer.annotations import Source, read_data_dir, read_folders, read_raven, read_table
-from trainer.data import SPLIT_FILE, RunData, load_run_data, windows_file, write_run_data
 from trainer.labels import LabelSelection, label_names, select_labels
+from trainer.rundata import SPLIT_FILE, RunData, load_run_data, windows_file, write_run_data
 from trainer.split import SPLITS, read_split, split_recordings, write_split
 from trainer.windows import WindowConfig, make_windows, write_windows
 

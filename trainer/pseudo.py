@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from edge.errors import SonotrapError
-from trainer.data import ANNOTATIONS_FILE, DATASET_FILE, SPLIT_FILE, windows_file
+from trainer.rundata import ANNOTATIONS_FILE, DATASET_FILE, SPLIT_FILE, windows_file
 from trainer.split import SPLITS
 from trainer.windows import Window
 
@@ -142,8 +142,8 @@ def train_rounds(args, spec, frontend, rounds: int, high: float = 0.9, low: floa
 
     import torch
 
-    from trainer.data import load_run_data
     from trainer.dataset import WindowDataset
+    from trainer.rundata import load_run_data
     from trainer.train import BEST, LAST, load_checkpoint, model_from_checkpoint, predict, train
 
     check_bounds(high, low)

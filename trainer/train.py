@@ -33,13 +33,13 @@ from tqdm import tqdm
 from edge.errors import SonotrapError
 from edge.inference.frontend import FrontendConfig
 from trainer import distributed as D
-from trainer.data import DATASET_FILE, SPLIT_FILE, RunData, load_run_data
 from trainer.dataset import AugmentConfig, WindowDataset
 from trainer.losses import entry_weights, masked_bce, positive_weights, sample_weights
 from trainer.metrics import choose_thresholds, evaluate_scores, threshold_dicts
 from trainer.model import backbone_parameters, build_model
 from trainer.prepare import DataSpec, prepare_run
 from trainer.pseudo import load_pseudo
+from trainer.rundata import DATASET_FILE, SPLIT_FILE, RunData, load_run_data
 
 log = logging.getLogger(__name__)
 

@@ -14,13 +14,15 @@ import torch
 from edge.errors import SonotrapError
 from edge.inference.frontend import FrontendConfig
 from tests.support.synth_calls import make_dataset
+from trainer.checkpoint import BEST, LAST, load_checkpoint, model_from_checkpoint
 from trainer.dataset import AugmentConfig, WindowDataset
+from trainer.engine import predict
 from trainer.metrics import average_precision, evaluate_scores
 from trainer.prepare import DataSpec
 from trainer.pseudo import PSEUDO_FILE, load_pseudo, merge, pseudo_label
 from trainer.pseudo_rounds import ROUNDS_FILE, train_rounds
 from trainer.rundata import copy_run_data, load_run_data
-from trainer.train import BEST, LAST, TrainArgs, load_checkpoint, model_from_checkpoint, predict, train
+from trainer.train import TrainArgs, train
 
 SMALL = FrontendConfig(n_mels=32, n_frames=32, hop_length=2000)
 

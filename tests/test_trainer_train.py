@@ -15,10 +15,11 @@ import torch
 
 from edge.errors import SonotrapError
 from edge.inference.frontend import FrontendConfig
+from trainer.checkpoint import BEST, LAST
 from trainer.dataset import AugmentConfig
 from trainer.evaluate import evaluate_checkpoint
 from trainer.prepare import DataSpec
-from trainer.train import BEST, LAST, TrainArgs, train
+from trainer.train import TrainArgs, train
 
 SMALL = FrontendConfig(n_mels=32, n_frames=32, hop_length=2000)
 
@@ -175,11 +176,11 @@ def test_whole_path_on_real_nips4bplus_files(shared_data, tmp_path):
 
 
 def test_validation_metric_that_picks_the_best_checkpoint():
-    from trainer.train import _score
+    from trainer.train import selection_score
 
     m = {"macro_ap": 0.92, "macro_roc_auc": 0.55, "loss": 0.3}
-    assert _score(m) == 0.92 and _score(m, "macro_roc_auc") == 0.55 and _score(m, "loss") == -0.3
-    assert _score({**m, "macro_ap": math.nan}) == -0.3  # undefined metric: fall back to the loss
+    assert selection_score(m) == 0.92 and selection_score(m, "macro_roc_auc") == 0.55 and selection_score(m, "loss") == -0.3
+    assert selection_score({**m, "macro_ap": math.nan}) == -0.3  # undefined metric: fall back to the loss
     with pytest.raises(SonotrapError, match="--select-by"):
         train(_args(Path("/nonexistent"), select_by="f1"), None, None)
 

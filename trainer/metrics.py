@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 from scipy.stats import rankdata
@@ -139,3 +140,14 @@ def choose_thresholds(
 
 def threshold_dicts(th: dict[str, Threshold]) -> dict[str, dict]:
     return {k: asdict(v) for k, v in th.items()}
+
+
+def nan_to_none(obj: Any) -> Any:
+    """NaN -> None, recursively through dicts, lists and tuples, so metrics are valid JSON."""
+    if isinstance(obj, float) and math.isnan(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: nan_to_none(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [nan_to_none(v) for v in obj]
+    return obj

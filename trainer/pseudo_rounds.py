@@ -20,15 +20,16 @@ from typing import Any
 import torch
 
 from edge.errors import SonotrapError
+from trainer.checkpoint import BEST, LAST, load_checkpoint, model_from_checkpoint
 from trainer.dataset import WindowDataset
+from trainer.engine import predict
 from trainer.pseudo import PSEUDO_FILE, check_bounds, implausible, pseudo_label, save_pseudo
 from trainer.rundata import copy_run_data, load_run_data
-from trainer.train import BEST, LAST, load_checkpoint, model_from_checkpoint, predict, train
+from trainer.train import SUMMARY_FILE, train
 
 log = logging.getLogger(__name__)
 
 ROUNDS_FILE = "pseudo_rounds.json"
-SUMMARY_FILE = "train_summary.json"
 INIT_FILE = "init_weights.pt"  # the previous round's best weights: this round's starting point
 
 
@@ -59,14 +60,15 @@ def train_rounds(args, spec, frontend, rounds: int, high: float = 0.9, low: floa
             device = torch.device("cuda" if args.device != "cpu" and torch.cuda.is_available() else "cpu")
             ds = WindowDataset(run, train_w)
             if not (d / PSEUDO_FILE).is_file():
-                probs = predict(model_from_checkpoint(load_checkpoint(prev)).to(device), ds, args.batch_size,
+                prev_ckpt = load_checkpoint(prev)
+                probs = predict(model_from_checkpoint(prev_ckpt).to(device), ds, args.batch_size,
                                 device, args.workers, args.progress, f"round {r}: pseudo-labels")
                 labels = pseudo_label(probs, ds.targets, ds.known, high, low)
                 copy_run_data(out, d)
                 save_pseudo(d, labels, train_w, run.labels)
                 # A plain state dict, so the round loads it with torch.load(weights_only=True).
-                torch.save(load_checkpoint(prev)["model"], d / INIT_FILE)
-                counts = labels.counts()
+                torch.save(prev_ckpt.state_dict, d / INIT_FILE)
+                counts: dict[str, Any] = dict(labels.counts())
                 counts["warning"] = implausible(labels, ds.targets, ds.known)
                 (d / "pseudo_counts.json").write_text(json.dumps(counts) + "\n")
             record["pseudo"] = json.loads((d / "pseudo_counts.json").read_text())

@@ -38,7 +38,7 @@ class DataSpec:
     fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
     split_file: str | None = None
     seed: int = 0
-    validations: list[str] = field(default_factory=list)  # validation exports (weak labels, issue 6)
+    validations: list[str] = field(default_factory=list)  # validation exports (weak labels)
 
 
 def read_source(spec: DataSpec) -> Source:
@@ -56,6 +56,7 @@ def read_source(spec: DataSpec) -> Source:
         return read_table(spec.annotations, spec.files, spec.root, spec.strict)
     if spec.raven:
         return read_raven(spec.raven, spec.strict)
+    assert spec.folders  # exactly one source is given (checked above)
     return read_folders(spec.folders, spec.strict)
 
 

@@ -1,6 +1,6 @@
 """Pseudo labels (Zhong et al. 2020): confident scores fill unknown label entries.
 
-Validation-style data (issue 6) leaves most (window, class) entries unknown. After a round
+Validation-style data (weak labels) leaves most (window, class) entries unknown. After a round
 of training the model scores every training window; an UNKNOWN entry scored ``>= high``
 becomes present and one scored ``<= low`` absent, for the next round's training only.
 Known entries never change, and every round decides afresh from the original labels with

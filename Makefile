@@ -34,6 +34,7 @@ test: system-deps $(VENV)/.dev-installed
 
 lint: $(VENV)/.dev-installed
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy trainer/
 
 ## make bench: daemon (latency, CPU, RSS at hop 0.5/1 s) and publisher benchmarks on the demo model
 bench: $(VENV)/.dev-installed

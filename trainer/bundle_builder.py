@@ -172,7 +172,8 @@ def bundle_from_checkpoint(
     Raises SonotrapError (and writes no bundle) when parity or the AP-drop bound fails.
     Returns the bundle directory and a report dict (also stored in the manifest metrics).
     """
-    from trainer.export import build_torch_model, check_parity, export_onnx, load_checkpoint
+    from trainer.checkpoint import load_checkpoint, model_from_checkpoint
+    from trainer.export import check_parity, export_onnx
     from trainer.quantize import QuantSettings, load_windows, quantize_and_verify
 
     settings = settings or QuantSettings()
@@ -186,7 +187,7 @@ def bundle_from_checkpoint(
     val = load_windows(validation_source, "val", val_limit, settings.seed, data_root)
     if val.labels != ckpt.labels:
         raise SonotrapError(f"validation windows from {validation_source} have other labels than {ckpt.path}; use the run's own directory")
-    model = build_torch_model(ckpt)
+    model = model_from_checkpoint(ckpt)
     fp32 = Path(fp32_path) if fp32_path else work / "model_fp32.onnx"
     if not fp32_path or not fp32.is_file():
         export_onnx(model, fp32, ckpt.frontend.image_shape)

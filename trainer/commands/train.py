@@ -178,7 +178,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run_rounds(args: argparse.Namespace, targs, spec) -> int:
-    from trainer.pseudo import ROUNDS_FILE, train_rounds
+    from trainer.pseudo_rounds import ROUNDS_FILE, train_rounds
 
     records = train_rounds(targs, spec, frontend_from_args(args), args.pseudo_rounds, args.pseudo_high,
                            args.pseudo_low, args.pseudo_epochs)

@@ -28,13 +28,14 @@ system-deps:
 demo: $(VENV)/.edge-installed
 	scripts/demo
 
-## make test: install what the tests need, then run them all
-test: system-deps $(VENV)/.dev-installed
+## make test: install what the tests need, check style and types, then run the whole suite
+test: system-deps $(VENV)/.dev-installed lint
 	$(PY) -m pytest -q
 
+## make lint: ruff and mypy (edge/ and trainer/, default mode), as CI runs them
 lint: $(VENV)/.dev-installed
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/mypy trainer/
+	$(VENV)/bin/mypy
 
 ## make bench: daemon (latency, CPU, RSS at hop 0.5/1 s) and publisher benchmarks on the demo model
 bench: $(VENV)/.dev-installed

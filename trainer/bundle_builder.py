@@ -25,6 +25,7 @@ from edge.models.bundle import write_bundle
 from edge.models.manifest import Label, Manifest
 from edge.util.hashing import sha256_file
 from edge.util.jsonio import json_safe
+from trainer.species import SPECIES_FILE, label_fields, read_species
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,7 @@ class BundleInfo:
     thresholds: dict[str, float] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
+    species: dict[str, dict[str, str]] = field(default_factory=dict)  # code -> scientific/common name, group
 
     @classmethod
     def from_checkpoint(cls, ckpt, name: str | None = None, version: str = "1.0.0", provenance: dict | None = None) -> BundleInfo:
@@ -66,12 +68,22 @@ class BundleInfo:
             thresholds=dict(ckpt.thresholds),
             provenance=prov,
             metrics={"training": _plain(ckpt.metrics)},
+            species=_run_species(ckpt.path.parent, list(ckpt.labels)),
         )
 
 
 def _plain(value: Any) -> Any:
     """JSON values for the manifest, with long lists and deep nests cut (provenance can be big)."""
     return json_safe(value, max_depth=4, max_items=200)
+
+
+def _run_species(run_dir: Path, labels: list[str]) -> dict[str, dict[str, str]]:
+    """Label entries' species fields from the run's species table (``train --species``), if any."""
+    path = run_dir / SPECIES_FILE
+    if not path.is_file():
+        return {}
+    table = read_species(path)
+    return {lab: fields for lab in labels if (fields := label_fields(lab, table))}
 
 
 DEFAULT_MIN_THRESHOLD = 0.1
@@ -102,7 +114,7 @@ def build_bundle(
     manifest = Manifest(
         name=info.name,
         version=info.version,
-        labels=[Label(c, info.label_names.get(c, c)) for c in info.labels],
+        labels=[Label(c, info.label_names.get(c, c), **info.species.get(c, {})) for c in info.labels],
         thresholds=thresholds,
         frontend=info.frontend.to_dict(),
         model_sha256="",
@@ -160,7 +172,8 @@ def bundle_from_checkpoint(
     Raises SonotrapError (and writes no bundle) when parity or the AP-drop bound fails.
     Returns the bundle directory and a report dict (also stored in the manifest metrics).
     """
-    from trainer.export import build_torch_model, check_parity, export_onnx, load_checkpoint
+    from trainer.checkpoint import load_checkpoint, model_from_checkpoint
+    from trainer.export import check_parity, export_onnx
     from trainer.quantize import QuantSettings, load_windows, quantize_and_verify
 
     settings = settings or QuantSettings()
@@ -174,7 +187,7 @@ def bundle_from_checkpoint(
     val = load_windows(validation_source, "val", val_limit, settings.seed, data_root)
     if val.labels != ckpt.labels:
         raise SonotrapError(f"validation windows from {validation_source} have other labels than {ckpt.path}; use the run's own directory")
-    model = build_torch_model(ckpt)
+    model = model_from_checkpoint(ckpt)
     fp32 = Path(fp32_path) if fp32_path else work / "model_fp32.onnx"
     if not fp32_path or not fp32.is_file():
         export_onnx(model, fp32, ckpt.frontend.image_shape)

@@ -70,6 +70,19 @@ def run(args: argparse.Namespace) -> int:
     raise SonotrapError("choose an action: sonotrap bundle keygen|sign|verify|inspect|pack (see --help)")
 
 
+def _metrics_line(value, depth: int = 0) -> str:
+    """Scalars of a metrics entry, one level of nesting shown (training: val/test); per-class tables left out."""
+    if not isinstance(value, dict):
+        return f"{value:.4g}" if isinstance(value, float) else str(value)
+    parts = []
+    for k, v in value.items():
+        if not isinstance(v, dict | list):
+            parts.append(f"{k}={_metrics_line(v)}")
+        elif isinstance(v, dict) and depth == 0 and len(v) <= 12 and any(not isinstance(x, dict | list) for x in v.values()):
+            parts.append(f"{k} ({_metrics_line(v, depth + 1)})")
+    return ", ".join(parts) or "{}"
+
+
 def _print_summary(s: dict, b) -> None:
     print(f"{s['name']} {s['version']}  ({s['path']})")
     print(f"  created {s['created']}, schema {s['schema_version']}, needs sonotrap >= {s['min_sonotrap_version']}")
@@ -80,8 +93,8 @@ def _print_summary(s: dict, b) -> None:
     prov = s["provenance"]
     if prov:
         print("  provenance: " + ", ".join(f"{k}={v}" for k, v in prov.items() if not isinstance(v, dict | list)))
-    for k, v in s["metrics"].items():
-        print(f"  metrics {k}: {v}")
+    for k, v in b.manifest.metrics.items():
+        print(f"  metrics {k}: {_metrics_line(v)}")
     if s["quantization"]:
         print("  quantization: " + ", ".join(f"{k}={v}" for k, v in s["quantization"].items() if not isinstance(v, dict | list)))
     print(f"  labels ({s['labels']}): " + ", ".join(f"{c} ({b.names[c]}, t={b.thresholds.get(c, 0.5):.2f})" for c in b.labels[:12])

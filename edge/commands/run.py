@@ -93,12 +93,13 @@ def make_publisher(cfg: Config):
     """The MQTT publisher with its on-disk outbox, or None when MQTT is disabled."""
     if not cfg.mqtt.enabled:
         return None
+    from edge.mqtt.discovery import RECORD_FILE
     from edge.mqtt.outbox import Outbox
     from edge.mqtt.publisher import Publisher
     from edge.util.identity import device_id
 
     outbox = Outbox.from_config(cfg.outbox, cfg.state_dir)  # path, size bound, fsync policy, disk retry
-    return Publisher(cfg.mqtt, outbox, device_id(cfg.mqtt.device_id))
+    return Publisher(cfg.mqtt, outbox, device_id(cfg.mqtt.device_id), ha_record=Path(cfg.state_dir) / RECORD_FILE)
 
 
 def run(args: argparse.Namespace) -> int:

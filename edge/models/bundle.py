@@ -12,6 +12,7 @@ The format is documented in ``models/README.md``.
 
 from __future__ import annotations
 
+import importlib.resources
 import shutil
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -28,7 +29,9 @@ from edge.models.selftest import check_io, compute_reference, create_session, ru
 from edge.models.signing import verify_bundle
 from edge.util.hashing import sha256_file
 
-DEFAULT_BUNDLE = Path(__file__).resolve().parents[2] / "models" / "demo"
+# The shipped demo model is package data of edge (edge/demo_model links to models/demo in a
+# clone), so wheel and sdist installs carry it too.
+DEFAULT_BUNDLE = Path(str(importlib.resources.files("edge") / "demo_model"))
 
 
 @dataclass

@@ -30,8 +30,17 @@ _SEMVER = re.compile(r"^(\d+)\.(\d+)\.(\d+)(?:[-+][0-9A-Za-z.-]+)?$")
 
 @dataclass
 class Label:
-    code: str  # e.g. "Erirub_song"
-    name: str  # human name, e.g. "European robin (song)"
+    code: str  # e.g. "Erirub_song": the stable id in payloads, configs and Home Assistant
+    name: str  # display name, e.g. "European Robin (Erithacus rubecula) song"
+    scientific_name: str = ""  # from the training's species table, when it had one
+    common_name: str = ""
+    group: str = ""  # bird, insect, frog, ...
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Label:
+        """Unknown keys are ignored: a newer bundle's extra label fields do not stop an older edge."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
 
 
 @dataclass
@@ -64,7 +73,7 @@ class Manifest:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Manifest:
         data = dict(data)
-        data["labels"] = [Label(**lab) for lab in data.get("labels", [])]
+        data["labels"] = [Label.from_dict(lab) for lab in data.get("labels", [])]
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
 

@@ -1,7 +1,8 @@
 """Update events from outside the daemon (``sonotrap update``, ``sonotrap model``) over MQTT.
 
 Best effort: an unreachable broker only costs a log line (the journal has every step). The
-client comes from :mod:`edge.mqtt.connection`, the one MQTT set-up, in :func:`connect_client`.
+client comes from :mod:`edge.mqtt.connection`, like the daemon's: same credential file
+checks, TLS verification and connect timeout.
 """
 
 from __future__ import annotations
@@ -13,19 +14,11 @@ import time
 from typing import Any
 
 from edge.config import Config
-from edge.mqtt.connection import new_client
+from edge.mqtt.connection import connect_blocking
 from edge.mqtt.payloads import encode, event_payload
 from edge.util.identity import device_id
 
-log = logging.getLogger(__name__)
-
-
-def connect_client(cfg: Config, client_id: str) -> Any:
-    """A connected client (the shared set-up: credentials, TLS, connect timeout) with its loop running."""
-    client = new_client(cfg.mqtt, client_id)
-    client.connect(cfg.mqtt.host, cfg.mqtt.port, keepalive=30)
-    client.loop_start()
-    return client
+log = logging.getLogger("sonotrap.update")
 
 
 class MqttEvents:
@@ -40,7 +33,7 @@ class MqttEvents:
         self._pending: list = []
         if cfg.mqtt.enabled:
             try:
-                self._client = connect_client(cfg, f"sonotrap-update-{self.device}-{os.getpid()}")
+                self._client = connect_blocking(cfg.mqtt, f"sonotrap-update-{self.device}-{os.getpid()}")
             except Exception as err:  # network/TLS errors of every kind: events are best effort
                 log.warning("update events will not reach MQTT (%s:%s): %s", cfg.mqtt.host, cfg.mqtt.port, err)
 

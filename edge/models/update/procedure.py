@@ -120,9 +120,9 @@ class Updater:
                 reason = f"URL {url} is not under update.allowed_base_urls; refused"
                 self.report("update_rejected", url=url, reason=reason)
                 return self._finish(UpdateResult("rejected", reason=reason, source=url))
-            offer = Offer(version=str(cmd.get("version", "")), location=url, sha256=cmd.get("sha256"),
+            named = Offer(version=str(cmd.get("version", "")), location=url, sha256=cmd.get("sha256"),
                           size=cmd.get("size"), source="mqtt")
-            return self.apply(offer, explicit=True)
+            return self.apply(named, explicit=True)
         try:
             offer = self.check(channel=cmd.get("channel"), version=cmd.get("version"))
         except SonotrapError as err:

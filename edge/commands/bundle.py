@@ -79,8 +79,21 @@ def _print_summary(s: dict, b) -> None:
     if prov:
         print("  provenance: " + ", ".join(f"{k}={v}" for k, v in prov.items() if not isinstance(v, dict | list)))
     for k, v in s["metrics"].items():
-        print(f"  metrics {k}: {v}")
+        print(f"  metrics {k}: " + ", ".join(f"{kk}={_short(vv)}" for kk, vv in v.items()))
     if s["quantization"]:
         print("  quantization: " + ", ".join(f"{k}={v}" for k, v in s["quantization"].items() if not isinstance(v, dict | list)))
-    print(f"  labels ({s['labels']}): " + ", ".join(f"{c} ({b.names[c]}, t={b.thresholds.get(c, 0.5):.2f})" for c in b.labels[:12])
-          + (" ..." if len(b.labels) > 12 else ""))
+    enabled = s["enabled_labels"]
+    print(f"  labels ({s['labels']}, {len(enabled)} enabled by default): " + ", ".join(
+        f"{c} ({b.names[c]}, t={b.thresholds.get(c, 0.5):.2f}"
+        + (f", expected precision {p:.2f})" if p is not None else ")")
+        for c, p in enabled.items()
+    ))
+    disabled = s["disabled_labels"]
+    if disabled:
+        print(f"  disabled by default ({len(disabled)}; reasons in --json, enable with detector.enable_labels): "
+              + ", ".join(c + (f" (p={d['expected_precision']:.2f})" if d["expected_precision"] is not None else "")
+                          for c, d in disabled.items()))
+
+
+def _short(v) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)

@@ -49,6 +49,13 @@ _MAX_ARCHIVE_MEMBER = 512 * 1024 * 1024
 class Label:
     code: str  # e.g. "Erirub_song"
     name: str  # human name, e.g. "European robin (song)"
+    # Operating point measured on validation recordings: a label whose threshold cannot be
+    # trusted to reach the target precision on new recordings ships disabled (the detector
+    # publishes it only when the operator enables it), with the measured figure and the reason.
+    enabled: bool = True
+    expected_precision: float | None = None
+    expected_recall: float | None = None
+    disabled_reason: str | None = None
 
 
 @dataclass
@@ -114,6 +121,11 @@ class ModelBundle:
     @property
     def thresholds(self) -> dict[str, float]:
         return dict(self.manifest.thresholds)
+
+    @property
+    def enabled_labels(self) -> list[str]:
+        """Labels published by default (the others need ``detector.enable_labels``)."""
+        return [lab.code for lab in self.manifest.labels if lab.enabled]
 
     @property
     def version(self) -> str:
@@ -411,6 +423,9 @@ def read_manifest(bundle_dir: Path) -> Manifest:
             f"(this is {__version__}); upgrade sonotrap"
         )
     codes = [lab.code for lab in manifest.labels]
+    badflag = [lab.code for lab in manifest.labels if not isinstance(lab.enabled, bool)]
+    if badflag:
+        raise SonotrapError(f"manifest {manifest_path} label {badflag[0]!r} has a non-boolean 'enabled'; rebuild the bundle")
     if not codes or len(set(codes)) != len(codes):
         raise SonotrapError(f"manifest {manifest_path} has no labels or duplicate label codes; rebuild the bundle")
     bad = {k: v for k, v in manifest.thresholds.items() if k not in codes or not isinstance(v, int | float) or not 0.0 < v < 1.0}
@@ -548,9 +563,28 @@ def describe(bundle: ModelBundle) -> dict[str, Any]:
         "signed": (bundle.path / SIGNATURE_FILE).exists(),
         "signed_by": bundle.signed_by,
         "provenance": m.provenance,
-        "metrics": {k: v for k, v in m.metrics.items() if not isinstance(v, dict | list)} | {
-            k: {kk: vv for kk, vv in v.items() if not isinstance(vv, dict | list)}
-            for k, v in m.metrics.items() if isinstance(v, dict)
+        "metrics": metric_groups(m.metrics),
+        "enabled_labels": {
+            lab.code: lab.expected_precision for lab in m.labels if lab.enabled
+        },
+        "disabled_labels": {
+            lab.code: {"expected_precision": lab.expected_precision, "reason": lab.disabled_reason}
+            for lab in m.labels if not lab.enabled
         },
         "quantization": m.quantization,
     }
+
+
+def metric_groups(metrics: dict[str, Any], prefix: str = "") -> dict[str, dict[str, Any]]:
+    """Nested manifest metrics as ``{"training.val": {"macro_ap": 0.44, ...}}`` (scalars only).
+
+    Per-label tables (keys starting ``per_``) are left out: a summary, not a dump.
+    """
+    out: dict[str, dict[str, Any]] = {}
+    scalars = {k: v for k, v in metrics.items() if not isinstance(v, dict | list)}
+    if scalars:
+        out[prefix or "-"] = scalars
+    for k, v in metrics.items():
+        if isinstance(v, dict) and not str(k).startswith("per_"):
+            out.update(metric_groups(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out

@@ -182,3 +182,75 @@ def apply_operating_points(manifest, points: dict[str, operating_points.Operatin
         "target_precision": target_precision, "method": how,
         "enabled": sum(p.enabled for p in points.values()), "labels": len(points),
     }
+
+
+def split_from_run(run, split: str) -> SplitData:
+    """A split of a training run directory (its own ``split.json``, recordings and annotations)."""
+    from trainer.data import SPLIT_FILE
+
+    files = set(read_split(run.run_dir / SPLIT_FILE)[split])
+    wanted = set(run.labels)
+    calls = [a for a in run.annotations if a.file in files and a.label in wanted and a.present]
+    return SplitData(run.root, sorted(files), calls, {f: run.recordings[f].duration_s for f in files})
+
+
+def user_view_report(bundle, split: str, data: SplitData, cfg: Config | None = None,
+                     threads: int = 1, progress: bool = False) -> dict[str, Any]:
+    """What the daemon would publish with ``bundle`` as it is, scored on ``data``."""
+    cfg = cfg or Config()
+    recs = score_recordings(bundle, data, cfg, threads, progress)
+    thresholds, enabled = bundle_settings(bundle, cfg.detector)
+    view = measure(recs, data, bundle.labels, thresholds, cfg.detector, enabled)
+    return {"split": split, "hop_s": cfg.model.hop_s, "headline": user_metrics.headline(view), **view}
+
+
+def set_operating_points(bundle_dir: str | Path, val: SplitData, target_precision: float = 0.9,
+                         cfg: Config | None = None, threads: int = 1,
+                         report: tuple[str, SplitData] | None = None,
+                         ) -> tuple[dict[str, operating_points.OperatingPoint], dict[str, Any] | None]:
+    """Re-estimate a bundle's thresholds and enabled flags on validation; rewrite its manifest.
+
+    ``report`` = (split name, data): also store the user's view on that split at the new
+    settings in the manifest metrics (reporting only: nothing is chosen on it). The model
+    file is untouched, so its sha256 stays valid; a signature is voided (the manifest
+    changes) and must be renewed with ``sonotrap bundle sign``.
+    """
+    from edge.models.bundle import load_bundle, write_bundle
+
+    cfg = cfg or Config()
+    bundle = load_bundle(bundle_dir)
+    recs = score_recordings(bundle, val, cfg, threads)
+    points = choose_operating_points(recs, val, bundle.labels, target_precision)
+    manifest = bundle.manifest
+    apply_operating_points(manifest, points, target_precision, HOW)
+    view = None
+    if report is not None:
+        name, data = report
+        recs = recs if data is val else score_recordings(bundle, data, cfg, threads)
+        thresholds, enabled = bundle_settings(bundle, DetectorConfig())
+        view = measure(recs, data, bundle.labels, thresholds, DetectorConfig(), enabled)
+        view = {"split": name, "hop_s": cfg.model.hop_s, "headline": user_metrics.headline(view), **view}
+        manifest.metrics["user_view"] = {"split": name, "hop_s": cfg.model.hop_s,
+                                         "detector": "defaults", **view["headline"]}
+    write_bundle(bundle.path, bundle.model_path, manifest)
+    load_bundle(bundle.path)  # still passes every check a device runs
+    return points, view
+
+
+def checkpoint_user_view(checkpoint: str | Path, run, split: str, target_precision: float,
+                         work_dir: str | Path) -> dict[str, Any]:
+    """The FP32 model of a checkpoint through the edge pipeline, operating points from validation."""
+    from trainer.bundle_builder import BundleInfo, build_bundle
+    from trainer.export import build_torch_model, export_onnx, load_checkpoint
+
+    work = Path(work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    ckpt = load_checkpoint(checkpoint)
+    fp32 = export_onnx(build_torch_model(ckpt), work / "model_fp32.onnx", ckpt.frontend.image_shape)
+    bdir = build_bundle(fp32, BundleInfo.from_checkpoint(ckpt), work / "fp32-bundle")
+    _, view = set_operating_points(bdir, split_from_run(run, "val"), target_precision,
+                                   report=(split, split_from_run(run, split)))
+    return view
+
+
+HOW = "validation hop windows, by-recording bootstrap precision lower bound (see docs/training.md)"

@@ -23,7 +23,9 @@ import numpy as np
 
 MIN_POSITIVES = 5  # validation positive windows a label needs before its precision can be judged
 MIN_POSITIVE_RECORDINGS = 2
-THRESHOLD_RANGE = (0.01, 0.99)  # manifest thresholds must lie strictly inside (0, 1)
+# Manifest thresholds lie strictly inside (0, 1); the floor keeps a disabled label that an
+# operator enables from firing on every window.
+THRESHOLD_RANGE = (0.1, 0.99)
 
 
 @dataclass
@@ -85,8 +87,16 @@ def estimate(
     wi = w[:, g_sorted]  # (B, N)
     tp = np.cumsum(wi * y_sorted[None, :], axis=1)[:, cuts]
     fired = np.cumsum(wi, axis=1)[:, cuts]
-    prec = tp / (fired + 1.0)  # one unseen false alarm per replicate
-    lower = np.quantile(prec, quantile, axis=0)
+    # One unseen false alarm per replicate; a replicate where nothing fires says nothing.
+    prec = np.where(fired > 0, tp / (fired + 1.0), np.nan)
+    defined = np.isfinite(prec).sum(axis=0)
+    with np.errstate(all="ignore"):
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            lower = np.nanquantile(prec, quantile, axis=0)
+    lower = np.where(defined >= n_boot // 2, lower, 0.0)
     point_tp = np.cumsum(y_sorted)[cuts]
     point_p = point_tp / (cuts + 1)
     point_r = point_tp / n_pos

@@ -18,6 +18,7 @@ the daemon and ``analyze`` alike.
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -26,6 +27,8 @@ import numpy as np
 
 from edge.config import DetectorConfig
 from edge.errors import SonotrapError
+
+log = logging.getLogger("sonotrap.detector")
 
 
 @dataclass
@@ -129,8 +132,13 @@ class Detector:
     def for_bundle(cls, bundle, cfg: DetectorConfig) -> Detector:
         """A detector using ``bundle``'s labels, thresholds and enabled flags with ``cfg``'s overrides."""
         thr = resolve_thresholds(bundle.labels, bundle.manifest.thresholds, cfg)
-        return cls(labels=list(bundle.labels), names=dict(bundle.names), thresholds=thr, cfg=cfg,
-                   enabled=enabled_labels(bundle.manifest.labels, cfg))
+        enabled = enabled_labels(bundle.manifest.labels, cfg)
+        off = [lab for lab in bundle.labels if lab not in enabled]
+        if off:
+            log.info("%d of %d labels are disabled by the model (precision not reliable on validation); "
+                     "publish them with detector.enable_labels: %s", len(off), len(bundle.labels),
+                     ", ".join(off[:8]) + (" ..." if len(off) > 8 else ""))
+        return cls(labels=list(bundle.labels), names=dict(bundle.names), thresholds=thr, cfg=cfg, enabled=enabled)
 
     @property
     def active_labels(self) -> list[str]:

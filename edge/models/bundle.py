@@ -578,13 +578,14 @@ def describe(bundle: ModelBundle) -> dict[str, Any]:
 def metric_groups(metrics: dict[str, Any], prefix: str = "") -> dict[str, dict[str, Any]]:
     """Nested manifest metrics as ``{"training.val": {"macro_ap": 0.44, ...}}`` (scalars only).
 
-    Per-label tables (keys starting ``per_``) are left out: a summary, not a dump.
+    Per-label tables (keys starting ``per_``, ``thresholds``, or any table of more than 24
+    entries) are left out: a summary, not a dump.
     """
     out: dict[str, dict[str, Any]] = {}
     scalars = {k: v for k, v in metrics.items() if not isinstance(v, dict | list)}
     if scalars:
         out[prefix or "-"] = scalars
     for k, v in metrics.items():
-        if isinstance(v, dict) and not str(k).startswith("per_"):
+        if isinstance(v, dict) and not str(k).startswith("per_") and k != "thresholds" and len(v) <= 24:
             out.update(metric_groups(v, f"{prefix}.{k}" if prefix else str(k)))
     return out

@@ -5,7 +5,9 @@ threshold merge into ONE event (start of the first window above threshold, end o
 peak and mean score, hop count). Short dips are tolerated (``max_gap_hops``), and an event
 stays open as long as a new window still overlaps it, so one label never has two
 overlapping events (windows are longer than hops: two hits three hops apart share audio).
-The price is latency: an event ends at most one window length after its last hit. Blips
+The price is latency: an event ends at most one window length after its last hit, and
+calls repeated faster than that (continuous song) would make one endless event, so an event
+is cut after ``max_event_s`` and the next one starts where it ended. Blips
 shorter than ``min_hops`` are dropped, and a label is not re-reported within
 ``min_report_interval_s`` of the end of its previous report. An event is emitted when it
 ends; optionally a ``started`` message with the same id is emitted as soon as it qualifies.
@@ -161,11 +163,15 @@ class Detector:
             score = float(scores[i])
             ev = self._open.get(label)
             if score >= self.thresholds[label]:
-                if ev is not None and self._ended(ev, hop, window_start):
-                    out.extend(self._close(label))
-                    ev = None
+                start = window_start
+                if ev is not None:
+                    capped = self.cfg.max_event_s > 0 and window_end - ev.start > self.cfg.max_event_s
+                    if capped or self._ended(ev, hop, window_start):
+                        out.extend(self._close(label))
+                        start = max(window_start, ev.end)  # a capped event's successor must not overlap it
+                        ev = None
                 if ev is None:
-                    ev = _Open(self.new_id(), window_start, window_end, hop, hop, score, 0.0, 0)
+                    ev = _Open(self.new_id(), start, window_end, hop, hop, score, 0.0, 0)
                     ev.suppressed = (
                         self.cfg.min_report_interval_s > 0
                         and label in self._last_reported_end

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from edge.models.bundle import load_bundle
-from tests.daemon_helpers import run_cli
+from tests.support.daemon_helpers import run_cli
 from tests.support.synth_calls import make_dataset
 from tests.support.tiny_model import make_tiny_bundle
 

@@ -16,7 +16,7 @@ from edge.config import DetectorConfig, load_config
 from edge.errors import SonotrapError
 from edge.inference.detector import Detector, enabled_labels, resolve_thresholds
 from edge.models.bundle import Label, load_bundle, read_manifest, write_bundle
-from tests.daemon_helpers import HIGH, LOW, read_jsonl, run_cli, write_tones
+from tests.support.daemon_helpers import HIGH, LOW, read_jsonl, run_cli, write_tones
 from tests.support.tiny_model import make_tiny_bundle
 
 
@@ -121,3 +121,15 @@ def test_merged_events_never_overlap_over_a_long_sequence():
     events = _feed(_det(), scores)
     for a, b in itertools.pairwise(events):
         assert b.start >= a.end
+
+
+def test_continuous_calling_is_cut_into_non_overlapping_events_of_max_event_s():
+    # A 0.5-s call every 3 s with 2-s windows: every event would overlap the next one.
+    scores = [0.9 if k % 6 in (1, 2, 3, 4) else 0.1 for k in range(80)]  # 40 s
+    events = _feed(_det(DetectorConfig(max_event_s=10.0)), scores)
+    assert len(events) >= 3
+    for a, b in itertools.pairwise(events):
+        assert b.start >= a.end
+    assert all(e.end - e.start <= 10.0 + 0.5 for e in events[:-1])
+    (one,) = _feed(_det(DetectorConfig(max_event_s=0)), scores)  # no limit: one event
+    assert (one.start, one.hops) == (0.5, sum(s > 0.5 for s in scores))

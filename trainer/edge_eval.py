@@ -250,6 +250,7 @@ def checkpoint_user_view(checkpoint: str | Path, run, split: str, target_precisi
     bdir = build_bundle(fp32, BundleInfo.from_checkpoint(ckpt), work / "fp32-bundle")
     _, view = set_operating_points(bdir, split_from_run(run, "val"), target_precision,
                                    report=(split, split_from_run(run, split)))
+    assert view is not None  # a report was asked for
     return view
 
 

@@ -233,7 +233,8 @@ HEAD_OPS = ("Sigmoid", "Add", "Gemm", "MatMul")
 def head_nodes(graph) -> list:
     """The output's producer chain of Sigmoid / bias Add / Gemm|MatMul (the classifier head)."""
     producer = {o: n for n in graph.node for o in n.output}
-    out, node = [], producer.get(graph.output[0].name)
+    out: list = []
+    node = producer.get(graph.output[0].name)
     while node is not None and node.op_type in HEAD_OPS and len(out) < 3:
         out.append(node)
         if node.op_type in ("Gemm", "MatMul"):

@@ -186,7 +186,7 @@ def apply_operating_points(manifest, points: dict[str, operating_points.Operatin
 
 def split_from_run(run, split: str) -> SplitData:
     """A split of a training run directory (its own ``split.json``, recordings and annotations)."""
-    from trainer.data import SPLIT_FILE
+    from trainer.rundata import SPLIT_FILE
 
     files = set(read_split(run.run_dir / SPLIT_FILE)[split])
     wanted = set(run.labels)
@@ -241,12 +241,13 @@ def checkpoint_user_view(checkpoint: str | Path, run, split: str, target_precisi
                          work_dir: str | Path) -> dict[str, Any]:
     """The FP32 model of a checkpoint through the edge pipeline, operating points from validation."""
     from trainer.bundle_builder import BundleInfo, build_bundle
-    from trainer.export import build_torch_model, export_onnx, load_checkpoint
+    from trainer.checkpoint import load_checkpoint, model_from_checkpoint
+    from trainer.export import export_onnx
 
     work = Path(work_dir)
     work.mkdir(parents=True, exist_ok=True)
     ckpt = load_checkpoint(checkpoint)
-    fp32 = export_onnx(build_torch_model(ckpt), work / "model_fp32.onnx", ckpt.frontend.image_shape)
+    fp32 = export_onnx(model_from_checkpoint(ckpt), work / "model_fp32.onnx", ckpt.frontend.image_shape)
     bdir = build_bundle(fp32, BundleInfo.from_checkpoint(ckpt), work / "fp32-bundle")
     _, view = set_operating_points(bdir, split_from_run(run, "val"), target_precision,
                                    report=(split, split_from_run(run, split)))

@@ -17,9 +17,9 @@ pytest.importorskip("onnx")
 from edge.inference.frontend import FrontendConfig  # noqa: E402
 from edge.models.bundle import load_bundle  # noqa: E402
 from tests.trainer.test_export import write_checkpoint  # noqa: E402
-from trainer.data import load_run_data  # noqa: E402
 from trainer.model import build_model  # noqa: E402
 from trainer.prepare import DataSpec, prepare_run  # noqa: E402
+from trainer.rundata import load_run_data  # noqa: E402
 from trainer.split import read_split  # noqa: E402
 
 SMALL = FrontendConfig(n_mels=32, n_frames=32, hop_length=2000)

@@ -468,6 +468,7 @@ def _main(argv: list[str] | None = None) -> int:
     v.add_argument("--trusted-keys")
     v.add_argument("--allow-unsigned", action="store_true")
     args = parser.parse_args(argv)
+    __import__("edge.service.oom").service.oom.volunteer_for_oom_killer()  # the kernel kills us, not the daemon
     try:
         info = verify_bundle_here(args.bundle, args.trusted_keys, args.allow_unsigned)
     except SonotrapError as err:

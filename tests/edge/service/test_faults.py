@@ -114,6 +114,8 @@ def test_broker_restarting_every_few_seconds_while_audio_streams(tmp_path, daemo
         assert len(got_ids) - len(want) <= restarts * 20, "more re-sends than restarts explain"
         _in_order_per_label(list(first.values()), expected)
         assert restarts >= 5 and len(expected) >= 10, (restarts, len(expected), err[-1500:])
+        print(f"broker flapping: {restarts} restarts, {len(expected)} detections produced, {len(want)} delivered, "
+              f"{len(got_ids) - len(want)} QoS-1 re-sends")
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -122,6 +124,7 @@ def test_broker_restarting_every_few_seconds_while_audio_streams(tmp_path, daemo
         broker.stop()
 
 
+@pytest.mark.slow
 def test_sigkill_at_random_points_never_corrupts_the_outbox_or_loses_a_commit(tmp_path) -> None:
     """The real Publisher + Outbox in a process killed -9 at 12 random moments, broker up or down."""
     rng = random.Random(12)
@@ -140,7 +143,9 @@ def test_sigkill_at_random_points_never_corrupts_the_outbox_or_loses_a_commit(tm
                 [sys.executable, "-m", "tests.support.publisher_proc", "--port", str(broker.port),
                  "--outbox", str(outbox), "--jsonl", str(jsonl), "--every", "0.003"],
                 cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-            time.sleep(rng.uniform(0.6, 1.6))
+            start = len(ids(jsonl))  # kill at a random moment once it is publishing (slow start on a busy CI)
+            wait(lambda p=proc, n=start: len(ids(jsonl)) > n or p.poll() is not None, 60, "the publisher to start")
+            time.sleep(rng.uniform(0.0, 0.8))
             proc.send_signal(signal.SIGKILL)
             proc.wait(10)
             proc.stderr.close()
@@ -155,11 +160,12 @@ def test_sigkill_at_random_points_never_corrupts_the_outbox_or_loses_a_commit(tm
              "--outbox", str(outbox), "--jsonl", str(jsonl), "--every", "0.05", "--count", "1"],
             cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         committed = ids(jsonl)
-        assert len(committed) > 200
+        assert len(committed) > 50
         wait(lambda: set(committed) <= {m.json()["id"] for m in sub.on_topic("/detections")}, 40,
              "every committed detection")
         proc.send_signal(signal.SIGTERM)
         proc.communicate(timeout=20)
+        print(f"SIGKILL: 12 kills, {len(committed)} detections committed, all delivered, outbox intact each time")
     finally:
         sub.stop()
         broker.stop()

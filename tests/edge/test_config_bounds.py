@@ -17,7 +17,7 @@ import soundfile as sf
 from edge.bounds import CHARSETS, RANGES
 from edge.config import Config, load_config
 from edge.errors import SonotrapError
-from tests.daemon_helpers import run_cli
+from tests.support.daemon_helpers import run_cli
 
 
 def _load(tmp_path: Path, text: str) -> Config:

@@ -14,8 +14,8 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from tests.daemon_helpers import HIGH, LOW, run_cli, write_tones
 from tests.support.broker import Subscriber
+from tests.support.daemon_helpers import HIGH, LOW, run_cli, write_tones
 
 REPO = Path(__file__).resolve().parents[3]
 ACL = REPO / "docs" / "broker" / "acl.conf"

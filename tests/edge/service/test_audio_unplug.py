@@ -10,23 +10,15 @@ import time
 
 import pytest
 
-from tests.daemon_helpers import REPO
 from tests.support import pulse as pulse_support
 from tests.support.broker import Subscriber
+from tests.support.paths import REPO
 from tests.support.pulse import PulseServer
 from tests.support.tiny_model import tone
+from tests.support.waiting import wait_for
 
 SR = 32000
 DEVICE = "unplug-01"
-
-
-def _wait(pred, timeout: float, what: str):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if pred():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 @pytest.mark.slow
@@ -49,20 +41,20 @@ def test_microphone_removed_and_re_added_mid_run(tmp_path, tiny_bundle, mosquitt
         return len([m for m in sub.on_topic("/detections") if m.json().get("state") == "ended"])
 
     try:
-        _wait(lambda: any(m.json().get("state") == "online" for m in sub.on_topic("/status")), 40, "online")
+        wait_for(lambda: any(m.json().get("state") == "online" for m in sub.on_topic("/status")), 40)
         time.sleep(2.5)  # a full window of audio first
         server.play(tone(1200, 1.5, SR), SR, wait=True)
-        _wait(lambda: detections() >= 1, 20, "a detection before the unplug")
+        wait_for(lambda: detections() >= 1, 20)
         server.stop()  # the microphone vanishes under the running stream
-        _wait(lambda: "audio_error" in kinds(), 15, "the audio_error event")
+        wait_for(lambda: "audio_error" in kinds(), 15)
         time.sleep(2.0)
         assert proc.poll() is None, "the daemon exited when its microphone went away"
         server.start()  # plugged in again
-        _wait(lambda: "audio_recovered" in kinds(), 20, "the audio_recovered event")
+        wait_for(lambda: "audio_recovered" in kinds(), 20)
         time.sleep(2.5)
         before = detections()
         server.play(tone(4100, 1.5, SR), SR, wait=True)
-        _wait(lambda: detections() > before, 20, "a detection after the microphone came back")
+        wait_for(lambda: detections() > before, 20)
         proc.send_signal(signal.SIGTERM)
         _out, err = proc.communicate(timeout=30)
         assert proc.returncode == 0, err[-2000:]

@@ -17,9 +17,10 @@ from pathlib import Path
 import pytest
 
 from edge.mqtt.outbox import Outbox
-from tests.daemon_helpers import HIGH, LOW, REPO, read_jsonl, sonotrap, write_tones
 from tests.support.broker import Mosquitto, Subscriber, free_port
+from tests.support.daemon_helpers import HIGH, LOW, REPO, read_jsonl, sonotrap, write_tones
 from tests.support.tiny_model import make_tiny_bundle
+from tests.support.waiting import wait_for
 
 DEVICE = "fault-01"
 FAST_MQTT = ["--set", "mqtt.reconnect_min_s=0.2", "--set", "mqtt.reconnect_max_s=1.0",
@@ -28,16 +29,6 @@ FAST_MQTT = ["--set", "mqtt.reconnect_min_s=0.2", "--set", "mqtt.reconnect_max_s
 
 def ids(path: Path) -> list[str]:
     return [d["id"] for d in read_jsonl(path)]
-
-
-def wait(pred, timeout: float, what: str, every: float = 0.1):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        value = pred()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 def _in_order_per_label(got: list[dict], expected: list[dict]) -> None:
@@ -75,7 +66,7 @@ def test_broker_restarting_every_few_seconds_while_audio_streams(tmp_path, daemo
     proc = _launch(bundle, wav, broker.port, tmp_path / "state", tmp_path / "d.jsonl")
     restarts = 0
     try:
-        wait(lambda: sub.on_topic("/detections"), 40, "the first detection")
+        wait_for(lambda: sub.on_topic("/detections"), 40)
         end = time.monotonic() + 24
         while time.monotonic() < end:  # down 1 s every 4 s
             time.sleep(3.0)
@@ -89,13 +80,13 @@ def test_broker_restarting_every_few_seconds_while_audio_streams(tmp_path, daemo
             return [i for i in ids(tmp_path / "d.jsonl") if i not in have]
 
         try:
-            wait(lambda: not missing(), 30, "the backlog to drain while streaming")
+            wait_for(lambda: not missing(), 30)
         finally:
             err = _stop(proc)
         expected = read_jsonl(tmp_path / "d.jsonl")
         want = {d["id"] for d in expected}
         try:
-            wait(lambda: not missing(), 30, "every detection")
+            wait_for(lambda: not missing(), 30)
         except AssertionError:
             with sqlite3.connect(tmp_path / "state" / "outbox.sqlite") as db:
                 left = [json.loads(p).get("id") for (p,) in db.execute("SELECT payload FROM outbox")]
@@ -144,7 +135,7 @@ def test_sigkill_at_random_points_never_corrupts_the_outbox_or_loses_a_commit(tm
                  "--outbox", str(outbox), "--jsonl", str(jsonl), "--every", "0.003"],
                 cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
             start = len(ids(jsonl))  # kill at a random moment once it is publishing (slow start on a busy CI)
-            wait(lambda p=proc, n=start: len(ids(jsonl)) > n or p.poll() is not None, 60, "the publisher to start")
+            wait_for(lambda p=proc, n=start: len(ids(jsonl)) > n or p.poll() is not None, 60)
             time.sleep(rng.uniform(0.0, 0.8))
             proc.send_signal(signal.SIGKILL)
             proc.wait(10)
@@ -161,8 +152,7 @@ def test_sigkill_at_random_points_never_corrupts_the_outbox_or_loses_a_commit(tm
             cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         committed = ids(jsonl)
         assert len(committed) > 50
-        wait(lambda: set(committed) <= {m.json()["id"] for m in sub.on_topic("/detections")}, 40,
-             "every committed detection")
+        wait_for(lambda: set(committed) <= {m.json()["id"] for m in sub.on_topic("/detections")}, 40)
         proc.send_signal(signal.SIGTERM)
         proc.communicate(timeout=20)
         print(f"SIGKILL: 12 kills, {len(committed)} detections committed, all delivered, outbox intact each time")
@@ -185,7 +175,7 @@ def test_disk_full_for_clips_and_outbox_then_space_returns(tmp_path, daemon_env,
                    "--set", "clips.pre_s=0.2", "--set", "clips.post_s=0.2", "--set", "outbox.retry_s=1")
     filler = small_fs / "filler"
     try:
-        wait(lambda: len(list((state / "clips").glob("*.wav"))) >= 1, 40, "the first clip")
+        wait_for(lambda: len(list((state / "clips").glob("*.wav"))) >= 1, 40)
         fd = os.open(filler, os.O_WRONLY | os.O_CREAT)  # fill the file system to the last byte
         try:
             while os.write(fd, b"\0" * 4096):
@@ -195,21 +185,19 @@ def test_disk_full_for_clips_and_outbox_then_space_returns(tmp_path, daemon_env,
         finally:
             os.close(fd)
         before = len(ids(tmp_path / "d.jsonl"))
-        wait(lambda: any(s["outbox"].get("outbox_mode") == "memory" for s in _status(sub)), 30,
-             "the outbox to report that the disk is full")
-        wait(lambda: len(ids(tmp_path / "d.jsonl")) >= before + 4, 30, "detections while the disk is full")
+        wait_for(lambda: any(s["outbox"].get("outbox_mode") == "memory" for s in _status(sub)), 30)
+        wait_for(lambda: len(ids(tmp_path / "d.jsonl")) >= before + 4, 30)
         events = [m.json() for m in sub.on_topic("/events")]
         assert any(e.get("event") == "clip_failed" or e.get("kind") == "clip_failed" for e in events) or \
             "clip_failed" in json.dumps(events), events
         assert proc.poll() is None, "the daemon died on a full disk"
         clips_full = len(list((state / "clips").glob("*.wav")))
         filler.unlink()  # space comes back
-        wait(lambda: len(list((state / "clips").glob("*.wav"))) > clips_full, 30, "clips after space returned")
-        wait(lambda: (_status(sub) or [{}])[-1].get("outbox", {}).get("outbox_mode") == "disk", 30,
-             "the outbox back on disk")
+        wait_for(lambda: len(list((state / "clips").glob("*.wav"))) > clips_full, 30)
+        wait_for(lambda: (_status(sub) or [{}])[-1].get("outbox", {}).get("outbox_mode") == "disk", 30)
         _stop(proc)
         want = set(ids(tmp_path / "d.jsonl"))
-        wait(lambda: want <= {m.json()["id"] for m in sub.on_topic("/detections")}, 30, "every detection")
+        wait_for(lambda: want <= {m.json()["id"] for m in sub.on_topic("/detections")}, 30)
         with sqlite3.connect(state / "outbox.sqlite") as db:
             assert db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0] == 0
     finally:

@@ -26,22 +26,28 @@ import ssl
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from edge.config import MqttConfig
 from edge.mqtt.connection import PUBLISH_QUEUED, Client, backoff_delay, connect_async, new_client
-from edge.mqtt.discovery import discovery_messages
+from edge.mqtt.discovery import discovery_messages, read_record, write_record
 from edge.mqtt.outbox import Outbox
 from edge.mqtt.payloads import encode, event_payload, offline_payload, status_payload
+from edge.util.jsonio import json_safe
 
 log = logging.getLogger(__name__)
+# After a (re)connect the retained status waits this long for the daemon's own "ready" status,
+# so a listener sees one status line at start-up, not one per trigger.
+CONNECT_STATUS_GRACE_S = 1.0
 
 
 class Publisher:
     """Durable, non-blocking MQTT publisher for one device (see the module docstring)."""
 
-    def __init__(self, cfg: MqttConfig, outbox: Outbox, device_id: str) -> None:
+    def __init__(self, cfg: MqttConfig, outbox: Outbox, device_id: str, ha_record: Path | None = None) -> None:
         self.cfg = cfg
+        self.ha_record = ha_record  # Home Assistant config topics announced (edge.mqtt.discovery)
         self.outbox = outbox
         self.device = device_id
         self.base = f"{cfg.prefix}/{device_id}"
@@ -54,13 +60,14 @@ class Publisher:
         self._status_provider: Callable[[], dict] | None = None
         self._subs: dict[str, Callable[[str, bytes], None]] = {}
         self._discovery_labels: dict[str, str] | None = None
-        self._discovered: set[str] = set()
+        self._discovered: set[str] | None = None  # config topics announced; None = read the record
         self._lock = threading.Lock()  # our own state only; never held while calling paho
         self._wake = threading.Event()
         self._acks: queue.SimpleQueue = queue.SimpleQueue()  # from paho's thread to the sender
         self._callbacks: queue.SimpleQueue = queue.SimpleQueue()
         self._stopping = threading.Event()
         self._status_due = threading.Event()
+        self._connected_status = threading.Event()  # a (re)connect: status within the grace period
         self._discovery_due = threading.Event()
         self._connected = threading.Event()
         self._inflight: dict[int, tuple[int, float]] = {}  # paho mid -> (row id, monotonic sent)
@@ -247,13 +254,13 @@ class Publisher:
         if recv_max is not None and recv_max < self.cfg.max_inflight:
             log.warning("mqtt: the broker accepts only %d messages in flight (Receive Maximum); "
                         "set mqtt.max_inflight <= %d", recv_max, recv_max)
+        self._connected_status.set()  # before _connected: the sender must see both together
         self._connected.set()
         log.info(
             "mqtt: connected to %s:%d (session present: %s)", self.cfg.host, self.cfg.port, flags.session_present
         )
         for topic in topics:
             client.subscribe(topic, qos=1)
-        self._status_due.set()
         if self._discovery_labels is not None:
             self._discovery_due.set()
         self._wake.set()
@@ -318,7 +325,7 @@ class Publisher:
             try:
                 data = encode(payload)
             except ValueError:  # NaN/inf scores: still deliver, as JSON null
-                data = encode(_finite(payload))
+                data = encode(json_safe(payload))
             row_id = self.outbox.put(topic, data, qos=1)
         except Exception:  # noqa: BLE001 - must never take the inference thread down
             log.exception("mqtt: could not queue a message for %s; it is lost", topic)
@@ -332,10 +339,13 @@ class Publisher:
         return row_id
 
     def _sender_main(self) -> None:
-        next_status = time.monotonic()
+        next_status = float("inf")  # scheduled by the first connect
         while not self._stopping.is_set():
             self._wake.wait(timeout=max(0.0, min(1.0, next_status - time.monotonic())))
             self._wake.clear()
+            if self._connected_status.is_set():
+                self._connected_status.clear()
+                next_status = min(next_status, time.monotonic() + CONNECT_STATUS_GRACE_S)
             try:
                 self._process_acks()
                 if not self._connected.is_set():
@@ -430,23 +440,32 @@ class Publisher:
         try:
             data = encode(status_payload(self.device, "online", fields))
         except (TypeError, ValueError):
-            data = encode(_finite(status_payload(self.device, "online", _jsonable(fields))))
+            data = encode(json_safe(status_payload(self.device, "online", fields)))
         self._client.publish(self.status_topic, data, qos=1, retain=True)
 
     def _send_discovery(self) -> None:
         with self._lock:
             labels = dict(self._discovery_labels or {})
+        previous = self._discovered
+        if previous is None and self.ha_record is not None:
+            previous = read_record(self.ha_record)
         msgs, keep = discovery_messages(
             self.cfg.discovery_prefix,
             self.device,
             labels,
             detections_topic=self.detections_topic,
             status_topic=self.status_topic,
-            previous=self._discovered,
+            previous=previous,
         )
         for topic, payload in msgs:
             self._client.publish(topic, encode(payload) if payload is not None else b"", qos=1, retain=True)
         self._discovered = keep
+        if self.ha_record is not None:
+            try:
+                write_record(self.ha_record, keep)
+            except OSError as err:
+                log.warning("mqtt: cannot record the Home Assistant configs in %s (%s); configs of labels "
+                            "a later model drops may stay in Home Assistant", self.ha_record, err.strerror or err)
 
     # ------------------------------------------------------------------ callback thread
 
@@ -462,23 +481,3 @@ class Publisher:
                 log.exception("mqtt: handler for %s failed", topic)
 
 
-def _finite(obj: Any) -> Any:
-    if isinstance(obj, float):
-        return obj if obj == obj and abs(obj) != float("inf") else None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    return obj
-
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, (str, int, float, bool)) or obj is None:
-        return obj
-    if hasattr(obj, "item"):  # numpy scalars
-        return obj.item()
-    return str(obj)

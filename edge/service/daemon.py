@@ -34,11 +34,13 @@ from edge.inference.pipeline import HopPipeline, HopResult
 from edge.inference.runtime import Classifier
 from edge.models.bundle import DEFAULT_BUNDLE, ModelBundle, load_bundle
 from edge.models.store import CURRENT, store_root
-from edge.models.updater import update_status_summary
+from edge.models.update.status import update_status_summary
+from edge.mqtt.payloads import FileOffset
 from edge.service.clips import ClipWriter
 from edge.service.sdnotify import Notifier
 from edge.service.sinks import JsonLinesSink
 from edge.service.status import write_status
+from edge.util.identity import device_id
 
 log = logging.getLogger("sonotrap.daemon")
 
@@ -56,18 +58,13 @@ def model_bundle_path(cfg: Config) -> Path:
     return current if current.exists() else DEFAULT_BUNDLE
 
 
-def device_id(cfg: Config) -> str:
-    import socket
-
-    return cfg.mqtt.device_id or socket.gethostname()
-
-
-def _payload(event: DetectionEvent, dev: str, bundle: ModelBundle, hop_s: float) -> dict[str, Any]:
+def _payload(event: DetectionEvent, dev: str, bundle: ModelBundle, hop_s: float,
+             offset: FileOffset | None = None) -> dict[str, Any]:
     """The versioned detection payload (``edge.mqtt.payloads``); identical for MQTT and --jsonl."""
     from edge.mqtt.payloads import MessageContext, detection_payload
 
     ctx = MessageContext(dev, bundle.name, bundle.version, hop_s, bundle.frontend.window_s)
-    return detection_payload(event, ctx)
+    return detection_payload(event, ctx, offset=offset)
 
 
 class Daemon:
@@ -102,7 +99,7 @@ class Daemon:
             self.sinks.append(JsonLinesSink(jsonl))
         self.notifier = notifier or Notifier()
         self.clock = clock
-        self.device = device_id(cfg)
+        self.device = device_id(cfg.mqtt.device_id)
         self.state_dir = Path(cfg.state_dir)
         self._hops_jsonl = JsonLinesSink(hops_jsonl)
         self._install_signals = install_signals
@@ -392,11 +389,24 @@ class Daemon:
 
     _draining = False
 
+    def _file_offset(self, ev: DetectionEvent) -> FileOffset | None:
+        """Where ``ev`` lies in the replayed file (same hop arithmetic as the clips)."""
+        if self.cfg.audio.source != "file" or self.source is None:
+            return None
+        duration = getattr(self.source, "duration_s", None)
+        pipe = self.pipeline
+        assert pipe is not None
+        start = max(0, ev.first_hop * pipe.hop_samples - pipe.window_samples) / pipe.sample_rate
+        end = ev.last_hop * pipe.hop_samples / pipe.sample_rate
+        if self.cfg.audio.loop and duration:
+            start, end = start % duration, start % duration + (end - start)
+        return FileOffset(Path(self.cfg.audio.file or "").name, start, end)
+
     def _emit(self, ev: DetectionEvent, received: float | None) -> None:
         pipe = self.pipeline
         assert pipe is not None
         bundle = pipe.classifier.bundle
-        payload = _payload(ev, self.device, bundle, pipe.hop_s)
+        payload = _payload(ev, self.device, bundle, pipe.hop_s, self._file_offset(ev))
         self.messages += 1
         if ev.state == "ended":
             self.detections += 1

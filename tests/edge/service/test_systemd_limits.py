@@ -57,7 +57,7 @@ def test_the_verification_child_gives_up_the_daemons_oom_protection(tmp_path) ->
     if not os.access("/proc/self/oom_score_adj", os.W_OK):
         pytest.skip("/proc/self/oom_score_adj is not writable here")
     script = tmp_path / "child.py"
-    script.write_text("from edge.service.oom import volunteer_for_oom_killer\n"
+    script.write_text("from edge.util.oom import volunteer_for_oom_killer\n"
                       "volunteer_for_oom_killer()\n"
                       "print(open('/proc/self/oom_score_adj').read().strip())\n")
     env = dict(os.environ, PYTHONPATH=str(REPO))
@@ -70,7 +70,7 @@ def test_the_verification_child_gives_up_the_daemons_oom_protection(tmp_path) ->
 
 
 def test_the_verify_entry_point_volunteers_before_loading_anything() -> None:
-    """The verification child is `python -m edge.models.store verify`; its main calls it first."""
-    src = (REPO / "edge" / "models" / "store.py").read_text()
-    main = src[src.index("def _main("):]
+    """The verification child is `python -m edge.models.verify`; its main calls it first."""
+    src = (REPO / "edge" / "models" / "verify.py").read_text()
+    main = src[src.index("def main("):]
     assert main.index("volunteer_for_oom_killer()") < main.index("verify_bundle_here(")

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edge.bounds import check_bounds, warn_about_secrets
 from edge.errors import SonotrapError
 
 DEFAULT_CONFIG_PATH = Path("/etc/sonotrap/config.toml")
@@ -274,6 +275,7 @@ class Config:
             section = getattr(self, f.name)
             if dataclasses.is_dataclass(section):
                 section.validate()
+        check_bounds(self)  # every number its range, every string its character set
 
 
 # ---------------------------------------------------------------- loading
@@ -300,6 +302,7 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
     if overrides:
         apply_overrides(cfg, overrides)
     cfg.validate()
+    warn_about_secrets(cfg, path)
     return cfg
 
 

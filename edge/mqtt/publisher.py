@@ -105,6 +105,8 @@ class Publisher:
         self._set_retry_delay()
         log.info("mqtt: connecting to %s:%d as %s (device %s)", cfg.host, cfg.port, self.client_id, self.device)
         self._client.loop_start()
+        if self.outbox.recovered is not None:
+            self.publish_event("outbox_recovered", self.outbox.recovered)
         self._sender = threading.Thread(target=self._sender_main, name="mqtt-sender", daemon=True)
         self._sender.start()
         self._dispatcher = threading.Thread(target=self._dispatch_main, name="mqtt-callbacks", daemon=True)
@@ -152,9 +154,6 @@ class Publisher:
         while self._connected.is_set() and self.outbox.depth() > 0 and time.monotonic() < deadline:
             self._wake.set()
             time.sleep(0.02)
-        left = self.outbox.depth()
-        if left:
-            log.info("mqtt: stopping with %d message(s) still in the outbox; they are sent on next start", left)
         self._stopping.set()
         self._wake.set()
         if self._sender is not None:
@@ -176,6 +175,7 @@ class Publisher:
         self._callbacks.put(None)
         if self._dispatcher is not None:
             self._dispatcher.join(1.0)
+        self.outbox.close()  # logs how many undelivered messages are on disk and how many are lost
 
     def stats(self) -> dict:
         """Counters for status and tests; ``last_error`` says why we are not connected."""
@@ -187,6 +187,8 @@ class Publisher:
                 "dropped": ob["dropped"],
                 "outbox_mode": ob["mode"],
                 "outbox_error": ob["error"],
+                "outbox_unpersisted": ob["unpersisted"],
+                "outbox_recovered": ob.get("recovered"),
                 "inflight": len(self._inflight),
                 "reconnects": max(0, self._stats["connects"] - 1),
                 "last_error": self._last_error,
@@ -427,6 +429,10 @@ class Publisher:
         fields.setdefault("outbox_mode", st["outbox_mode"])
         if st["outbox_error"]:
             fields.setdefault("outbox_error", st["outbox_error"])
+        if st["outbox_unpersisted"]:
+            fields.setdefault("outbox_unpersisted", st["outbox_unpersisted"])
+        if st["outbox_recovered"]:
+            fields.setdefault("outbox_recovered", st["outbox_recovered"])
         fields.setdefault(
             "mqtt",
             {"published": st["published"], "reconnects": st["reconnects"], "inflight": st["inflight"]},

@@ -27,7 +27,7 @@ from edge.util.hashing import sha256_file
 from edge.util.jsonio import json_safe
 from trainer.species import SPECIES_FILE, label_fields, read_species
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("sonotrap.trainer")
 
 
 @dataclass

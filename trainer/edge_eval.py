@@ -28,7 +28,7 @@ from trainer.labels import LabelSelection, select_labels
 from trainer.split import read_split, split_recordings
 from trainer.windows import WindowConfig, window_targets
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("sonotrap.trainer")
 
 
 @dataclass

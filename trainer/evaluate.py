@@ -28,7 +28,7 @@ from trainer.engine import evaluate, validation_thresholds
 from trainer.metrics import pr_curve, threshold_dicts
 from trainer.rundata import RunData, load_run_data
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("sonotrap.trainer")
 
 
 def evaluate_checkpoint(

@@ -30,7 +30,7 @@ import numpy as np
 from edge.errors import SonotrapError
 from trainer.metrics import evaluate_scores
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("sonotrap.trainer")
 
 METHODS = ("minmax", "entropy", "percentile")
 ACTIVATION_TYPES = ("uint8", "int8")

@@ -30,7 +30,7 @@ from edge.models.update.status import UpdateResult, UpdateStatus
 from edge.service.status import Health
 from edge.util.hashing import sha256_file
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("sonotrap.update")
 
 Reporter = Callable[[str, dict], None]
 

@@ -21,7 +21,7 @@ from edge.models.archive import read_manifest_bytes
 from edge.models.manifest import MANIFEST_FILE, manifest_data, read_manifest_data, version_key
 from edge.models.update.download import fetch_bytes
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("sonotrap.update")
 
 INDEX_FILE = "index.json"
 MAX_INDEX_BYTES = 1 << 20

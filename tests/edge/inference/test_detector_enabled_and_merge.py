@@ -15,7 +15,8 @@ import pytest
 from edge.config import DetectorConfig, load_config
 from edge.errors import SonotrapError
 from edge.inference.detector import Detector, enabled_labels, resolve_thresholds
-from edge.models.bundle import Label, load_bundle, read_manifest, write_bundle
+from edge.models.bundle import load_bundle, write_bundle
+from edge.models.manifest import Label, read_manifest
 from tests.support.daemon_helpers import HIGH, LOW, read_jsonl, run_cli, write_tones
 from tests.support.tiny_model import make_tiny_bundle
 

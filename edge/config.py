@@ -9,6 +9,8 @@ via :func:`apply_overrides` (``section.key=value``).
 from __future__ import annotations
 
 import dataclasses
+import os
+import tempfile
 import tomllib
 import types
 import typing
@@ -16,9 +18,27 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edge.bounds import check_bounds, warn_about_secrets
 from edge.errors import SonotrapError
 
 DEFAULT_CONFIG_PATH = Path("/etc/sonotrap/config.toml")
+
+
+def default_state_dir() -> str:
+    """Where ``state_dir`` points when no config sets it: a per-user folder.
+
+    Replaying a file or analysing recordings must work for any user without a system
+    directory, so the default is ``$XDG_STATE_HOME/sonotrap`` (``~/.local/state/sonotrap``),
+    or ``<tmp>/sonotrap-<uid>`` for an account without a home. A device install
+    (``sonotrap install-service``) writes ``state_dir = "/var/lib/sonotrap"`` into its config.
+    """
+    xdg = os.environ.get("XDG_STATE_HOME", "")
+    if os.path.isabs(xdg):
+        return str(Path(xdg) / "sonotrap")
+    home = os.environ.get("HOME") or os.path.expanduser("~")
+    if os.path.isabs(home) and os.path.isdir(home) and os.access(home, os.W_OK):
+        return str(Path(home) / ".local" / "state" / "sonotrap")
+    return str(Path(tempfile.gettempdir()) / f"sonotrap-{os.getuid()}")
 
 
 @dataclass
@@ -94,8 +114,14 @@ class DetectorConfig:
     min_hops: int = 1  # events shorter than this are dropped
     min_report_interval_s: float = 0.0  # per-label minimum time between published events
     publish_started: bool = False  # also publish a "started" message at the first hit
+    max_event_s: float = 10.0  # continuous calling is reported in events of at most this length (0 = no limit)
+    # Labels the bundle ships disabled (precision not reachable on validation) are published
+    # only when named here, or with "all".
+    enable_labels: list[str] | str = field(default_factory=list)
 
     def validate(self) -> None:
+        if isinstance(self.enable_labels, str) and self.enable_labels != "all":
+            _bad("detector.enable_labels", f"{self.enable_labels!r} must be a list of label codes or \"all\"")
         for label, value in self.thresholds.items():
             if not 0.0 <= value <= 1.0:
                 _bad(f"detector.thresholds.{label}", f"{value} must be within 0..1")
@@ -104,6 +130,7 @@ class DetectorConfig:
         _at_least("detector.max_gap_hops", self.max_gap_hops, 0)
         _at_least("detector.min_hops", self.min_hops, 1)
         _at_least("detector.min_report_interval_s", self.min_report_interval_s, 0)
+        _at_least("detector.max_event_s", self.max_event_s, 0)
 
 
 @dataclass
@@ -232,7 +259,7 @@ class UpdateConfig:
 class Config:
     """The whole daemon configuration."""
 
-    state_dir: str = "/var/lib/sonotrap"
+    state_dir: str = field(default_factory=default_state_dir)  # a device config sets /var/lib/sonotrap
     log_level: str = "INFO"
     audio: AudioConfig = field(default_factory=AudioConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -248,6 +275,7 @@ class Config:
             section = getattr(self, f.name)
             if dataclasses.is_dataclass(section):
                 section.validate()
+        check_bounds(self)  # every number its range, every string its character set
 
 
 # ---------------------------------------------------------------- loading
@@ -274,6 +302,7 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
     if overrides:
         apply_overrides(cfg, overrides)
     cfg.validate()
+    warn_about_secrets(cfg, path)
     return cfg
 
 

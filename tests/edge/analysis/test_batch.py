@@ -13,7 +13,7 @@ import soundfile as sf
 
 from edge.analysis.recordings import parse_shard, shard_of
 from edge.errors import SonotrapError
-from tests.daemon_helpers import HIGH, LOW, run_cli, sonotrap, write_tones
+from tests.support.daemon_helpers import HIGH, LOW, run_cli, sonotrap, write_tones
 from tests.support.tiny_model import tone
 
 ODD_SAMPLES = 78848  # 1.787937 s at 44.1 kHz: a length whose ms rounding lies past the end

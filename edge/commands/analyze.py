@@ -54,10 +54,10 @@ def _info_duration(path: Path) -> float:
         return 0.0
 
 
-def _merge(out: Path, args: argparse.Namespace, scores: bool) -> int:
+def _merge(out: Path, args: argparse.Namespace) -> int:
     from edge.analysis.results import merge
 
-    summary = merge(out, scores_path=Path(args.recording_scores) if scores and args.recording_scores else None,
+    summary = merge(out, scores_path=Path(args.recording_scores) if args.recording_scores else None,
                     agg=args.recording_agg)
     print(f"merged {summary.recordings} recording(s), {summary.audio_s:.1f} s of audio: "
           f"{summary.detections} detection(s) -> {out / 'detections.csv'}"
@@ -68,7 +68,7 @@ def _merge(out: Path, args: argparse.Namespace, scores: bool) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from edge.analysis.batch import BatchSettings, cpu_seconds, run_batch
+    from edge.analysis.batch import BatchSettings, Done, cpu_seconds, run_batch
     from edge.analysis.progress import Progress
     from edge.analysis.recording_scores import open_recording_scores
     from edge.analysis.recordings import find_recordings, parse_shard, select_shard
@@ -81,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
     if args.merge:
         if args.paths or args.shard:
             raise SonotrapError("--merge joins the results already in --out; pass no PATH and no --shard")
-        return _merge(out, args, scores=True)
+        return _merge(out, args)
     if not args.paths:
         raise SonotrapError("pass the recordings or folders to analyse (or --merge -o DIR)")
     if args.batch < 1 or args.workers < 1:
@@ -113,16 +113,18 @@ def run(args: argparse.Namespace) -> int:
     settings = BatchSettings(str(bundle_path), cfg, threads, out, raven=not args.no_raven, batch=args.batch)
     expected = {rec.name: _info_duration(rec.path) for rec in todo}
     bar = Progress(sum(expected.values()), enabled=not args.no_progress)
-    failed = detections = 0
+    analyzed = failed = detections = 0
     audio_s = 0.0
 
-    def on_done(done) -> None:
-        nonlocal failed, detections, audio_s
+    def on_done(done: Done) -> None:
+        nonlocal analyzed, failed, detections, audio_s
         if args.workers > 1:
             bar.update(expected[done.name])
         if done.error:
             failed += 1
             bar.write(f"skipped: {done.error}")
+        else:
+            analyzed += 1
         audio_s += done.duration_s
         detections += done.detections
 
@@ -136,7 +138,7 @@ def run(args: argparse.Namespace) -> int:
     wall, cpu = time.monotonic() - t0, cpu_seconds() - cpu0
     skipped = len(recordings) - len(todo)
     print(
-        f"analyzed {len(todo) - failed} recording(s), {audio_s:.1f} s of audio in {wall:.1f} s with "
+        f"analyzed {analyzed} recording(s), {audio_s:.1f} s of audio in {wall:.1f} s with "
         f"{args.workers} worker(s) x {threads} thread(s), {cpu:.1f} s CPU: "
         f"{audio_s / max(wall, 1e-9):.3g} audio-hours per wall-hour, {audio_s / max(cpu, 1e-9):.3g} per CPU-hour "
         f"({bundle.name} {bundle.version}, {detections} detection(s))"
@@ -148,5 +150,5 @@ def run(args: argparse.Namespace) -> int:
         print(f"shard {shard[0]}/{shard[1]} done; join the shards with `sonotrap analyze --merge -o {out}`",
               file=sys.stderr)
     else:
-        _merge(out, args, scores=True)
+        _merge(out, args)
     return 1 if failed else 0

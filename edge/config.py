@@ -107,6 +107,30 @@ class DetectorConfig:
 
 
 @dataclass
+class GateConfig:
+    """Which hops skip the model. Hops below the model's absolute level floor (its frontend's
+    ``floor_db``: silence, DC, sub-LSB noise) never run it; the activity gate additionally
+    skips hops with nothing above the running noise floor (off by default)."""
+
+    activity: bool = False  # skip hops with no band energy above the running noise floor
+    threshold_db: float = 6.0  # a hop is active when a band rises this far above its floor
+    bands: int = 16  # mel bands are pooled into this many groups
+    smooth_s: float = 0.05  # time smoothing of the band energies
+    floor_quantile: float = 0.2  # a window's noise estimate: this quantile over time, per band
+    floor_rise_db_per_s: float = 1.0  # how fast the running floor may rise (it falls at once)
+    hold_s: float = 1.0  # keep running the model this long after the last active hop
+
+    def validate(self) -> None:
+        _positive("gate.threshold_db", self.threshold_db)
+        _at_least("gate.bands", self.bands, 1)
+        _at_least("gate.smooth_s", self.smooth_s, 0)
+        if not 0.0 <= self.floor_quantile < 1.0:
+            _bad("gate.floor_quantile", f"{self.floor_quantile} must be within 0..1 (exclusive)")
+        _at_least("gate.floor_rise_db_per_s", self.floor_rise_db_per_s, 0)
+        _at_least("gate.hold_s", self.hold_s, 0)
+
+
+@dataclass
 class MqttConfig:
     """Broker connection and topics (``<prefix>/<device_id>/detections`` ...)."""
 
@@ -237,6 +261,7 @@ class Config:
     audio: AudioConfig = field(default_factory=AudioConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     detector: DetectorConfig = field(default_factory=DetectorConfig)
+    gate: GateConfig = field(default_factory=GateConfig)
     mqtt: MqttConfig = field(default_factory=MqttConfig)
     outbox: OutboxConfig = field(default_factory=OutboxConfig)
     clips: ClipsConfig = field(default_factory=ClipsConfig)

@@ -99,6 +99,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     a.add_argument("--shift", type=float, default=0.5, metavar="S", help="max time shift around the call")
     a.add_argument("--gain-db", type=float, default=6.0)
     a.add_argument("--mix-prob", type=float, default=0.5, help="chance to mix in a negative window")
+    a.add_argument("--negatives", type=float, default=0.0, metavar="P",
+                   help="chance a training item is replaced by synthetic silence/noise with every label "
+                        "absent (teaches the model to stay quiet on empty audio)")
     a.add_argument("--time-masks", type=int, default=2)
     a.add_argument("--freq-masks", type=int, default=2)
 
@@ -140,9 +143,11 @@ def run(args: argparse.Namespace) -> int:
             window=WindowConfig(min_overlap=args.min_overlap, min_spacing_s=args.min_spacing),
             fractions=tuple(args.split), split_file=args.split_file, seed=args.seed,
         )
+    if not 0.0 <= args.negatives <= 1.0:
+        raise SonotrapError(f"--negatives {args.negatives} must be a probability within 0..1")
     augment = AugmentConfig(
         enabled=not args.no_augment, shift_s=args.shift, gain_db=args.gain_db, mix_prob=args.mix_prob,
-        time_masks=args.time_masks, freq_masks=args.freq_masks,
+        time_masks=args.time_masks, freq_masks=args.freq_masks, synthetic_negatives=args.negatives,
     )
     targs = TrainArgs(
         out=args.out, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,

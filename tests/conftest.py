@@ -10,9 +10,8 @@ import pytest
 
 from edge.inference.frontend import FrontendConfig
 from tests.support.broker import mosquitto, mosquitto_factory  # noqa: F401  (fixtures: real Mosquitto)
+from tests.support.paths import REPO
 from tests.support.tiny_model import make_tiny_bundle
-
-REPO = Path(__file__).resolve().parent.parent
 
 
 def shared_data_dir() -> Path:

@@ -78,7 +78,7 @@ def check_audio(cfg: Config, model_rate: int, timeout: float) -> str:
 
 def check_broker(cfg: Config, timeout: float) -> str:
     """TCP + MQTT CONNECT with the configured credentials/TLS (the publisher's own check)."""
-    from edge.mqtt.publisher import check_broker as mqtt_check
+    from edge.mqtt.connection import check_broker as mqtt_check
     from edge.service.daemon import device_id
 
     return mqtt_check(cfg.mqtt, device_id(cfg), timeout)

@@ -17,11 +17,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from edge.config import GateConfig
+from edge.contracts import ModelRuntime
 from edge.inference.detector import DetectionEvent, Detector
 from edge.inference.frontend import analyse, image_of
 from edge.inference.gate import ACTIVE, Gate
 from edge.inference.ringbuffer import RingBuffer
-from edge.inference.runtime import Classifier
 
 
 @dataclass
@@ -41,7 +41,7 @@ class HopPipeline:
 
     def __init__(
         self,
-        classifier: Classifier,
+        classifier: ModelRuntime,
         detector: Detector,
         sample_rate: int,
         hop_s: float,
@@ -93,7 +93,7 @@ class HopPipeline:
         """Complete hops not processed yet."""
         return max(0, self.ring.total // self.hop_samples - self.next_hop + 1)
 
-    def swap(self, classifier: Classifier, detector: Detector) -> list[DetectionEvent]:
+    def swap(self, classifier: ModelRuntime, detector: Detector) -> list[DetectionEvent]:
         """Switch model between two hops; returns events the old detector ended (if replaced)."""
         ended: list[DetectionEvent] = []
         if detector is not self.detector:

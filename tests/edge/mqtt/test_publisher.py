@@ -13,9 +13,10 @@ import pytest
 
 from edge.config import MqttConfig
 from edge.inference.detector import DetectionEvent
+from edge.mqtt.connection import backoff_delay
 from edge.mqtt.outbox import Outbox
 from edge.mqtt.payloads import SCHEMA_VERSION, MessageContext, detection_payload
-from edge.mqtt.publisher import Publisher, backoff_delay
+from edge.mqtt.publisher import Publisher
 from tests.support.broker import Mosquitto, Subscriber
 
 DEVICE = "rec-01"

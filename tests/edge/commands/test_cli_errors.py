@@ -7,7 +7,8 @@ import signal
 
 import pytest
 
-from tests.daemon_helpers import LOW, read_jsonl, run_cli, sonotrap, wait_for, write_tones
+from tests.support.daemon_helpers import LOW, read_jsonl, run_cli, sonotrap, write_tones
+from tests.support.waiting import wait_for
 
 
 def one_error_line(r) -> str:

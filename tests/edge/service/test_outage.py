@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.daemon_helpers import HIGH, LOW, read_jsonl, sonotrap, write_tones
 from tests.support.broker import Mosquitto, Subscriber
+from tests.support.daemon_helpers import HIGH, LOW, read_jsonl, sonotrap, write_tones
 from tests.support.tiny_model import make_tiny_bundle
 
 DEVICE = "outage-01"

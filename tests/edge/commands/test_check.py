@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from tests.daemon_helpers import LOW, run_cli, write_tones
 from tests.support.broker import free_port
+from tests.support.daemon_helpers import LOW, run_cli, write_tones
 
 
 def check(tmp_path, *args):

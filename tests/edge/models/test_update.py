@@ -11,7 +11,6 @@ import json
 import random
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
@@ -27,8 +26,6 @@ from tests.support.update_server import (
     publish_bundle,
     write_index,
 )
-
-REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
@@ -241,7 +238,7 @@ def test_offer_location_is_resolved_relative_to_index(env):
 
 
 def test_timer_run_without_a_configured_source_is_a_quiet_no_op(tmp_path):
-    from tests.daemon_helpers import run_cli
+    from tests.support.daemon_helpers import run_cli
 
     cfg = tmp_path / "config.toml"
     cfg.write_text(f'state_dir = "{tmp_path / "state"}"\n')

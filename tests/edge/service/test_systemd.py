@@ -18,8 +18,8 @@ import pytest
 
 from edge.commands.service import TEMPLATE_EXE, UNITS, render_unit
 from edge.config import load_config
+from tests.support.paths import REPO
 
-REPO = Path(__file__).resolve().parent.parent
 UNIT_DIR = REPO / "systemd"
 EXE = Path(sys.executable).parent / "sonotrap"
 

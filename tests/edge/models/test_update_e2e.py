@@ -15,15 +15,14 @@ import os
 import signal
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-from tests.daemon_helpers import LOW, read_jsonl, write_tones
 from tests.support.broker import Subscriber
+from tests.support.daemon_helpers import LOW, read_jsonl, write_tones
+from tests.support.paths import REPO
 from tests.support.update_server import BundleServer, make_device, publish_bundle, write_index
 
-REPO = Path(__file__).resolve().parent.parent
 HOP = 0.5
 DEVICE = "e2e-recorder"
 

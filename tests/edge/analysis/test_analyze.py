@@ -6,7 +6,7 @@ import csv
 
 import soundfile as sf
 
-from tests.daemon_helpers import HIGH, LOW, read_jsonl, run_cli, stream_t0, write_tones
+from tests.support.daemon_helpers import HIGH, LOW, read_jsonl, run_cli, stream_t0, write_tones
 from tests.support.tiny_model import tone
 
 

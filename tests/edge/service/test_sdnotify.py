@@ -21,9 +21,9 @@ import pytest
 
 from edge.service.daemon import Daemon
 from edge.service.sdnotify import Notifier
-from tests.daemon_helpers import LOW, file_config, read_jsonl, wait_for, write_tones
-
-REPO = Path(__file__).resolve().parent.parent
+from tests.support.daemon_helpers import LOW, file_config, read_jsonl, write_tones
+from tests.support.paths import REPO
+from tests.support.waiting import wait_for
 
 
 class NotifySocket:

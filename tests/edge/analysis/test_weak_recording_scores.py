@@ -9,7 +9,7 @@ import pytest
 
 from edge.analysis.recording_scores import RecordingScores, aggregate
 from edge.errors import SonotrapError
-from tests.daemon_helpers import HIGH, LOW, read_jsonl, run_cli, write_tones
+from tests.support.daemon_helpers import HIGH, LOW, read_jsonl, run_cli, write_tones
 
 
 def test_running_top2_matches_sorting():

@@ -6,16 +6,15 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 
 from edge.config import Config
+from tests.support.paths import REPO
 from tests.support.tiny_model import tone
 
-REPO = Path(__file__).resolve().parent.parent
 SR = 32000
 LOW, HIGH = 1200.0, 4100.0  # inside the tiny model's tone_low / tone_high bands
 NOISE_F = 300.0  # a quiet tone outside both bands (keeps the windows non-silent)
@@ -64,13 +63,3 @@ def run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
     env.pop("NOTIFY_SOCKET", None)
     return subprocess.run([sys.executable, "-m", "edge", *args], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=timeout)
-
-
-def wait_for(pred, timeout: float = 20.0, every: float = 0.05):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        value = pred()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout} s waiting for {pred}")

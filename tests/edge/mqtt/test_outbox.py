@@ -13,8 +13,7 @@ import pytest
 
 from edge.errors import SonotrapError
 from edge.mqtt.outbox import Outbox
-
-REPO = Path(__file__).resolve().parent.parent
+from tests.support.paths import REPO
 
 
 def test_put_commits_in_wal_mode_and_rows_come_back_oldest_first(tmp_path: Path) -> None:

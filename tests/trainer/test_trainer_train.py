@@ -15,6 +15,7 @@ import torch
 
 from edge.errors import SonotrapError
 from edge.inference.frontend import FrontendConfig
+from tests.support.paths import REPO
 from trainer.dataset import AugmentConfig
 from trainer.evaluate import evaluate_checkpoint
 from trainer.prepare import DataSpec
@@ -126,7 +127,7 @@ def test_torchrun_two_cpu_processes(data_dir, tmp_path):
          "-m", "edge.cli", "train", "--data", str(data_dir), "--out", str(out), "--weights", "none",
          "--epochs", "2", "--batch-size", "4", "--workers", "0", "--device", "cpu", "--image-size", "32",
          "--no-progress", "--seed", "3"],
-        capture_output=True, text=True, timeout=300, env=env, cwd=Path(__file__).resolve().parent.parent,
+        capture_output=True, text=True, timeout=300, env=env, cwd=REPO,
     )
     assert r.returncode == 0, r.stderr[-3000:]
     ckpt = torch.load(out / LAST, map_location="cpu", weights_only=False)
@@ -209,7 +210,7 @@ def test_weak_label_table_keeps_one_true_statement_per_window(trained, present_f
 
     from trainer.data import load_run_data
 
-    spec = importlib.util.spec_from_file_location("wle", Path(__file__).parent.parent / "scripts" / "weak_labels_experiment.py")
+    spec = importlib.util.spec_from_file_location("wle", REPO / "scripts" / "weak_labels_experiment.py")
     wle = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(wle)
     out, _ = trained

@@ -9,8 +9,7 @@ import sys
 from pathlib import Path
 
 from tests.support.broker import Mosquitto, Subscriber
-
-REPO = Path(__file__).resolve().parent.parent
+from tests.support.paths import REPO
 
 
 def test_sigkill_publishes_the_retained_last_will(mosquitto: Mosquitto, tmp_path: Path) -> None:

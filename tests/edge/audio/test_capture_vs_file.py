@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from tests.support.paths import REPO
 from tests.support.pulse import available, pulse_server
 from tests.support.tiny_model import tone
 
@@ -29,7 +30,7 @@ pulse = pulse_server
 
 SR = 32000
 HOP = 0.5
-REPO = Path(__file__).resolve().parent.parent
+
 pytestmark = pytest.mark.skipif(available() is not None, reason=str(available()))
 
 

@@ -6,7 +6,7 @@ import dataclasses
 import re
 
 from edge.config import Config, load_config
-from tests.daemon_helpers import REPO, run_cli
+from tests.support.daemon_helpers import REPO, run_cli
 
 EXAMPLE = REPO / "config.example.toml"
 

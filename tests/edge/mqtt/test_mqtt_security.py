@@ -10,8 +10,9 @@ import pytest
 
 from edge.config import MqttConfig
 from edge.errors import SonotrapError
+from edge.mqtt.connection import check_broker
 from edge.mqtt.outbox import Outbox
-from edge.mqtt.publisher import Publisher, check_broker
+from edge.mqtt.publisher import Publisher
 from tests.support.broker import Mosquitto, Subscriber, make_pki
 
 DEVICE = "secure-01"

@@ -6,8 +6,9 @@ import json
 import os
 import signal
 
-from tests.daemon_helpers import LOW, read_jsonl, sonotrap, wait_for, write_tones
+from tests.support.daemon_helpers import LOW, read_jsonl, sonotrap, write_tones
 from tests.support.tiny_model import make_tiny_bundle
+from tests.support.waiting import wait_for
 
 
 def start(tmp_path, wav, model, *extra):

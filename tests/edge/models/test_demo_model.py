@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from edge.models.bundle import DEFAULT_BUNDLE, load_bundle
-from tests.daemon_helpers import run_cli
+from tests.support.daemon_helpers import run_cli
 
 
 def test_demo_bundle_is_the_default_and_within_its_budget():

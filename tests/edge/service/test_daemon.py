@@ -10,7 +10,7 @@ import pytest
 from edge.inference.runtime import Classifier
 from edge.models.bundle import load_bundle
 from edge.service.daemon import Daemon
-from tests.daemon_helpers import HIGH, LOW, SR, file_config, read_jsonl, stream_t0, write_tones
+from tests.support.daemon_helpers import HIGH, LOW, SR, file_config, read_jsonl, stream_t0, write_tones
 
 HOP = 0.5
 
@@ -80,14 +80,13 @@ class SlowClassifier(Classifier):
         return super().predict(images)
 
 
-def test_slow_inference_batches_to_catch_up_without_losing_hops(tmp_path, tiny_bundle, monkeypatch):
-    monkeypatch.setattr("edge.service.daemon.Classifier", SlowClassifier)
+def test_slow_inference_batches_to_catch_up_without_losing_hops(tmp_path, tiny_bundle):
     wav = write_tones(tmp_path / "t.wav", [(None, 3), (LOW, 2), (None, 3)])
     batches = []
     cfg_audio = {"realtime": True, "block_s": 0.05}
     cfg = file_config(tmp_path, wav, **cfg_audio)
-    d = Daemon(cfg, bundle=load_bundle(tiny_bundle), jsonl=str(tmp_path / "det.jsonl"),
-               hops_jsonl=str(tmp_path / "hops.jsonl"))
+    d = Daemon(cfg, bundle=load_bundle(tiny_bundle), runtime_factory=SlowClassifier,
+               jsonl=str(tmp_path / "det.jsonl"), hops_jsonl=str(tmp_path / "hops.jsonl"))
     d.on_hops = lambda results: batches.append([r.hop for r in results])
     t = time.monotonic()
     assert d.run() == 0

@@ -23,6 +23,7 @@ from torchvision.models import resnet50
 import trainer.train as train_module
 from edge.errors import SonotrapError
 from edge.inference.frontend import FrontendConfig
+from tests.support.paths import REPO
 from trainer.data import load_run_data
 from trainer.dataset import AugmentConfig, WindowDataset
 from trainer.losses import sample_weights
@@ -30,7 +31,6 @@ from trainer.model import build_model
 from trainer.prepare import DataSpec, prepare_run
 from trainer.train import BEST, LAST, TrainArgs, lr_lambda, train
 
-REPO = Path(__file__).resolve().parent.parent
 SMALL = FrontendConfig(n_mels=32, n_frames=32, hop_length=2000)
 BN_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
 

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from tests.daemon_helpers import LOW, REPO, write_tones
+from tests.support.daemon_helpers import LOW, REPO, write_tones
 
 
 def _start_demo(env: dict[str, str]) -> subprocess.Popen:

@@ -20,6 +20,7 @@ from edge.audio.devices import rescan
 from edge.config import AudioConfig
 from edge.errors import SonotrapError
 from tests.support.pulse import PulseServer, available, pulse_server, use_in_process, write_asoundrc
+from tests.support.waiting import wait_for
 
 pulse = pulse_server  # the module-scoped fixture, under a short name
 
@@ -59,20 +60,8 @@ def read_for(src, seconds: float) -> list:
 def settle(src, extra_s: float = 1.0) -> None:
     """Wait for the first block plus ``extra_s``: a new pulse record stream starts ~1.8 s late and
     the null sink renders in large blocks until it has switched to the stream's low latency."""
-    assert wait_for(lambda: src.stats()["blocks"] > 0, 6.0, src), "no audio from the monitor"
+    assert wait_for(lambda: src.stats()["blocks"] > 0, 6.0, poll=lambda: src.read(0.1)), "no audio from the monitor"
     read_for(src, extra_s)
-
-
-def wait_for(cond, timeout: float, src=None) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return True
-        if src is not None:
-            src.read(0.1)
-        else:
-            time.sleep(0.05)
-    return False
 
 
 def test_captures_a_played_tone_with_contiguous_timestamps(pulse, monkeypatch):
@@ -113,10 +102,10 @@ def test_silence_watchdog_reports_dead_input_and_recovery(pulse, monkeypatch):
     src = open_source(mic_cfg(silence_timeout_s=1.0), SR, on_event=events)
     src.start()
     try:
-        assert wait_for(lambda: "silence" in events.kinds(), 6.0, src)  # nothing playing: digital zeros
+        assert wait_for(lambda: "silence" in events.kinds(), 6.0, poll=lambda: src.read(0.1))  # nothing playing: digital zeros
         assert src.stats()["silent_for_s"] >= 1.0
         pulse.play(tone(2000, 0.8), SR, wait=False)
-        assert wait_for(lambda: "silence_ended" in events.kinds(), 4.0, src)
+        assert wait_for(lambda: "silence_ended" in events.kinds(), 4.0, poll=lambda: src.read(0.1))
         assert src.stats()["silent_for_s"] < 1.0
     finally:
         src.stop()
@@ -164,9 +153,9 @@ def test_missing_device_waits_then_recovers_when_it_appears(pulse, monkeypatch, 
         assert st["state"] == "waiting for device"
         assert events.kinds() == ["audio_error"] and not events[0][1]["fatal"]
         assert src.read(0.3) is None
-        assert wait_for(lambda: src.stats()["retries"] >= 2, 3.0, src)
+        assert wait_for(lambda: src.stats()["retries"] >= 2, 3.0, poll=lambda: src.read(0.1))
         write_asoundrc(tmp_path, "sonotrap_late_mic")  # the microphone shows up
-        assert wait_for(lambda: src.stats()["state"] == "running", 5.0, src)
+        assert wait_for(lambda: src.stats()["state"] == "running", 5.0, poll=lambda: src.read(0.1))
         assert "audio_recovered" in events.kinds()
         assert src.stats()["device"] == "sonotrap_late_mic"
         pulse.play(tone(1000, 0.5), SR, wait=False)
@@ -203,10 +192,10 @@ def test_sound_server_dies_and_comes_back(tmp_path, monkeypatch):
         src.start()
         assert read_for(src, 2.5), "no audio before the outage"
         server.stop()  # SIGKILL: the device vanishes under a running stream
-        assert wait_for(lambda: src.stats()["state"] == "waiting for device", 8.0, src)
+        assert wait_for(lambda: src.stats()["state"] == "waiting for device", 8.0, poll=lambda: src.read(0.1))
         assert "audio_error" in events.kinds()
         server.start()
-        assert wait_for(lambda: "audio_recovered" in events.kinds(), 8.0, src)
+        assert wait_for(lambda: "audio_recovered" in events.kinds(), 8.0, poll=lambda: src.read(0.1))
         server.play(tone(1000, 0.5), SR, wait=False)
         blocks = read_for(src, 3.0)
         assert any(np.abs(b.samples).max() > 0.1 for b in blocks)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import sqlite3
 
-from tests.daemon_helpers import HIGH, LOW, read_jsonl, run_cli, write_tones
 from tests.support.broker import Mosquitto, Subscriber, free_port
+from tests.support.daemon_helpers import HIGH, LOW, read_jsonl, run_cli, write_tones
 
 DETECTION_FIELDS = {"schema_version", "id", "device", "label", "name", "state", "score", "mean_score", "hops",
                     "start", "end", "start_epoch", "end_epoch", "duration_s", "model", "hop_s", "window_s"}
@@ -71,7 +71,8 @@ def test_sigterm_publishes_the_open_event_then_offline_and_exits_0(tmp_path, tin
     """Clean shutdown with a real broker: stop audio, finish in-flight windows, flush the outbox, go offline."""
     import signal
 
-    from tests.daemon_helpers import sonotrap, wait_for
+    from tests.support.daemon_helpers import sonotrap
+    from tests.support.waiting import wait_for
 
     wav = write_tones(tmp_path / "t.wav", [(LOW, 30)])  # the call is still going on at SIGTERM
     with Subscriber(mosquitto.port, "sonotrap/field-1/#") as sub:

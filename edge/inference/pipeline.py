@@ -59,7 +59,7 @@ class HopPipeline:
         self.classifier = classifier
         self.detector = detector
         self.gate_cfg = gate or GateConfig()
-        self.gate: Gate | None = None
+        self.gate = Gate(self.gate_cfg, classifier.bundle.frontend, self.hop_s)
         self.window_samples = 0
         self.ring: RingBuffer | None = None
         self.next_hop = 0
@@ -76,7 +76,7 @@ class HopPipeline:
 
     def _set_window(self) -> None:
         fe = self.classifier.bundle.frontend
-        if self.gate is None or self.gate.fe != fe:
+        if self.gate.fe != fe:  # a swapped model with another frontend: its own noise floor
             self.gate = Gate(self.gate_cfg, fe, self.hop_s)
         self.window_samples = int(round(fe.window_s * self.sample_rate))
         capacity = self.window_samples + (self.max_batch + 1) * self.hop_samples + int(self.slack_s * self.sample_rate)
@@ -135,7 +135,7 @@ class HopPipeline:
         fe = self.classifier.bundle.frontend
         mels = [analyse(w, self.sample_rate, fe) for w in windows]
         run = [self.gate.decide(m) == ACTIVE for m in mels]
-        probs = np.zeros((len(hops), len(self.classifier.bundle.labels)), dtype=np.float32)
+        probs: np.ndarray = np.zeros((len(hops), len(self.classifier.bundle.labels)), dtype=np.float32)
         if any(run):
             probs[np.flatnonzero(run)] = self.classifier.predict(
                 np.stack([image_of(m, fe) for m, r in zip(mels, run, strict=True) if r]))

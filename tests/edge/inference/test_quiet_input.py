@@ -12,8 +12,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -24,8 +22,9 @@ from edge.analysis.analyze import analyze_file
 from edge.config import Config
 from edge.inference.runtime import Classifier
 from edge.models.bundle import load_bundle
+from tests.support.daemon_helpers import run_cli
+from tests.support.paths import REPO
 
-REPO = Path(__file__).resolve().parents[3]
 DEMO = REPO / "models" / "demo"
 NIPS = Path(os.environ.get("SONOTRAP_DATA", REPO / ".." / "shared" / "data")) / "nips4bplus"
 QUIET_CALL = "audio/nips4b_train042.flac"  # peak 0.15% of full scale; Galthe and Turphi calls
@@ -62,13 +61,6 @@ STATIONARY = {  # louder than the floor: the activity gate's job
 }
 
 
-def sonotrap(*args: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    env.pop("NOTIFY_SOCKET", None)
-    return subprocess.run([sys.executable, "-m", "edge", *args], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=300)
-
-
 def write(folder: Path, signals: dict) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     out = []
@@ -80,16 +72,16 @@ def write(folder: Path, signals: dict) -> list[Path]:
 
 def run_detections(path: Path, tmp: Path, *sets: str, hops: Path | None = None) -> list[dict]:
     extra = ["--hops-jsonl", str(hops)] if hops else []
-    r = sonotrap("run", "--file", str(path), "--no-mqtt", "--jsonl", "-", "--model", str(DEMO),
-                 "--state-dir", str(tmp / "state"), *extra, *[a for s in sets for a in ("--set", s)])
+    r = run_cli("run", "--file", str(path), "--no-mqtt", "--jsonl", "-", "--model", str(DEMO),
+                 "--state-dir", str(tmp / "state"), *extra, *[a for s in sets for a in ("--set", s)], timeout=300)
     assert r.returncode == 0, r.stderr
     return [json.loads(line) for line in r.stdout.splitlines() if line.strip()]
 
 
 def analyze_rows(folder: Path, tmp: Path, *sets: str) -> list[dict]:
     out = tmp / "out"
-    r = sonotrap("analyze", str(folder), "--model", str(DEMO), "-o", str(out), "--no-progress",
-                 *[a for s in sets for a in ("--set", s)])
+    r = run_cli("analyze", str(folder), "--model", str(DEMO), "-o", str(out), "--no-progress",
+                *[a for s in sets for a in ("--set", s)], timeout=300)
     assert r.returncode == 0, r.stderr
     with open(out / "detections.csv", newline="") as fh:
         return list(csv.DictReader(fh))

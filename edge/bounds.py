@@ -21,7 +21,7 @@ import os
 import re
 import stat
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from edge.errors import SonotrapError
 
@@ -188,3 +188,26 @@ def secret_warnings(cfg: Any, config_path: str | Path | None = None) -> list[str
 def warn_about_secrets(cfg: Any, config_path: str | Path | None = None) -> None:
     for line in secret_warnings(cfg, config_path):
         log.warning("%s", line)
+
+
+# ---------------------------------------------------------------- checks the config sections use
+
+
+def bad(name: str, reason: str) -> NoReturn:
+    """Stop with the one-line config error ``config: NAME REASON``."""
+    raise SonotrapError(f"config: {name} {reason}")
+
+
+def choice(name: str, value: Any, allowed: tuple[Any, ...]) -> None:
+    if value not in allowed:
+        bad(name, f"{value!r} must be one of {', '.join(map(repr, allowed))}")
+
+
+def positive(name: str, value: float) -> None:
+    if not value > 0:
+        bad(name, f"{value!r} must be > 0")
+
+
+def at_least(name: str, value: float, low: float) -> None:
+    if value < low:
+        bad(name, f"{value!r} must be >= {low}")

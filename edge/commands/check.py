@@ -79,16 +79,17 @@ def check_audio(cfg: Config, model_rate: int, timeout: float) -> str:
 def check_broker(cfg: Config, timeout: float) -> str:
     """TCP + MQTT CONNECT with the configured credentials/TLS (the publisher's own check)."""
     from edge.mqtt.connection import check_broker as mqtt_check
-    from edge.service.daemon import device_id
+    from edge.util.identity import device_id
 
-    return mqtt_check(cfg.mqtt, device_id(cfg), timeout)
+    return mqtt_check(cfg.mqtt, device_id(cfg.mqtt.device_id), timeout)
 
 
 def run(args: argparse.Namespace) -> int:
-    from edge.inference.detector import resolve_thresholds
+    from edge.inference.detector import Detector, resolve_thresholds
     from edge.inference.runtime import Classifier
     from edge.models.bundle import load_bundle
-    from edge.service.daemon import device_id, model_bundle_path
+    from edge.service.daemon import model_bundle_path
+    from edge.util.identity import device_id
 
     rep = Report()
     where = args.config or (str(DEFAULT_CONFIG_PATH) if DEFAULT_CONFIG_PATH.is_file() else "built-in defaults")
@@ -110,11 +111,12 @@ def run(args: argparse.Namespace) -> int:
         ms = (time.perf_counter() - t0) * 1000
         rep.ok("model", f"{bundle.name} {bundle.version} at {bundle.path}: {len(bundle.labels)} labels, "
                         f"self-test passed, one window in {ms:.0f} ms with {cfg.model.threads} thread(s)")
-        active = [lab for lab in bundle.labels
-                  if (not cfg.detector.include or lab in cfg.detector.include) and lab not in cfg.detector.exclude]
+        active = Detector.for_bundle(bundle, cfg.detector).active_labels
         thr = sorted(set(thresholds[lab] for lab in active))
         rep.note("detector", f"{len(active)} of {len(bundle.labels)} labels active, thresholds "
-                             f"{thr[0]:.2f}..{thr[-1]:.2f}" if thr else "no labels active (check detector.include/exclude)")
+                             f"{thr[0]:.2f}..{thr[-1]:.2f}" if thr else
+                 "no labels active (the model ships its labels disabled as unreliable, or detector.include/"
+                 "exclude leave none; see detector.enable_labels)")
     except SonotrapError as err:
         rep.bad("model", str(err))
 
@@ -148,7 +150,7 @@ def run(args: argparse.Namespace) -> int:
         rep.bad("state", str(err) if isinstance(err, SonotrapError) else
                 f"{cfg.state_dir} is not writable ({err}); pass --state-dir or fix permissions")
 
-    dev = device_id(cfg)
+    dev = device_id(cfg.mqtt.device_id)
     src = {"mic": f"microphone {cfg.audio.device or 'default'}", "file": f"file {cfg.audio.file}"
            + (" (real time" + (", looped)" if cfg.audio.loop else ")") if cfg.audio.realtime else " (fast)"),
            "stdin": "raw PCM on stdin"}[cfg.audio.source]

@@ -11,6 +11,7 @@ import random
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,14 +26,6 @@ from edge.errors import SonotrapError
 
 #: publish return codes that mean "queued" (sent now, or kept by paho until the connection is back)
 PUBLISH_QUEUED = (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN)
-
-
-def default_device_id(cfg: MqttConfig) -> str:
-    """``mqtt.device_id`` or this machine's hostname (without '/', '#', '+')."""
-    if cfg.device_id:
-        return cfg.device_id
-    name = socket.gethostname().split(".")[0] or "sonotrap"
-    return "".join(c if c not in "/#+ " else "_" for c in name)
 
 
 def backoff_delay(attempt: int, low: float, high: float, rng: random.Random | None = None) -> float:
@@ -58,6 +51,24 @@ class Client(mqtt.Client):
         except OSError as err:
             self.last_connect_error = err
             raise
+
+
+def refusal_hint(reason_code: Any) -> str:
+    """What to check when the broker answers CONNECT with a failure code."""
+    if getattr(reason_code, "value", None) in (4, 5, 134, 135):  # bad user name or password / not authorized
+        return "; check mqtt.username and mqtt.password / password_file"
+    return ""
+
+
+def connect_error_hint(err: BaseException | None) -> str:
+    """What to check when the TCP/TLS connection itself fails."""
+    if isinstance(err, ssl.SSLCertVerificationError):
+        return "; check mqtt.ca_file (and mqtt.tls_insecure for a host name mismatch)"
+    if isinstance(err, ssl.SSLError):
+        return "; check mqtt.tls, mqtt.port and the client certificate"
+    if isinstance(err, socket.gaierror):
+        return "; check mqtt.host"
+    return "; is the broker running and mqtt.host/port right?"
 
 
 def new_client(cfg: MqttConfig, client_id: str, *, persistent_session: bool = False) -> Client:
@@ -88,6 +99,18 @@ def connect_async(client: mqtt.Client, cfg: MqttConfig, *, persistent_session: b
         client.connect_async(cfg.host, cfg.port, cfg.keepalive_s, clean_start=False, properties=props)
     else:
         client.connect_async(cfg.host, cfg.port, cfg.keepalive_s)
+
+
+def connect_blocking(cfg: MqttConfig, client_id: str) -> Client:
+    """A connected client with its network loop running, for short-lived reporters.
+
+    Raises SonotrapError for bad credential/TLS files and OSError when the broker cannot be
+    reached within ``cfg.connect_timeout_s``.
+    """
+    client = new_client(cfg, client_id)
+    client.connect(cfg.host, cfg.port, keepalive=min(cfg.keepalive_s, 60))
+    client.loop_start()
+    return client
 
 
 def configure_security(client: mqtt.Client, cfg: MqttConfig) -> None:
@@ -169,3 +192,31 @@ def check_broker(cfg: MqttConfig, device_id: str, timeout: float = 5.0) -> str:
         client.disconnect()
         client.loop_stop()
     return f"broker {where} accepts MQTT {cfg.protocol} connections{' over TLS' if cfg.tls else ''}"
+
+
+def publish_retained(cfg: MqttConfig, device_id: str, messages: list[tuple[str, bytes]], timeout: float = 10.0) -> str:
+    """Connect once, publish ``messages`` retained with QoS 1, wait for the broker's acks, disconnect.
+
+    For one-shot maintenance (``sonotrap ha-cleanup``): its own client id, no Last Will, so a
+    running daemon is untouched. Returns the broker's ``host:port``.
+    """
+    where = f"{cfg.host}:{cfg.port}"
+    check_broker(cfg, device_id, timeout)  # the exact reason when the broker is unreachable or refuses us
+    client = new_client(cfg, f"sonotrap-tool-{device_id}-{random.randrange(1 << 30)}")
+    client.connect_timeout = min(timeout, cfg.connect_timeout_s)
+    try:
+        client.connect(cfg.host, cfg.port, cfg.keepalive_s)
+    except OSError as err:
+        raise SonotrapError(f"mqtt broker {where} unreachable ({err}); check mqtt.host, mqtt.port and mqtt.tls") from None
+    client.loop_start()
+    try:
+        infos = [client.publish(topic, payload, qos=1, retain=True) for topic, payload in messages]
+        deadline = time.monotonic() + timeout
+        for info in infos:
+            info.wait_for_publish(max(0.1, deadline - time.monotonic()))
+            if not info.is_published():
+                raise SonotrapError(f"mqtt broker {where} did not acknowledge within {timeout:.0f} s; try again")
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    return where

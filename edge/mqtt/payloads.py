@@ -42,16 +42,31 @@ class MessageContext:
     window_s: float
 
 
+@dataclass
+class FileOffset:
+    """Seconds from the start of a replayed file (a looped file wraps at its length)."""
+
+    file: str  # the file's name, without its directory
+    start_s: float
+    end_s: float
+
+
 def iso_utc(epoch: float) -> str:
     """``2026-11-25T05:51:11.123Z``: UTC, millisecond precision, always with ``Z``."""
     dt = datetime.fromtimestamp(epoch, tz=UTC)
     return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
 
 
-def detection_payload(event: EventLike, ctx: MessageContext, now: float | None = None) -> dict[str, Any]:
-    """The ``.../detections`` message for one event (``state`` "started" or "ended")."""
+def detection_payload(
+    event: EventLike, ctx: MessageContext, now: float | None = None, offset: FileOffset | None = None
+) -> dict[str, Any]:
+    """The ``.../detections`` message for one event (``state`` "started" or "ended").
+
+    ``offset``: where the event lies in a replayed recording (file sources only), so a
+    listener can find the call in the file; ``start``/``end`` stay wall-clock times.
+    """
     now = time.time() if now is None else now
-    return {
+    payload = {
         "schema_version": SCHEMA_VERSION,
         "id": event.id,
         "device": ctx.device,
@@ -71,6 +86,9 @@ def detection_payload(event: EventLike, ctx: MessageContext, now: float | None =
         "window_s": float(ctx.window_s),
         "published_at": iso_utc(now),
     }
+    if offset is not None:
+        payload["offset"] = {"file": offset.file, "start_s": round(offset.start_s, 3), "end_s": round(offset.end_s, 3)}
+    return payload
 
 
 def status_payload(
@@ -112,3 +130,24 @@ def event_payload(device: str, kind: str, data: dict[str, Any], now: float | Non
 def encode(payload: dict[str, Any]) -> bytes:
     """Compact UTF-8 JSON, as sent on the wire."""
     return json.dumps(payload, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
+
+
+def status_fields(daemon_fields: dict[str, Any], stats: dict[str, Any]) -> dict[str, Any]:
+    """The online status body: the daemon's fields plus the publisher's outbox and MQTT counters.
+
+    The top-level ``state`` of a status message is online/offline, so the daemon's own state
+    moves to ``daemon_state``; outbox problems appear only while there are any.
+    """
+    fields = dict(daemon_fields)
+    if "state" in fields:
+        fields["daemon_state"] = fields.pop("state")
+    fields.setdefault("outbox_depth", stats["outbox_depth"])
+    fields.setdefault("outbox_dropped", stats["dropped"])
+    fields.setdefault("outbox_mode", stats["outbox_mode"])
+    for key in ("outbox_error", "outbox_unpersisted", "outbox_recovered"):
+        if stats.get(key):
+            fields.setdefault(key, stats[key])
+    fields.setdefault(
+        "mqtt", {"published": stats["published"], "reconnects": stats["reconnects"], "inflight": stats["inflight"]},
+    )
+    return fields

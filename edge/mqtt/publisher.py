@@ -21,27 +21,39 @@ from __future__ import annotations
 import logging
 import queue
 import random
-import socket
-import ssl
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from edge.config import MqttConfig
-from edge.mqtt.connection import PUBLISH_QUEUED, Client, backoff_delay, connect_async, new_client
-from edge.mqtt.discovery import discovery_messages
+from edge.mqtt.connection import (
+    PUBLISH_QUEUED,
+    Client,
+    backoff_delay,
+    connect_async,
+    connect_error_hint,
+    new_client,
+    refusal_hint,
+)
+from edge.mqtt.discovery import Announced
 from edge.mqtt.outbox import Outbox
-from edge.mqtt.payloads import encode, event_payload, offline_payload, status_payload
+from edge.mqtt.payloads import encode, event_payload, offline_payload, status_fields, status_payload
+from edge.util.jsonio import json_safe
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("sonotrap.mqtt")
+# After a (re)connect the retained status waits this long for the daemon's own "ready" status,
+# so a listener sees one status line at start-up, not one per trigger.
+CONNECT_STATUS_GRACE_S = 1.0
 
 
 class Publisher:
     """Durable, non-blocking MQTT publisher for one device (see the module docstring)."""
 
-    def __init__(self, cfg: MqttConfig, outbox: Outbox, device_id: str) -> None:
+    def __init__(self, cfg: MqttConfig, outbox: Outbox, device_id: str, ha_record: Path | None = None) -> None:
         self.cfg = cfg
+        self.ha_record = ha_record  # Home Assistant config topics announced (edge.mqtt.discovery)
         self.outbox = outbox
         self.device = device_id
         self.base = f"{cfg.prefix}/{device_id}"
@@ -54,13 +66,14 @@ class Publisher:
         self._status_provider: Callable[[], dict] | None = None
         self._subs: dict[str, Callable[[str, bytes], None]] = {}
         self._discovery_labels: dict[str, str] | None = None
-        self._discovered: set[str] = set()
+        self._discovery = Announced(cfg.discovery_prefix, device_id, ha_record)
         self._lock = threading.Lock()  # our own state only; never held while calling paho
         self._wake = threading.Event()
         self._acks: queue.SimpleQueue = queue.SimpleQueue()  # from paho's thread to the sender
         self._callbacks: queue.SimpleQueue = queue.SimpleQueue()
         self._stopping = threading.Event()
         self._status_due = threading.Event()
+        self._connected_status = threading.Event()  # a (re)connect: status within the grace period
         self._discovery_due = threading.Event()
         self._connected = threading.Event()
         self._inflight: dict[int, tuple[int, float]] = {}  # paho mid -> (row id, monotonic sent)
@@ -98,6 +111,8 @@ class Publisher:
         self._set_retry_delay()
         log.info("mqtt: connecting to %s:%d as %s (device %s)", cfg.host, cfg.port, self.client_id, self.device)
         self._client.loop_start()
+        if self.outbox.recovered is not None:
+            self.publish_event("outbox_recovered", self.outbox.recovered)
         self._sender = threading.Thread(target=self._sender_main, name="mqtt-sender", daemon=True)
         self._sender.start()
         self._dispatcher = threading.Thread(target=self._dispatch_main, name="mqtt-callbacks", daemon=True)
@@ -145,9 +160,6 @@ class Publisher:
         while self._connected.is_set() and self.outbox.depth() > 0 and time.monotonic() < deadline:
             self._wake.set()
             time.sleep(0.02)
-        left = self.outbox.depth()
-        if left:
-            log.info("mqtt: stopping with %d message(s) still in the outbox; they are sent on next start", left)
         self._stopping.set()
         self._wake.set()
         if self._sender is not None:
@@ -169,6 +181,7 @@ class Publisher:
         self._callbacks.put(None)
         if self._dispatcher is not None:
             self._dispatcher.join(1.0)
+        self.outbox.close()  # logs how many undelivered messages are on disk and how many are lost
 
     def stats(self) -> dict:
         """Counters for status and tests; ``last_error`` says why we are not connected."""
@@ -180,6 +193,8 @@ class Publisher:
                 "dropped": ob["dropped"],
                 "outbox_mode": ob["mode"],
                 "outbox_error": ob["error"],
+                "outbox_unpersisted": ob["unpersisted"],
+                "outbox_recovered": ob.get("recovered"),
                 "inflight": len(self._inflight),
                 "reconnects": max(0, self._stats["connects"] - 1),
                 "last_error": self._last_error,
@@ -230,9 +245,7 @@ class Publisher:
             with self._lock:
                 self._stats["failed_attempts"] += 1
             self._set_retry_delay()
-            hint = ""
-            if reason_code.value in (4, 5, 134, 135):  # bad user name or password / not authorized
-                hint = "; check mqtt.username and mqtt.password / password_file"
+            hint = refusal_hint(reason_code)
             self._error(f"broker {self.cfg.host}:{self.cfg.port} refused the connection ({reason_code}){hint}")
             return
         with self._lock:
@@ -245,13 +258,13 @@ class Publisher:
         if recv_max is not None and recv_max < self.cfg.max_inflight:
             log.warning("mqtt: the broker accepts only %d messages in flight (Receive Maximum); "
                         "set mqtt.max_inflight <= %d", recv_max, recv_max)
+        self._connected_status.set()  # before _connected: the sender must see both together
         self._connected.set()
         log.info(
             "mqtt: connected to %s:%d (session present: %s)", self.cfg.host, self.cfg.port, flags.session_present
         )
         for topic in topics:
             client.subscribe(topic, qos=1)
-        self._status_due.set()
         if self._discovery_labels is not None:
             self._discovery_due.set()
         self._wake.set()
@@ -262,14 +275,7 @@ class Publisher:
         err = client.last_connect_error
         self._set_retry_delay()
         reason = f"{type(err).__name__}: {err}" if err else "unknown error"
-        hint = "; is the broker running and mqtt.host/port right?"
-        if isinstance(err, ssl.SSLCertVerificationError):
-            hint = "; check mqtt.ca_file (and mqtt.tls_insecure for a host name mismatch)"
-        elif isinstance(err, ssl.SSLError):
-            hint = "; check mqtt.tls, mqtt.port and the client certificate"
-        elif isinstance(err, socket.gaierror):
-            hint = "; check mqtt.host"
-        self._error(f"cannot connect to {self.cfg.host}:{self.cfg.port} ({reason}){hint}")
+        self._error(f"cannot connect to {self.cfg.host}:{self.cfg.port} ({reason}){connect_error_hint(err)}")
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         was = self._connected.is_set()
@@ -316,7 +322,7 @@ class Publisher:
             try:
                 data = encode(payload)
             except ValueError:  # NaN/inf scores: still deliver, as JSON null
-                data = encode(_finite(payload))
+                data = encode(json_safe(payload))
             row_id = self.outbox.put(topic, data, qos=1)
         except Exception:  # noqa: BLE001 - must never take the inference thread down
             log.exception("mqtt: could not queue a message for %s; it is lost", topic)
@@ -330,10 +336,13 @@ class Publisher:
         return row_id
 
     def _sender_main(self) -> None:
-        next_status = time.monotonic()
+        next_status = float("inf")  # scheduled by the first connect
         while not self._stopping.is_set():
             self._wake.wait(timeout=max(0.0, min(1.0, next_status - time.monotonic())))
             self._wake.clear()
+            if self._connected_status.is_set():
+                self._connected_status.clear()
+                next_status = min(next_status, time.monotonic() + CONNECT_STATUS_GRACE_S)
             try:
                 self._process_acks()
                 if not self._connected.is_set():
@@ -409,38 +418,20 @@ class Publisher:
                 fields.update(self._status_provider() or {})
             except Exception:  # noqa: BLE001
                 log.exception("mqtt: status provider failed")
-        if "state" in fields:  # top-level "state" is online/offline; keep the daemon's own
-            fields["daemon_state"] = fields.pop("state")
-        st = self.stats()
-        fields.setdefault("outbox_depth", st["outbox_depth"])
-        fields.setdefault("outbox_dropped", st["dropped"])
-        fields.setdefault("outbox_mode", st["outbox_mode"])
-        if st["outbox_error"]:
-            fields.setdefault("outbox_error", st["outbox_error"])
-        fields.setdefault(
-            "mqtt",
-            {"published": st["published"], "reconnects": st["reconnects"], "inflight": st["inflight"]},
-        )
+        fields = status_fields(fields, self.stats())
         try:
             data = encode(status_payload(self.device, "online", fields))
         except (TypeError, ValueError):
-            data = encode(_finite(status_payload(self.device, "online", _jsonable(fields))))
+            data = encode(json_safe(status_payload(self.device, "online", fields)))
         self._client.publish(self.status_topic, data, qos=1, retain=True)
 
     def _send_discovery(self) -> None:
         with self._lock:
             labels = dict(self._discovery_labels or {})
-        msgs, keep = discovery_messages(
-            self.cfg.discovery_prefix,
-            self.device,
-            labels,
-            detections_topic=self.detections_topic,
-            status_topic=self.status_topic,
-            previous=self._discovered,
-        )
+        msgs = self._discovery.plan(labels, detections_topic=self.detections_topic, status_topic=self.status_topic)
         for topic, payload in msgs:
             self._client.publish(topic, encode(payload) if payload is not None else b"", qos=1, retain=True)
-        self._discovered = keep
+        self._discovery.commit()
 
     # ------------------------------------------------------------------ callback thread
 
@@ -456,23 +447,3 @@ class Publisher:
                 log.exception("mqtt: handler for %s failed", topic)
 
 
-def _finite(obj: Any) -> Any:
-    if isinstance(obj, float):
-        return obj if obj == obj and abs(obj) != float("inf") else None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    return obj
-
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, (str, int, float, bool)) or obj is None:
-        return obj
-    if hasattr(obj, "item"):  # numpy scalars
-        return obj.item()
-    return str(obj)

@@ -19,9 +19,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from edge.config import Config, MqttConfig, UpdateConfig
-from edge.models.bundle import sha256_file, write_archive
+from edge.models.archive import write_archive
 from edge.models.signing import generate_keypair, sign_bundle
 from edge.models.store import ModelStore
+from edge.util.hashing import sha256_file
 from tests.support.paths import REPO
 from tests.support.tiny_model import make_tiny_bundle
 
@@ -211,7 +212,7 @@ class StandinDaemon:
         first = self.status()
         time.sleep(0.3)
         later = self.status()
-        assert later["model_version"] == version
+        assert later["model"]["version"] == version
         assert later["last_hop_epoch"] > first["last_hop_epoch"]
 
     def close(self) -> None:

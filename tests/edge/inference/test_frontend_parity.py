@@ -20,9 +20,9 @@ from edge.inference.frontend import FrontendConfig
 from edge.inference.runtime import Classifier
 from edge.models.bundle import load_bundle
 from tests.support.tiny_model import make_tiny_bundle
-from trainer.data import load_split_arrays
 from trainer.dataset import WindowDataset
 from trainer.prepare import DataSpec, prepare_run
+from trainer.rundata import load_split_arrays
 from trainer.windows import Window, write_windows
 
 

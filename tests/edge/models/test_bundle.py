@@ -12,8 +12,12 @@ import pytest
 
 from edge.cli import main
 from edge.errors import SonotrapError
-from edge.inference.frontend import FrontendConfig, compute
+from edge.inference.frontend import FrontendConfig, compute, to_image
 from edge.models import bundle as B
+from edge.models.archive import write_archive
+from edge.models.manifest import read_manifest
+from edge.models.selftest import decode_reference_inputs, encode_reference_inputs, run_self_test
+from edge.util.hashing import sha256_file
 from tests.support.tiny_model import band_model_bytes, make_tiny_bundle, tone
 
 
@@ -39,12 +43,12 @@ def test_valid_directory_bundle_loads_and_runs(tiny_bundle):
     x = compute(tone(1200.0, 2.0, 48000), 48000, b.frontend)[None]
     p = b.create_session(2).run(None, {"input": x})[0][0]
     assert p[0] > 0.9 and p[1] < 0.1
-    assert B.run_self_test(b) < 1e-5
+    assert run_self_test(b) < 1e-5
 
 
 def test_tar_gz_bundle_loads_and_is_cached(tiny_bundle, tmp_path, monkeypatch):
     monkeypatch.setenv("SONOTRAP_CACHE_DIR", str(tmp_path / "cache"))
-    archive = B.write_archive(tiny_bundle, tmp_path / "tiny.tar.gz")
+    archive = write_archive(tiny_bundle, tmp_path / "tiny.tar.gz")
     b1 = B.load_bundle(archive)
     b2 = B.load_bundle(archive)
     assert b1.path == b2.path and b1.path.is_relative_to(tmp_path / "cache") and b1.source == archive
@@ -143,7 +147,7 @@ def test_label_count_checked_for_dynamic_output_too(tmp_path):
     model.graph.output[0].type.tensor_type.shape.dim[1].dim_param = "k"
     onnx.save(model, d / "model.onnx")
     data = json.loads((d / "manifest.json").read_text())
-    _edit(d, model_sha256=B.sha256_file(d / "model.onnx"), labels=data["labels"][:1], thresholds={"tone_low": 0.5})
+    _edit(d, model_sha256=sha256_file(d / "model.onnx"), labels=data["labels"][:1], thresholds={"tone_low": 0.5})
     assert "outputs 2 classes but the manifest lists 1 labels" in _err(d)
 
 
@@ -166,7 +170,7 @@ def test_frontend_that_does_not_match_model_input(tmp_path):
 
 def test_model_that_does_not_load_in_onnxruntime(tiny_bundle):
     (tiny_bundle / "model.onnx").write_bytes(b"this is not an onnx model")
-    _edit(tiny_bundle, model_sha256=B.sha256_file(tiny_bundle / "model.onnx"))
+    _edit(tiny_bundle, model_sha256=sha256_file(tiny_bundle / "model.onnx"))
     assert "does not load in onnxruntime" in _err(tiny_bundle)
 
 
@@ -183,7 +187,7 @@ def test_self_test_mismatch(tmp_path):
 
     swapped = {"tone_low": (5000.0, 6000.0), "tone_high": DEFAULT_BANDS["tone_high"]}
     (d / "model.onnx").write_bytes(band_model_bytes(cfg, swapped))
-    _edit(d, model_sha256=B.sha256_file(d / "model.onnx"))
+    _edit(d, model_sha256=sha256_file(d / "model.onnx"))
     assert "fails its self-test" in _err(d)
     assert B.load_bundle(d, self_test=False).labels == ["tone_low", "tone_high"]
 
@@ -204,8 +208,8 @@ def test_reference_round_trip_is_exact():
     cfg = FrontendConfig()
     rng = np.random.default_rng(1)
     units = np.round(rng.random((2, 128, 128)) * 255) / 255
-    images = np.stack([B.to_image(u.astype(np.float32), cfg) for u in units])
-    back = B.decode_reference_inputs(B.encode_reference_inputs(images, cfg), cfg)
+    images = np.stack([to_image(u.astype(np.float32), cfg) for u in units])
+    back = decode_reference_inputs(encode_reference_inputs(images, cfg), cfg)
     assert np.abs(back - images).max() < 1e-5
 
 
@@ -214,7 +218,7 @@ def test_rewriting_a_bundle_drops_stale_signature(tiny_bundle, tmp_path):
 
     generate_keypair(tmp_path / "k.key", tmp_path / "k.pub")
     sign_bundle(tiny_bundle, tmp_path / "k.key")
-    m = B.read_manifest(tiny_bundle)
+    m = read_manifest(tiny_bundle)
     m.version = "1.0.1"
     B.write_bundle(tiny_bundle, tiny_bundle / "model.onnx", m)
     assert not (tiny_bundle / SIGNATURE_FILE).exists()

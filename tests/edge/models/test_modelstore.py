@@ -9,9 +9,11 @@ from pathlib import Path
 import pytest
 
 from edge.errors import SonotrapError
-from edge.models.bundle import load_bundle, write_archive
+from edge.models.archive import write_archive
+from edge.models.bundle import load_bundle
+from edge.models.manifest import version_key
 from edge.models.signing import sign_bundle
-from edge.models.store import ModelStore, version_key
+from edge.models.store import ModelStore
 from tests.support.tiny_model import make_tiny_bundle
 from tests.support.update_server import make_keys
 
@@ -99,7 +101,7 @@ def test_rejected_bundles_never_enter_the_store(tmp_path, keys):
     crash = _signed(tmp_path / "c", keys, "1.4.0")
     (crash / "model.onnx").write_bytes(b"\x08\x07garbage, not a protobuf" * 10)
     m = json.loads((crash / "manifest.json").read_text())
-    from edge.models.bundle import sha256_file
+    from edge.util.hashing import sha256_file
 
     m["model_sha256"] = sha256_file(crash / "model.onnx")
     (crash / "manifest.json").write_text(json.dumps(m))

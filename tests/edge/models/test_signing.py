@@ -11,7 +11,8 @@ import pytest
 from edge.cli import main
 from edge.errors import SonotrapError
 from edge.models import signing
-from edge.models.bundle import load_bundle, write_archive
+from edge.models.archive import write_archive
+from edge.models.bundle import load_bundle
 
 
 @pytest.fixture

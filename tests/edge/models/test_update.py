@@ -15,8 +15,11 @@ import time
 import pytest
 
 from edge.errors import SonotrapError
-from edge.models.bundle import sha256_file
-from edge.models.updater import Offer, Updater, download, parse_command, url_allowed
+from edge.models.update.commands import parse_command
+from edge.models.update.download import download
+from edge.models.update.procedure import Updater
+from edge.models.update.sources import Offer, url_allowed
+from edge.util.hashing import sha256_file
 from tests.support.update_server import (
     BundleServer,
     StandinDaemon,

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from edge.models.bundle import sha256_file
 from edge.models.signing import sign_bundle
-from edge.models.updater import Updater
+from edge.models.update.procedure import Updater
+from edge.util.hashing import sha256_file
 from tests.support.update_server import (
     BundleServer,
     StandinDaemon,

@@ -16,7 +16,7 @@ from edge.inference.detector import DetectionEvent
 from edge.mqtt.connection import backoff_delay
 from edge.mqtt.outbox import Outbox
 from edge.mqtt.payloads import SCHEMA_VERSION, MessageContext, detection_payload
-from edge.mqtt.publisher import Publisher
+from edge.mqtt.publisher import CONNECT_STATUS_GRACE_S, Publisher
 from tests.support.broker import Mosquitto, Subscriber
 
 DEVICE = "rec-01"
@@ -189,7 +189,7 @@ def test_retained_online_status_reaches_a_late_subscriber_and_offline_on_stop(
     })
     pub.start()
     Subscriber(mosquitto.port, "x").wait_for(lambda _: pub.connected, 5)
-    time.sleep(0.5)
+    time.sleep(CONNECT_STATUS_GRACE_S + 0.5)  # the first status waits that long for the daemon's "ready"
     late = Subscriber(mosquitto.port, f"sonotrap/{DEVICE}/status")
     msg = late.wait_for(lambda ms: ms)[0]
     assert msg.retain
@@ -237,19 +237,19 @@ def test_mqtt5_session_and_home_assistant_discovery(mosquitto: Mosquitto, make_p
     pub.start()
     pub.announce_discovery({"tone_low": "low tone", "tone_high": "high tone"})
     cfgs = sub.wait_for(lambda ms: [m for m in ms if m.topic.startswith("homeassistant/")] if len(
-        [m for m in ms if m.topic.startswith("homeassistant/")]) >= 2 else None)
-    assert len(cfgs) == 2
+        [m for m in ms if m.topic.startswith("homeassistant/") and m.payload]) >= 3 else None)
+    assert len([m for m in cfgs if m.payload]) == 3  # two event entities + the status sensor
     late = Subscriber(mosquitto.port, "homeassistant/#")  # retained: Home Assistant may start later
-    by_topic = {m.topic: m for m in late.wait_for(lambda ms: ms if len(ms) >= 2 else None)}
+    by_topic = {m.topic: m for m in late.wait_for(lambda ms: ms if len(ms) >= 3 else None)}
     late.stop()
-    topic = f"homeassistant/sensor/{DEVICE}_tone_low/config"
+    topic = f"homeassistant/event/{DEVICE}_tone_low/config"
     assert topic in by_topic and by_topic[topic].retain
     c = by_topic[topic].json()
-    assert c["state_topic"] == f"sonotrap/{DEVICE}/detections"
-    assert c["availability_topic"] == f"sonotrap/{DEVICE}/status" and c["payload_available"] == "online"
+    assert c["state_topic"] == f"sonotrap/{DEVICE}/detections" and c["event_types"] == ["detected"]
+    assert c["availability"][0]["topic"] == f"sonotrap/{DEVICE}/status"
     assert c["unique_id"] and c["device"]["identifiers"] and c["name"] == "low tone"
     assert "tone_low" in c["value_template"]
-    # a model without tone_high removes that sensor (empty retained config)
+    # a model without tone_high removes that entity (empty retained config)
     pub.announce_discovery({"tone_low": "low tone"})
     sub.wait_for(lambda ms: any(m.topic.endswith("_tone_high/config") and m.payload == b"" for m in ms))
     pub.publish_detection(detection_payload(event(0), CTX))

@@ -23,6 +23,9 @@ from edge import __version__
 from edge.errors import SonotrapError
 from edge.inference.frontend import FrontendConfig
 from edge.models.bundle import Label, Manifest, sha256_file, write_bundle
+from trainer.birdnet import TEACHER_INFO
+
+TEACHERS = {"birdnet": TEACHER_INFO}  # what a manifest records about a distillation teacher
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +54,8 @@ class BundleInfo:
             "training_args": _json_safe(args),
             "training_data": _json_safe(data),
         }
+        if args.get("teacher") in TEACHERS:
+            prov["teacher"] = dict(TEACHERS[args["teacher"]])
         for key in ("git_commit", "created", "epoch", "best_epoch", "torch_version"):
             if key in ckpt.extra:
                 prov[key] = _json_safe(ckpt.extra[key])

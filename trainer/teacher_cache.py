@@ -90,18 +90,27 @@ class TeacherCache:
 def load_cache(run_dir: str | Path) -> TeacherCache:
     keys, embs, logits = [], [], []
     for part in sorted(cache_dir(run_dir).glob("part-*.npz")):
+        if part.name.endswith(".tmp.npz"):
+            continue
         with np.load(part) as z:
             keys.extend(str(k) for k in z["keys"])
             embs.append(z["embeddings"])
             logits.append(z["logits"])
     if not keys:
         return TeacherCache([], np.zeros((0, 1024), np.float32), np.zeros((0, 0), np.float16))
-    return TeacherCache(keys, np.concatenate(embs), np.concatenate(logits))
+    embeddings, logit_rows = np.concatenate(embs), np.concatenate(logits)
+    first = {k: i for i, k in reversed(list(enumerate(keys)))}
+    if len(first) < len(keys):  # duplicates from concurrent writers: keep one row each
+        rows = sorted(first.values())
+        keys, embeddings, logit_rows = [keys[i] for i in rows], embeddings[rows], logit_rows[rows]
+    return TeacherCache(keys, embeddings, logit_rows)
 
 
 def _write_part(folder: Path, number: int, keys: list[str], embeddings: np.ndarray, logits: np.ndarray) -> None:
-    path = folder / f"part-{number:05d}.npz"
-    tmp = folder / f"part-{number:05d}.tmp.npz"
+    # The writer's pid in the name: two processes filling one cache never overwrite each other
+    # (a window they both computed is then stored twice, identically).
+    name = f"part-{number:05d}-{os.getpid()}"
+    path, tmp = folder / f"{name}.npz", folder / f"{name}.tmp.npz"
     np.savez(tmp, keys=np.array(keys), embeddings=embeddings.astype(np.float32), logits=logits.astype(np.float16))
     os.replace(tmp, path)
 
@@ -129,7 +138,7 @@ def compute_cache(
         return load_cache(run_dir)
     log.info("teacher cache: %d windows to compute (%d cached)", total, len(done) - total)
     model = model if model is not None else birdnet.BirdNET(threads=threads)
-    number = len(list(folder.glob("part-*.npz")))
+    number = len([p for p in folder.glob("part-*.npz") if not p.name.endswith(".tmp.npz")])
     keys: list[str] = []
     inputs: list[np.ndarray] = []
     embs: list[np.ndarray] = []

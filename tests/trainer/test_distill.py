@@ -40,7 +40,7 @@ def _unlabeled_from(data, folder):
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     data = tmp_path_factory.mktemp("synth")
-    make_dataset(data, n_files=8, n_negative=2, seed=3)
+    make_dataset(data, n_files=6, n_negative=2, seed=3)
     unlabeled = _unlabeled_from(data, tmp_path_factory.mktemp("unl") / "u")
     torch.set_num_threads(2)
     return data, unlabeled

@@ -58,6 +58,7 @@ def test_cosine_loss():
     assert float(cosine_loss(-t, t)) == pytest.approx(2.0, abs=1e-6)
 
 
+@pytest.mark.slow
 def test_two_stages_then_a_bundle_that_names_the_teacher(setup, tmp_path):
     data, unlabeled = setup
     out = tmp_path / "run"
@@ -86,6 +87,7 @@ def test_two_stages_then_a_bundle_that_names_the_teacher(setup, tmp_path):
     assert info.provenance["teacher"] == TEACHER_INFO
 
 
+@pytest.mark.slow
 def test_stage1_resumes_and_refuses_to_overwrite(setup, tmp_path):
     data, unlabeled = setup
     out = tmp_path / "run"

@@ -6,10 +6,13 @@ export SOURCE
 
 .PHONY: demo test lint bench system-deps demo-model bench-model
 
-$(VENV)/.edge-installed: pyproject.toml
+# `make demo` installs a regular copy, as from a wheel (an editable install of this flat layout
+# makes setuptools print a warning block), reinstalled when the edge code or the demo model
+# changes; once `make test` has made the install editable, it stays editable.
+$(VENV)/.edge-installed: pyproject.toml $(wildcard edge/*.py edge/*/*.py) models/demo/manifest.json
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e .
+	if [ -f $(VENV)/.dev-installed ]; then $(PY) -m pip install -q -e .; else $(PY) -m pip install -q .; fi
 	touch $@
 
 $(VENV)/.dev-installed: pyproject.toml
@@ -25,12 +28,14 @@ system-deps:
 demo: $(VENV)/.edge-installed
 	scripts/demo
 
-## make test: install what the tests need, then run them all
-test: system-deps $(VENV)/.dev-installed
+## make test: install what the tests need, check style and types, then run the whole suite
+test: system-deps $(VENV)/.dev-installed lint
 	$(PY) -m pytest -q
 
+## make lint: ruff and mypy (edge/ and trainer/, default mode), as CI runs them
 lint: $(VENV)/.dev-installed
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 
 ## make bench: daemon (latency, CPU, RSS at hop 0.5/1 s) and publisher benchmarks on the demo model
 bench: $(VENV)/.dev-installed

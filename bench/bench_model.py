@@ -41,9 +41,9 @@ def _worker(kind: str, model: str, threads: int, windows: str, iters: int, warmu
 
         torch.set_num_threads(threads)
         torch.set_num_interop_threads(1)
-        from trainer.export import build_torch_model, load_checkpoint
+        from trainer.checkpoint import load_checkpoint, model_from_checkpoint
 
-        net = build_torch_model(load_checkpoint(model))
+        net = model_from_checkpoint(load_checkpoint(model))
 
         def infer(x):
             with torch.inference_mode():
@@ -103,7 +103,7 @@ def _windows(args, cfg):
 
         return load_windows(args.windows, "val", args.n_windows, 0).images
     from edge.inference.frontend import compute
-    from edge.models.bundle import default_reference_audio
+    from edge.models.selftest import default_reference_audio
 
     return np.stack([compute(w, cfg.sample_rate, cfg) for w in default_reference_audio(cfg)] * 4)
 

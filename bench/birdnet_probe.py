@@ -37,8 +37,9 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from trainer.data import AudioCache, RunData, load_run_data, window_image  # noqa: E402
+from edge.util.jsonio import json_safe  # noqa: E402
 from trainer.metrics import choose_threshold, evaluate_scores  # noqa: E402
+from trainer.rundata import AudioCache, RunData, load_run_data, window_image  # noqa: E402
 from trainer.teacher_cache import ensure_cache  # noqa: E402
 from trainer.windows import to_arrays  # noqa: E402
 
@@ -159,12 +160,12 @@ def checkpoint_scores(run: RunData, path: str, threads: int) -> dict:
     """FP32 scores of a sonotrap training checkpoint (PyTorch), in the run's label order."""
     import torch
 
-    from trainer.train import load_checkpoint, model_from_checkpoint
+    from trainer.checkpoint import load_checkpoint, model_from_checkpoint
 
     torch.set_num_threads(threads)
     ckpt = load_checkpoint(path)
     model = model_from_checkpoint(ckpt)
-    cols = [ckpt["labels"].index(lab) if lab in ckpt["labels"] else -1 for lab in run.labels]
+    cols = [ckpt.labels.index(lab) if lab in ckpt.labels else -1 for lab in run.labels]
     out = {}
     for s in ("val", "test"):
         images = split_images(run, s, run.frontend)
@@ -179,7 +180,7 @@ def checkpoint_scores(run: RunData, path: str, threads: int) -> dict:
 
 COLUMNS = [("window_macro_ap", "window macro-AP"), ("window_macro_roc_auc", "window macro ROC-AUC"),
            ("recording_macro_roc_auc", "recording macro ROC-AUC"), ("pooled_precision", "pooled precision"),
-           ("pooled_recall", "pooled recall"), ("enabled_labels", "labels enabled")]
+           ("pooled_recall", "pooled recall"), ("pooled_enabled_labels", "labels enabled")]
 
 
 def _fmt(v) -> str:
@@ -205,16 +206,6 @@ def _named(items: list[str], flag: str) -> list[tuple[str, str]]:
             raise SystemExit(f"{flag} takes NAME=PATH, got {item!r}")
         out.append((name, path))
     return out
-
-
-def _clean(obj):
-    if isinstance(obj, float) and math.isnan(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _clean(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_clean(v) for v in obj]
-    return obj
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -267,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
               "num_windows": {s: len(files[s]) for s in files}, "rows": rows,
               "wall_s": time.monotonic() - t0}
     if args.json:
-        Path(args.json).write_text(json.dumps(_clean(report), indent=1) + "\n", encoding="utf-8")
+        Path(args.json).write_text(json.dumps(json_safe(report), indent=1) + "\n", encoding="utf-8")
     if args.markdown:
         Path(args.markdown).write_text(md + "\n", encoding="utf-8")
     return 0

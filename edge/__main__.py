@@ -1,3 +1,5 @@
+"""``python -m edge``: the same command line as the ``sonotrap`` console script."""
+
 import sys
 
 from edge.cli import main

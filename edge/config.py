@@ -9,6 +9,8 @@ via :func:`apply_overrides` (``section.key=value``).
 from __future__ import annotations
 
 import dataclasses
+import os
+import tempfile
 import tomllib
 import types
 import typing
@@ -19,6 +21,23 @@ from typing import Any
 from edge.errors import SonotrapError
 
 DEFAULT_CONFIG_PATH = Path("/etc/sonotrap/config.toml")
+
+
+def default_state_dir() -> str:
+    """Where ``state_dir`` points when no config sets it: a per-user folder.
+
+    Replaying a file or analysing recordings must work for any user without a system
+    directory, so the default is ``$XDG_STATE_HOME/sonotrap`` (``~/.local/state/sonotrap``),
+    or ``<tmp>/sonotrap-<uid>`` for an account without a home. A device install
+    (``sonotrap install-service``) writes ``state_dir = "/var/lib/sonotrap"`` into its config.
+    """
+    xdg = os.environ.get("XDG_STATE_HOME", "")
+    if os.path.isabs(xdg):
+        return str(Path(xdg) / "sonotrap")
+    home = os.environ.get("HOME") or os.path.expanduser("~")
+    if os.path.isabs(home) and os.path.isdir(home) and os.access(home, os.W_OK):
+        return str(Path(home) / ".local" / "state" / "sonotrap")
+    return str(Path(tempfile.gettempdir()) / f"sonotrap-{os.getuid()}")
 
 
 @dataclass
@@ -232,7 +251,7 @@ class UpdateConfig:
 class Config:
     """The whole daemon configuration."""
 
-    state_dir: str = "/var/lib/sonotrap"
+    state_dir: str = field(default_factory=default_state_dir)  # a device config sets /var/lib/sonotrap
     log_level: str = "INFO"
     audio: AudioConfig = field(default_factory=AudioConfig)
     model: ModelConfig = field(default_factory=ModelConfig)

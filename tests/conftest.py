@@ -10,13 +10,28 @@ import pytest
 
 from edge.inference.frontend import FrontendConfig
 from tests.support.broker import mosquitto, mosquitto_factory  # noqa: F401  (fixtures: real Mosquitto)
+from tests.support.paths import REPO
 from tests.support.tiny_model import make_tiny_bundle
-
-REPO = Path(__file__).resolve().parent.parent
 
 
 def shared_data_dir() -> Path:
     return Path(os.environ.get("SONOTRAP_DATA", REPO.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_state_home(tmp_path_factory):
+    """Commands run without --state-dir keep their state in a temp folder, never in the
+    tester's home or a system directory (the default state_dir follows $XDG_STATE_HOME)."""
+    old = os.environ.get("XDG_STATE_HOME")
+    system_dir = Path("/var/lib/sonotrap")
+    existed = system_dir.exists()
+    os.environ["XDG_STATE_HOME"] = str(tmp_path_factory.mktemp("xdg-state"))
+    yield
+    if old is None:
+        os.environ.pop("XDG_STATE_HOME", None)
+    else:
+        os.environ["XDG_STATE_HOME"] = old
+    assert existed or not system_dir.exists(), "a test created /var/lib/sonotrap; give it --state-dir or a tmp root"
 
 
 @pytest.fixture(scope="session")

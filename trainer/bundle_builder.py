@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import platform
 import subprocess
 from dataclasses import dataclass, field
@@ -22,8 +21,12 @@ import numpy as np
 from edge import __version__
 from edge.errors import SonotrapError
 from edge.inference.frontend import FrontendConfig
-from edge.models.bundle import Label, Manifest, sha256_file, write_bundle
+from edge.models.bundle import write_bundle
+from edge.models.manifest import Label, Manifest
+from edge.util.hashing import sha256_file
+from edge.util.jsonio import json_safe
 from trainer.birdnet import TEACHER_INFO
+from trainer.species import SPECIES_FILE, label_fields, read_species
 
 TEACHERS = {"birdnet": TEACHER_INFO}  # what a manifest records about a distillation teacher
 
@@ -42,6 +45,7 @@ class BundleInfo:
     thresholds: dict[str, float] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
+    species: dict[str, dict[str, str]] = field(default_factory=dict)  # code -> scientific/common name, group
 
     @classmethod
     def from_checkpoint(cls, ckpt, name: str | None = None, version: str = "1.0.0", provenance: dict | None = None) -> BundleInfo:
@@ -51,14 +55,14 @@ class BundleInfo:
             "checkpoint_sha256": sha256_file(ckpt.path),
             "architecture": "torchvision ResNet50, new Linear head, sigmoid in graph",
             "init_weights": args.get("weights", "unknown"),
-            "training_args": _json_safe(args),
-            "training_data": _json_safe(data),
+            "training_args": _plain(args),
+            "training_data": _plain(data),
         }
         if args.get("teacher") in TEACHERS:
             prov["teacher"] = dict(TEACHERS[args["teacher"]])
         for key in ("git_commit", "created", "epoch", "best_epoch", "torch_version"):
             if key in ckpt.extra:
-                prov[key] = _json_safe(ckpt.extra[key])
+                prov[key] = _plain(ckpt.extra[key])
         prov.update(provenance or {})
         return cls(
             name=name or str(args.get("name") or ckpt.path.parent.name or "sonotrap-model"),
@@ -68,29 +72,23 @@ class BundleInfo:
             frontend=ckpt.frontend,
             thresholds=dict(ckpt.thresholds),
             provenance=prov,
-            metrics={"training": _json_safe(ckpt.metrics)},
+            metrics={"training": _plain(ckpt.metrics)},
+            species=_run_species(ckpt.path.parent, list(ckpt.labels)),
         )
 
 
-def _json_safe(value: Any, depth: int = 0) -> Any:
-    """Plain JSON values only (numpy -> python, paths -> str); long lists and deep nests are cut."""
-    if isinstance(value, dict):
-        if depth > 4:
-            return "..."
-        return {str(k): _json_safe(v, depth + 1) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        if len(value) > 200:
-            return f"<{len(value)} items>"
-        return [_json_safe(v, depth + 1) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if value is None or isinstance(value, bool | int | str):
-        return value
-    if isinstance(value, np.ndarray):
-        return _json_safe(value.tolist(), depth) if value.size <= 200 else f"<array {value.shape}>"
-    return str(value)
+def _plain(value: Any) -> Any:
+    """JSON values for the manifest, with long lists and deep nests cut (provenance can be big)."""
+    return json_safe(value, max_depth=4, max_items=200)
+
+
+def _run_species(run_dir: Path, labels: list[str]) -> dict[str, dict[str, str]]:
+    """Label entries' species fields from the run's species table (``train --species``), if any."""
+    path = run_dir / SPECIES_FILE
+    if not path.is_file():
+        return {}
+    table = read_species(path)
+    return {lab: fields for lab in labels if (fields := label_fields(lab, table))}
 
 
 DEFAULT_MIN_THRESHOLD = 0.1
@@ -121,14 +119,14 @@ def build_bundle(
     manifest = Manifest(
         name=info.name,
         version=info.version,
-        labels=[Label(c, info.label_names.get(c, c)) for c in info.labels],
+        labels=[Label(c, info.label_names.get(c, c), **info.species.get(c, {})) for c in info.labels],
         thresholds=thresholds,
         frontend=info.frontend.to_dict(),
         model_sha256="",
         created=datetime.now(UTC).isoformat(timespec="seconds"),
-        provenance=_json_safe(info.provenance),
-        metrics=_json_safe(info.metrics | (metrics or {})),
-        quantization=_json_safe(quantization or {"kind": "none (FP32)"}),
+        provenance=_plain(info.provenance),
+        metrics=_plain(info.metrics | (metrics or {})),
+        quantization=_plain(quantization or {"kind": "none (FP32)"}),
         min_sonotrap_version=__version__,
     )
     out = write_bundle(out_dir, model_path, manifest, reference_images=reference_images, archive=archive)
@@ -179,7 +177,8 @@ def bundle_from_checkpoint(
     Raises SonotrapError (and writes no bundle) when parity or the AP-drop bound fails.
     Returns the bundle directory and a report dict (also stored in the manifest metrics).
     """
-    from trainer.export import build_torch_model, check_parity, export_onnx, load_checkpoint
+    from trainer.checkpoint import load_checkpoint, model_from_checkpoint
+    from trainer.export import check_parity, export_onnx
     from trainer.quantize import QuantSettings, load_windows, quantize_and_verify
 
     settings = settings or QuantSettings()
@@ -193,7 +192,7 @@ def bundle_from_checkpoint(
     val = load_windows(validation_source, "val", val_limit, settings.seed, data_root)
     if val.labels != ckpt.labels:
         raise SonotrapError(f"validation windows from {validation_source} have other labels than {ckpt.path}; use the run's own directory")
-    model = build_torch_model(ckpt)
+    model = model_from_checkpoint(ckpt)
     fp32 = Path(fp32_path) if fp32_path else work / "model_fp32.onnx"
     if not fp32_path or not fp32.is_file():
         export_onnx(model, fp32, ckpt.frontend.image_shape)
@@ -236,7 +235,7 @@ def bundle_from_checkpoint(
     out = build_bundle(int8, info, out_dir, quantization=quant, metrics=metrics,
                        reference_images=_pick_reference(val.images, probs), archive=archive,
                        min_threshold=min_threshold)
-    (work / "report.json").write_text(json.dumps(_json_safe(metrics), indent=2) + "\n")
+    (work / "report.json").write_text(json.dumps(_plain(metrics), indent=2) + "\n")
     return out, metrics
 
 

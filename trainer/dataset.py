@@ -1,6 +1,6 @@
 """torch Dataset over a run's windows: audio -> augment -> ``edge.inference.frontend.compute`` -> tensor.
 
-Unaugmented items are exactly :func:`trainer.data.window_image` (the edge's computation).
+Unaugmented items are exactly :func:`trainer.rundata.window_image` (the edge's computation).
 Training items draw their randomness from ``(seed, epoch, index)`` so a resumed run, or a
 run with a different number of loader workers, sees the same augmented examples.
 
@@ -18,8 +18,8 @@ import torch
 from torch.utils.data import Dataset
 
 from edge.inference.frontend import FrontendConfig, compute, resample, to_image
-from trainer.data import AudioCache, RunData, cut, window_image
 from trainer.pseudo import merge
+from trainer.rundata import AudioCache, RunData, cut, window_image
 from trainer.windows import Window, jitter_start, to_arrays, window_targets
 
 

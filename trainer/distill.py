@@ -37,20 +37,13 @@ from torch import nn
 
 from edge.errors import SonotrapError
 from trainer.birdnet import EMBEDDING_DIM, l2_normalise
-from trainer.data import AudioCache, RunData, load_run_data, window_image
+from trainer.checkpoint import LAST, rng_state, save_checkpoint, set_rng_state
+from trainer.engine import amp_dtype_for
 from trainer.model import build_model
+from trainer.rundata import DATASET_FILE, AudioCache, RunData, load_run_data, window_image
+from trainer.schedule import lr_lambda
 from trainer.teacher_cache import LABELLED, UNLABELED, TeacherWindow, ensure_cache
-from trainer.train import (
-    DATASET_FILE,
-    LAST,
-    TrainArgs,
-    _atomic_save,
-    _rng_state,
-    _set_rng_state,
-    amp_dtype_for,
-    lr_lambda,
-    train,
-)
+from trainer.train import TrainArgs, train
 
 log = logging.getLogger(__name__)
 
@@ -180,7 +173,7 @@ def distill(targs: TrainArgs, dargs: DistillArgs, run: RunData, t_start: float, 
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        _set_rng_state(state["rng"])
+        set_rng_state(state["rng"])
         start_epoch, best, best_epoch, history = state["epoch"], state["best"], state["best_epoch"], state["history"]
         log.info("stage 1: resuming after epoch %d (best val loss %.4f at epoch %d)", start_epoch, best, best_epoch)
 
@@ -219,13 +212,13 @@ def distill(targs: TrainArgs, dargs: DistillArgs, run: RunData, t_start: float, 
         if improved:
             best, best_epoch = v, epoch + 1
             backbone = {k: t.clone() for k, t in model.backbone.state_dict().items()}
-            _atomic_save(backbone, folder / BACKBONE)
+            save_checkpoint(backbone, folder / BACKBONE)
         row = {"epoch": epoch + 1, "train_loss": running / max(seen, 1), "val_loss": v,
                "windows_per_s": seen / max(train_s, 1e-9), "epoch_s": time.monotonic() - t_epoch,
                "lr": scheduler.get_last_lr()[0]}
         history.append(row)
-        _atomic_save({"format": STATE_FORMAT, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                      "scheduler": scheduler.state_dict(), "rng": _rng_state(), "epoch": epoch + 1,
+        save_checkpoint({"format": STATE_FORMAT, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                      "scheduler": scheduler.state_dict(), "rng": rng_state(), "epoch": epoch + 1,
                       "best": best, "best_epoch": best_epoch, "history": history, "elapsed": used(),
                       "args": dataclasses.asdict(dargs)}, last_path)
         with (folder / "history.jsonl").open("a", encoding="utf-8") as fh:

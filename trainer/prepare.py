@@ -1,7 +1,7 @@
 """Ingest -> label selection -> windows -> split, written into a run directory (no torch).
 
 After this the run directory alone (plus the audio) defines the training data; training,
-evaluation, export and calibration all read it back with :mod:`trainer.data`.
+evaluation, export and calibration all read it back with :mod:`trainer.rundata`.
 """
 
 from __future__ import annotations
@@ -13,8 +13,9 @@ from pathlib import Path
 from edge.errors import SonotrapError
 from edge.inference.frontend import FrontendConfig
 from trainer.annotations import Source, read_data_dir, read_folders, read_raven, read_table
-from trainer.data import SPLIT_FILE, RunData, load_run_data, windows_file, write_run_data
-from trainer.labels import LabelSelection, label_names, select_labels
+from trainer.labels import LabelSelection, label_names, read_mapping, select_labels
+from trainer.rundata import SPLIT_FILE, RunData, load_run_data, windows_file, write_run_data
+from trainer.species import SPECIES_FILE, read_species, species_names, write_species
 from trainer.split import SPLITS, read_split, split_recordings, write_split
 from trainer.windows import WindowConfig, make_windows, write_windows
 
@@ -34,11 +35,12 @@ class DataSpec:
     strict: bool = False
     selection: LabelSelection = field(default_factory=LabelSelection)
     names_file: str | None = None
+    species_file: str | None = None  # code,scientific_name,common_name[,group] (trainer.species)
     window: WindowConfig = field(default_factory=WindowConfig)
     fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
     split_file: str | None = None
     seed: int = 0
-    validations: list[str] = field(default_factory=list)  # validation exports (weak labels, issue 6)
+    validations: list[str] = field(default_factory=list)  # validation exports (weak labels)
 
 
 def read_source(spec: DataSpec) -> Source:
@@ -56,6 +58,7 @@ def read_source(spec: DataSpec) -> Source:
         return read_table(spec.annotations, spec.files, spec.root, spec.strict)
     if spec.raven:
         return read_raven(spec.raven, spec.strict)
+    assert spec.folders  # exactly one source is given (checked above)
     return read_folders(spec.folders, spec.strict)
 
 
@@ -75,7 +78,13 @@ def prepare_run(spec: DataSpec, frontend: FrontendConfig, run_dir: str | Path) -
     if not source.recordings:
         raise SonotrapError("no readable recording was found; check the paths in the annotations")
     source, labels, counts = select_labels(source, spec.selection)
-    names = label_names(labels, spec.names_file)
+    names = label_names(labels)
+    if spec.species_file:  # species names first; a --names file still wins for the labels it names
+        table = read_species(spec.species_file)
+        names.update(species_names(labels, table))
+        write_species(run_dir / SPECIES_FILE, labels, table)
+    if spec.names_file:
+        names.update({k: v for k, v in read_mapping(spec.names_file).items() if k in names})
     window = WindowConfig(**{**spec.window.__dict__, "window_s": frontend.window_s})
     if spec.split_file:
         split = read_split(spec.split_file)

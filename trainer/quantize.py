@@ -1,7 +1,7 @@
 """FP32 ONNX -> INT8 ONNX (static, QDQ, per-channel), calibrated on real windows, then verified.
 
 Calibration and validation windows always come through the shared frontend: from a training
-run directory (``trainer.data.load_split_arrays``: train split for calibration, val split for
+run directory (``trainer.rundata.load_split_arrays``: train split for calibration, val split for
 the check) or from an ``.npz`` with ``images``/``targets``/``labels`` (``known`` optional)
 built with ``edge.inference.frontend.compute``. Never random tensors: activation ranges calibrated on
 noise do not match spectrograms.
@@ -98,9 +98,9 @@ def load_windows(
         ws = WindowSet(images, targets, known, labels, str(source))
     elif source.is_dir():
         try:
-            from trainer.data import load_split_arrays
+            from trainer.rundata import load_split_arrays
         except ImportError as err:
-            raise SonotrapError(f"reading windows from a run directory needs trainer.data ({err})") from None
+            raise SonotrapError(f"reading windows from a run directory needs trainer.rundata ({err})") from None
         arr = load_split_arrays(source, split, limit=limit, seed=seed, root=root)
         ws = WindowSet(
             np.asarray(arr.images, dtype=np.float32),

@@ -57,7 +57,7 @@ def unlabeled_windows(folder: str | Path, window_s: float = 2.0, hop_s: float = 
     table = Path(folder) / "files.csv"
     if not table.is_file():
         raise SonotrapError(f"{table} does not exist; pass a folder with files.csv (file,duration_s,sample_rate)")
-    out = []
+    out: list[TeacherWindow] = []
     with table.open(newline="", encoding="utf-8") as fh:
         for row in csv.DictReader(fh):
             duration = float(row["duration_s"])
@@ -88,7 +88,9 @@ class TeacherCache:
 
 
 def load_cache(run_dir: str | Path) -> TeacherCache:
-    keys, embs, logits = [], [], []
+    keys: list[str] = []
+    embs: list[np.ndarray] = []
+    logits: list[np.ndarray] = []
     for part in sorted(cache_dir(run_dir).glob("part-*.npz")):
         if part.name.endswith(".tmp.npz"):
             continue

@@ -151,6 +151,11 @@ class FileSource(AudioSource):
             self._frames_pass = 0
         return None
 
+    @property
+    def duration_s(self) -> float | None:
+        """Length of one pass over the file (None before ``start``): looped offsets wrap at it."""
+        return self._declared_frames / self.sample_rate if self.sample_rate and self._declared_frames else None
+
     def stats(self) -> dict:
         s = super().stats()
         s["position_s"] = round(self._frames_pass / self.sample_rate, 3) if self.sample_rate else 0.0

@@ -31,8 +31,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from edge.models import bundle as bundle_mod
     from edge.models import signing
+    from edge.models.archive import write_archive
+    from edge.models.bundle import describe, load_bundle
+    from edge.models.selftest import run_self_test
 
     action = getattr(args, "action", None)
     if action == "keygen":
@@ -46,26 +48,39 @@ def run(args: argparse.Namespace) -> int:
         sig = signing.sign_bundle(args.bundle, args.key)
         print(f"signed {args.bundle} -> {sig}")
         if args.archive:
-            print(f"wrote {bundle_mod.write_archive(args.bundle, args.archive)}")
+            print(f"wrote {write_archive(args.bundle, args.archive)}")
         return 0
     if action == "verify":
         kid = signing.verify_bundle(args.bundle, args.trusted)
         print(f"OK: {args.bundle} is signed by trusted key {kid}; manifest and model are intact")
         return 0
     if action == "inspect":
-        b = bundle_mod.load_bundle(args.bundle, trusted_keys=args.trusted)
-        diff = bundle_mod.run_self_test(b)
-        summary = bundle_mod.describe(b) | {"self_test_max_abs_diff": diff}
+        b = load_bundle(args.bundle, trusted_keys=args.trusted)
+        diff = run_self_test(b)
+        summary = describe(b) | {"self_test_max_abs_diff": diff}
         if args.json:
             print(json.dumps(summary, indent=2))
         else:
             _print_summary(summary, b)
         return 0
     if action == "pack":
-        bundle_mod.load_bundle(args.bundle, self_test=False)
-        print(f"wrote {bundle_mod.write_archive(args.bundle, args.archive)}")
+        load_bundle(args.bundle, self_test=False)
+        print(f"wrote {write_archive(args.bundle, args.archive)}")
         return 0
     raise SonotrapError("choose an action: sonotrap bundle keygen|sign|verify|inspect|pack (see --help)")
+
+
+def _metrics_line(value, depth: int = 0) -> str:
+    """Scalars of a metrics entry, one level of nesting shown (training: val/test); per-class tables left out."""
+    if not isinstance(value, dict):
+        return f"{value:.4g}" if isinstance(value, float) else str(value)
+    parts = []
+    for k, v in value.items():
+        if not isinstance(v, dict | list):
+            parts.append(f"{k}={_metrics_line(v)}")
+        elif isinstance(v, dict) and depth == 0 and len(v) <= 12 and any(not isinstance(x, dict | list) for x in v.values()):
+            parts.append(f"{k} ({_metrics_line(v, depth + 1)})")
+    return ", ".join(parts) or "{}"
 
 
 def _print_summary(s: dict, b) -> None:
@@ -78,8 +93,8 @@ def _print_summary(s: dict, b) -> None:
     prov = s["provenance"]
     if prov:
         print("  provenance: " + ", ".join(f"{k}={v}" for k, v in prov.items() if not isinstance(v, dict | list)))
-    for k, v in s["metrics"].items():
-        print(f"  metrics {k}: {v}")
+    for k, v in b.manifest.metrics.items():
+        print(f"  metrics {k}: {_metrics_line(v)}")
     if s["quantization"]:
         print("  quantization: " + ", ".join(f"{k}={v}" for k, v in s["quantization"].items() if not isinstance(v, dict | list)))
     print(f"  labels ({s['labels']}): " + ", ".join(f"{c} ({b.names[c]}, t={b.thresholds.get(c, 0.5):.2f})" for c in b.labels[:12])

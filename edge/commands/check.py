@@ -78,17 +78,18 @@ def check_audio(cfg: Config, model_rate: int, timeout: float) -> str:
 
 def check_broker(cfg: Config, timeout: float) -> str:
     """TCP + MQTT CONNECT with the configured credentials/TLS (the publisher's own check)."""
-    from edge.mqtt.publisher import check_broker as mqtt_check
-    from edge.service.daemon import device_id
+    from edge.mqtt.connection import check_broker as mqtt_check
+    from edge.util.identity import device_id
 
-    return mqtt_check(cfg.mqtt, device_id(cfg), timeout)
+    return mqtt_check(cfg.mqtt, device_id(cfg.mqtt.device_id), timeout)
 
 
 def run(args: argparse.Namespace) -> int:
     from edge.inference.detector import resolve_thresholds
     from edge.inference.runtime import Classifier
     from edge.models.bundle import load_bundle
-    from edge.service.daemon import device_id, model_bundle_path
+    from edge.service.daemon import model_bundle_path
+    from edge.util.identity import device_id
 
     rep = Report()
     where = args.config or (str(DEFAULT_CONFIG_PATH) if DEFAULT_CONFIG_PATH.is_file() else "built-in defaults")
@@ -148,7 +149,7 @@ def run(args: argparse.Namespace) -> int:
         rep.bad("state", str(err) if isinstance(err, SonotrapError) else
                 f"{cfg.state_dir} is not writable ({err}); pass --state-dir or fix permissions")
 
-    dev = device_id(cfg)
+    dev = device_id(cfg.mqtt.device_id)
     src = {"mic": f"microphone {cfg.audio.device or 'default'}", "file": f"file {cfg.audio.file}"
            + (" (real time" + (", looped)" if cfg.audio.loop else ")") if cfg.audio.realtime else " (fast)"),
            "stdin": "raw PCM on stdin"}[cfg.audio.source]

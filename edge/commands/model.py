@@ -30,7 +30,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from edge.commands.update import load
-    from edge.models.updater import MqttEvents, Updater
+    from edge.models.update.events import MqttEvents
+    from edge.models.update.procedure import Updater
 
     cfg = load(args)
     if args.action == "list":

@@ -93,12 +93,13 @@ def make_publisher(cfg: Config):
     """The MQTT publisher with its on-disk outbox, or None when MQTT is disabled."""
     if not cfg.mqtt.enabled:
         return None
+    from edge.mqtt.discovery import RECORD_FILE
     from edge.mqtt.outbox import Outbox
     from edge.mqtt.publisher import Publisher
-    from edge.service.daemon import device_id
+    from edge.util.identity import device_id
 
     outbox = Outbox.from_config(cfg.outbox, cfg.state_dir)  # path, size bound, fsync policy, disk retry
-    return Publisher(cfg.mqtt, outbox, device_id(cfg))
+    return Publisher(cfg.mqtt, outbox, device_id(cfg.mqtt.device_id), ha_record=Path(cfg.state_dir) / RECORD_FILE)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -115,8 +116,8 @@ def run(args: argparse.Namespace) -> int:
     bundle = load_bundle(model_bundle_path(cfg))
     publisher = make_publisher(cfg)
     daemon = Daemon(cfg, bundle=bundle, publisher=publisher, jsonl=args.jsonl, hops_jsonl=args.hops_jsonl)
-    if publisher is not None:  # MQTT .../cmd/update: verified update + in-process hot swap (edge/models/updater.py)
-        from edge.models.updater import attach_mqtt_updates
+    if publisher is not None:  # MQTT .../cmd/update: verified update + in-process hot swap (edge/models/update/)
+        from edge.models.update.attach import attach_mqtt_updates
 
         attach_mqtt_updates(cfg, daemon, publisher, config_path=args.config)
     return daemon.run()

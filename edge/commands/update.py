@@ -1,4 +1,4 @@
-"""``sonotrap update``: check for a newer model and install it safely (see edge/models/updater.py).
+"""``sonotrap update``: check for a newer model and install it safely (see edge/models/update/).
 
 Run by ``sonotrap-update.timer`` (with ``--no-jitter``: the timer randomises itself) or by
 hand. Exit status: 0 updated / up to date / installed, 1 rejected or rolled back, 2 bad usage.
@@ -45,7 +45,8 @@ def load(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from edge.models.updater import MqttEvents, Updater
+    from edge.models.update.events import MqttEvents
+    from edge.models.update.procedure import Updater
 
     cfg = load(args)
     if args.if_configured and not (args.source or cfg.update.url or cfg.update.local_dir):

@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from edge.contracts import ModelRuntime
 from edge.inference.detector import DetectionEvent, Detector
 from edge.inference.frontend import compute
 from edge.inference.ringbuffer import RingBuffer
-from edge.inference.runtime import Classifier
 
 
 @dataclass
@@ -37,7 +37,7 @@ class HopPipeline:
 
     def __init__(
         self,
-        classifier: Classifier,
+        classifier: ModelRuntime,
         detector: Detector,
         sample_rate: int,
         hop_s: float,
@@ -83,7 +83,7 @@ class HopPipeline:
         """Complete hops not processed yet."""
         return max(0, self.ring.total // self.hop_samples - self.next_hop + 1)
 
-    def swap(self, classifier: Classifier, detector: Detector) -> list[DetectionEvent]:
+    def swap(self, classifier: ModelRuntime, detector: Detector) -> list[DetectionEvent]:
         """Switch model between two hops; returns events the old detector ended (if replaced)."""
         ended: list[DetectionEvent] = []
         if detector is not self.detector:

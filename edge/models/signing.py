@@ -26,11 +26,11 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from edge.errors import SonotrapError
+from edge.models.archive import open_bundle_dir
+from edge.models.manifest import MANIFEST_FILE, MODEL_FILE, SIGNATURE_FILE, manifest_data
+from edge.util.hashing import sha256_file
 
-SIGNATURE_FILE = "manifest.json.sig"
 SIGNATURE_FORMAT = "sonotrap-signature/1"
-_MANIFEST = "manifest.json"
-_MODEL = "model.onnx"
 PUBLIC_KEY_SUFFIXES = (".pub", ".pem")
 
 
@@ -111,9 +111,9 @@ def load_trusted_keys(trusted: str | Path) -> dict[str, Ed25519PublicKey]:
 def sign_bundle(bundle_dir: str | Path, private_key_path: str | Path) -> Path:
     """Write ``manifest.json.sig`` for the bundle directory; returns the signature path."""
     bundle_dir = Path(bundle_dir)
-    manifest = bundle_dir / _MANIFEST
+    manifest = bundle_dir / MANIFEST_FILE
     if not manifest.is_file():
-        raise SonotrapError(f"{bundle_dir} has no {_MANIFEST}; sign a bundle directory")
+        raise SonotrapError(f"{bundle_dir} has no {MANIFEST_FILE}; sign a bundle directory")
     _check_model_pinned(bundle_dir, manifest.read_bytes())
     key = load_private_key(private_key_path)
     signature = key.sign(manifest.read_bytes())
@@ -121,7 +121,7 @@ def sign_bundle(bundle_dir: str | Path, private_key_path: str | Path) -> Path:
         "format": SIGNATURE_FORMAT,
         "algorithm": "ed25519",
         "key_id": key_id(key.public_key()),
-        "signed_file": _MANIFEST,
+        "signed_file": MANIFEST_FILE,
         "signature": base64.b64encode(signature).decode("ascii"),
     }
     out = bundle_dir / SIGNATURE_FILE
@@ -156,12 +156,10 @@ def verify_bundle(bundle_dir: str | Path, trusted_keys: str | Path) -> str:
     """
     bundle_dir = Path(bundle_dir)
     if bundle_dir.is_file():
-        from edge.models.bundle import open_bundle_dir  # lazy: bundle imports signing
-
         bundle_dir = open_bundle_dir(bundle_dir)
-    manifest = bundle_dir / _MANIFEST
+    manifest = bundle_dir / MANIFEST_FILE
     if not manifest.is_file():
-        raise SonotrapError(f"{bundle_dir} has no {_MANIFEST}; point at a bundle directory or .tar.gz")
+        raise SonotrapError(f"{bundle_dir} has no {MANIFEST_FILE}; point at a bundle directory or .tar.gz")
     doc = read_signature(bundle_dir)
     keys = load_trusted_keys(trusted_keys)
     kid = str(doc.get("key_id", ""))
@@ -184,20 +182,15 @@ def verify_bundle(bundle_dir: str | Path, trusted_keys: str | Path) -> str:
 
 
 def _check_model_pinned(bundle_dir: Path, manifest_bytes: bytes) -> None:
-    try:
-        doc = json.loads(manifest_bytes)
-        model_file = doc.get("model_file", _MODEL)
-        expected = doc["model_sha256"]
-    except (ValueError, KeyError, AttributeError) as err:
-        raise SonotrapError(f"manifest in {bundle_dir} is corrupt ({err}); re-download the bundle") from None
+    doc = manifest_data(manifest_bytes, bundle_dir / MANIFEST_FILE)
+    model_file = str(doc.get("model_file", MODEL_FILE))
+    expected = doc.get("model_sha256")
+    if not expected:
+        raise SonotrapError(f"manifest in {bundle_dir} is corrupt ('model_sha256' missing); re-download the bundle")
     model = bundle_dir / model_file
     if not model.is_file():
         raise SonotrapError(f"model bundle {bundle_dir} lacks {model_file}; re-download the bundle")
-    h = hashlib.sha256()
-    with open(model, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    if h.hexdigest() != expected:
+    if sha256_file(model) != expected:
         raise SonotrapError(
             f"model {model} fails its sha256 check (corrupt or tampered); re-download the bundle"
         )

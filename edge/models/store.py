@@ -10,22 +10,19 @@ Layout under ``<state_dir>/models``::
 Switching writes a new symlink under a temporary name and ``os.replace``-s it over
 ``current``: at every instant ``current`` names a complete, verified bundle, even if the
 power is cut mid-update. A bundle is verified *before* it enters the store, in a separate
-process (``python -m edge.models.store verify DIR``), so a model that crashes onnxruntime, or
-a malicious archive, can never take the daemon or the updater down with it.
+process (:mod:`edge.models.verify`), so a model that crashes onnxruntime, or a malicious
+archive, can never take the daemon or the updater down with it. Archives are unpacked by
+:mod:`edge.models.archive`, the one extractor.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import fcntl
 import json
 import os
 import re
 import shutil
-import subprocess
-import sys
-import tarfile
 import tempfile
 import time
 from collections.abc import Iterator
@@ -33,6 +30,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from edge.errors import SonotrapError
+from edge.models.archive import extract_archive
+from edge.models.manifest import MANIFEST_FILE, read_manifest_data, version_key
+from edge.models.verify import read_identity, verify_in_subprocess
 
 CURRENT = "current"
 PREVIOUS = "previous"
@@ -58,27 +58,8 @@ class StoredModel:
         return asdict(self)
 
 
-@dataclass
-class VerifiedBundle:
-    """What the verification process reports about a bundle that passed every check."""
-
-    name: str
-    version: str
-    labels: list[str]
-    key_id: str | None
-
-
 def store_root(state_dir: str | Path) -> Path:
     return Path(state_dir) / "models"
-
-
-def version_key(version: str) -> tuple:
-    """Sort key for semantic versions ('1.10.0' > '1.9.2'; '1.0.0-beta' < '1.0.0')."""
-    core, _, pre = version.partition("-")
-    parts = []
-    for piece in re.split(r"[.+]", core):
-        parts.append((0, int(piece), "") if piece.isdigit() else (1, 0, piece))
-    return (tuple(parts), 1 if not pre else 0, pre)
 
 
 class ModelStore:
@@ -164,13 +145,15 @@ class ModelStore:
                 if source.is_dir():
                     shutil.copytree(source, bundle_dir, symlinks=False)
                 else:
-                    extract_archive(source, bundle_dir)
+                    os.rename(extract_archive(source, staging / "unpack"), bundle_dir)
+                    if not (bundle_dir / MANIFEST_FILE).is_file():
+                        raise SonotrapError(f"bundle archive {source} has no {MANIFEST_FILE}; it is not a model bundle")
                 if verify:
                     info = verify_in_subprocess(
                         bundle_dir, trusted_keys=trusted_keys, allow_unsigned=allow_unsigned, timeout_s=timeout_s
                     )
                 else:
-                    info = _read_identity(bundle_dir)
+                    info = read_identity(bundle_dir)
                 dirname = _SAFE.sub("_", f"{info.name}-{info.version}")
                 target = self.root / dirname
                 if target.exists():
@@ -275,8 +258,8 @@ class ModelStore:
 
     def _describe(self, d: Path) -> StoredModel | None:
         try:
-            manifest = json.loads((d / "manifest.json").read_text())
-        except (OSError, ValueError):
+            manifest = read_manifest_data(d)
+        except (SonotrapError, OSError):
             return None
         try:
             info = json.loads((d / INSTALL_INFO).read_text())
@@ -307,56 +290,11 @@ class ModelStore:
                 fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-# ---------------------------------------------------------------- archives
-
-
-def extract_archive(archive: Path, out: Path) -> None:
-    """Safely unpack a bundle ``.tar.gz`` (no absolute paths, links or devices) into ``out``.
-
-    A bundle archive holds the bundle files either at its top level or inside one directory.
-    """
-    try:
-        with tarfile.open(archive, "r:*") as tar:
-            members = tar.getmembers()
-            for m in members:
-                if not (m.isfile() or m.isdir()):
-                    raise SonotrapError(
-                        f"bundle archive {archive} contains {m.name!r}, which is not a plain file; "
-                        "rebuild the archive with 'sonotrap bundle pack'"
-                    )
-            tmp = out.parent / (out.name + ".unpack")
-            tmp.mkdir(parents=True)
-            tar.extractall(tmp, filter="data")
-    except (tarfile.TarError, EOFError, OSError) as err:
-        raise SonotrapError(f"bundle archive {archive} is corrupt ({err}); download it again") from None
-    root = tmp
-    entries = [p for p in tmp.iterdir()]
-    if not (tmp / "manifest.json").exists() and len(entries) == 1 and entries[0].is_dir():
-        root = entries[0]
-    if not (root / "manifest.json").is_file():
-        raise SonotrapError(f"bundle archive {archive} has no manifest.json; it is not a model bundle")
-    os.rename(root, out)
-    shutil.rmtree(tmp, ignore_errors=True)
-
-
 def _model_sha(d: Path) -> str | None:
     try:
-        return str(json.loads((d / "manifest.json").read_text()).get("model_sha256"))
-    except (OSError, ValueError):
+        return str(read_manifest_data(d).get("model_sha256"))
+    except (SonotrapError, OSError):
         return None
-
-
-def _read_identity(d: Path) -> VerifiedBundle:
-    try:
-        m = json.loads((d / "manifest.json").read_text())
-        return VerifiedBundle(
-            name=str(m["name"]),
-            version=str(m["version"]),
-            labels=[lab["code"] for lab in m.get("labels", [])],
-            key_id=None,
-        )
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        raise SonotrapError(f"bundle {d} has an unreadable manifest ({err}); re-download it") from None
 
 
 def _fsync_dir(d: Path) -> None:
@@ -373,109 +311,3 @@ def _fsync_tree(d: Path) -> None:
             with open(p, "rb") as fh:
                 os.fsync(fh.fileno())
     _fsync_dir(d)
-
-
-# ---------------------------------------------------------------- verification
-
-
-def verify_in_subprocess(
-    bundle_dir: str | Path,
-    *,
-    trusted_keys: str | Path | None,
-    allow_unsigned: bool,
-    timeout_s: float = 120.0,
-) -> VerifiedBundle:
-    """Run :func:`verify_bundle_here` in a fresh interpreter; a crash there is a rejection."""
-    cmd = [sys.executable, "-m", "edge.models.store", "verify", str(bundle_dir)]
-    if trusted_keys is not None:
-        cmd += ["--trusted-keys", str(trusted_keys)]
-    if allow_unsigned:
-        cmd.append("--allow-unsigned")
-    env = dict(os.environ)
-    env.pop("NOTIFY_SOCKET", None)  # the child must never talk to systemd on our behalf
-    repo = str(Path(__file__).resolve().parents[2])
-    env["PYTHONPATH"] = repo + os.pathsep + env.get("PYTHONPATH", "") if env.get("PYTHONPATH") else repo
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=env)
-    except subprocess.TimeoutExpired:
-        raise SonotrapError(
-            f"bundle {bundle_dir} did not finish its self-test within {timeout_s:.0f} s; "
-            "the model is too slow or hangs"
-        ) from None
-    if proc.returncode != 0:
-        lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
-        reason = lines[-1] if lines else ""
-        if reason.startswith("error: "):
-            reason = reason[len("error: "):]
-        if proc.returncode < 0:
-            reason = f"the model crashed the verifying process (signal {-proc.returncode})"
-        raise SonotrapError(reason or f"bundle verification failed (exit {proc.returncode})")
-    try:
-        data = json.loads(proc.stdout.strip().splitlines()[-1])
-        return VerifiedBundle(**data)
-    except (ValueError, IndexError, TypeError) as err:
-        raise SonotrapError(f"bundle verification printed no result ({err}); run it by hand to see why") from None
-
-
-def verify_bundle_here(bundle_dir: str | Path, trusted_keys: str | Path | None, allow_unsigned: bool) -> VerifiedBundle:
-    """Signature, manifest, model load and self-test; raises SonotrapError naming the problem.
-
-    Runs in the verification process. Beyond the bundle loader's own checks it runs one
-    inference on a silent window and checks the output has one probability per label.
-    """
-    import numpy as np
-
-    from edge.models import bundle as bundle_mod
-    from edge.models import signing
-
-    bundle_dir = Path(bundle_dir)
-    has_sig = (bundle_dir / signing.SIGNATURE_FILE).exists()
-    key_id = None
-    if has_sig or not allow_unsigned:
-        if trusted_keys is None:
-            raise SonotrapError("no trusted keys configured; set update.trusted_keys_dir or allow_unsigned")
-        if not has_sig:
-            raise SonotrapError(
-                "the bundle is not signed and unsigned bundles are refused; "
-                "sign it with 'sonotrap bundle sign' (or set update.allow_unsigned = true)"
-            )
-        key_id = signing.verify_bundle(bundle_dir, trusted_keys)
-    b = bundle_mod.load_bundle(bundle_dir, self_test=True)  # manifest, sha256, I/O shapes, reference
-    session = b.create_session(1)
-    shape = [1, *b.frontend.image_shape]
-    try:
-        out = session.run(None, {session.get_inputs()[0].name: np.zeros(shape, dtype=np.float32)})[0]
-    except Exception as err:  # onnxruntime raises its own exception types
-        raise SonotrapError(
-            f"model {b.name} {b.version} fails to run on a {shape} window ({str(err).splitlines()[0][:120]}); "
-            "its input does not match the frontend"
-        ) from None
-    if out.shape != (1, len(b.labels)):
-        raise SonotrapError(
-            f"model {b.name} {b.version} outputs {list(out.shape[1:])} scores but the manifest lists "
-            f"{len(b.labels)} labels; fix the labels in the manifest"
-        )
-    if not np.all(np.isfinite(out)) or out.min() < 0 or out.max() > 1:
-        raise SonotrapError(f"model {b.name} {b.version} outputs values outside 0..1; it must end in a sigmoid")
-    return VerifiedBundle(name=b.name, version=b.version, labels=list(b.labels), key_id=key_id)
-
-
-def _main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m edge.models.store")
-    sub = parser.add_subparsers(dest="cmd", required=True)
-    v = sub.add_parser("verify", help="verify a bundle directory (used in a separate process)")
-    v.add_argument("bundle")
-    v.add_argument("--trusted-keys")
-    v.add_argument("--allow-unsigned", action="store_true")
-    args = parser.parse_args(argv)
-    try:
-        info = verify_bundle_here(args.bundle, args.trusted_keys, args.allow_unsigned)
-    except SonotrapError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(json.dumps(asdict(info)))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(_main())

@@ -42,16 +42,31 @@ class MessageContext:
     window_s: float
 
 
+@dataclass
+class FileOffset:
+    """Seconds from the start of a replayed file (a looped file wraps at its length)."""
+
+    file: str  # the file's name, without its directory
+    start_s: float
+    end_s: float
+
+
 def iso_utc(epoch: float) -> str:
     """``2026-11-25T05:51:11.123Z``: UTC, millisecond precision, always with ``Z``."""
     dt = datetime.fromtimestamp(epoch, tz=UTC)
     return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
 
 
-def detection_payload(event: EventLike, ctx: MessageContext, now: float | None = None) -> dict[str, Any]:
-    """The ``.../detections`` message for one event (``state`` "started" or "ended")."""
+def detection_payload(
+    event: EventLike, ctx: MessageContext, now: float | None = None, offset: FileOffset | None = None
+) -> dict[str, Any]:
+    """The ``.../detections`` message for one event (``state`` "started" or "ended").
+
+    ``offset``: where the event lies in a replayed recording (file sources only), so a
+    listener can find the call in the file; ``start``/``end`` stay wall-clock times.
+    """
     now = time.time() if now is None else now
-    return {
+    payload = {
         "schema_version": SCHEMA_VERSION,
         "id": event.id,
         "device": ctx.device,
@@ -71,6 +86,9 @@ def detection_payload(event: EventLike, ctx: MessageContext, now: float | None =
         "window_s": float(ctx.window_s),
         "published_at": iso_utc(now),
     }
+    if offset is not None:
+        payload["offset"] = {"file": offset.file, "start_s": round(offset.start_s, 3), "end_s": round(offset.end_s, 3)}
+    return payload
 
 
 def status_payload(

@@ -29,58 +29,25 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
-
 from edge.config import MqttConfig
-from edge.errors import SonotrapError
-from edge.mqtt.discovery import discovery_messages
+from edge.mqtt.connection import PUBLISH_QUEUED, Client, backoff_delay, connect_async, new_client
+from edge.mqtt.discovery import discovery_messages, read_record, write_record
 from edge.mqtt.outbox import Outbox
 from edge.mqtt.payloads import encode, event_payload, offline_payload, status_payload
+from edge.util.jsonio import json_safe
 
 log = logging.getLogger(__name__)
-
-
-def default_device_id(cfg: MqttConfig) -> str:
-    """``mqtt.device_id`` or this machine's hostname (without '/', '#', '+')."""
-    if cfg.device_id:
-        return cfg.device_id
-    name = socket.gethostname().split(".")[0] or "sonotrap"
-    return "".join(c if c not in "/#+ " else "_" for c in name)
-
-
-def backoff_delay(attempt: int, low: float, high: float, rng: random.Random | None = None) -> float:
-    """Exponential backoff with "equal jitter": uniform in [d/2, d], d = min(high, low * 2**attempt).
-
-    Jitter keeps a fleet of recorders that lost the same broker from reconnecting in lockstep.
-    """
-    d = min(high, low * (2 ** min(attempt, 30)))
-    return (rng or random).uniform(d / 2, d)
-
-
-class _Client(mqtt.Client):
-    """paho client that remembers why the last connect failed (paho's callback does not say)."""
-
-    last_connect_error: BaseException | None = None
-    before_connect: Callable[[], None] | None = None
-
-    def reconnect(self) -> MQTTErrorCode:
-        if self.before_connect is not None:
-            self.before_connect()
-        try:
-            return super().reconnect()
-        except OSError as err:
-            self.last_connect_error = err
-            raise
+# After a (re)connect the retained status waits this long for the daemon's own "ready" status,
+# so a listener sees one status line at start-up, not one per trigger.
+CONNECT_STATUS_GRACE_S = 1.0
 
 
 class Publisher:
     """Durable, non-blocking MQTT publisher for one device (see the module docstring)."""
 
-    def __init__(self, cfg: MqttConfig, outbox: Outbox, device_id: str) -> None:
+    def __init__(self, cfg: MqttConfig, outbox: Outbox, device_id: str, ha_record: Path | None = None) -> None:
         self.cfg = cfg
+        self.ha_record = ha_record  # Home Assistant config topics announced (edge.mqtt.discovery)
         self.outbox = outbox
         self.device = device_id
         self.base = f"{cfg.prefix}/{device_id}"
@@ -93,13 +60,14 @@ class Publisher:
         self._status_provider: Callable[[], dict] | None = None
         self._subs: dict[str, Callable[[str, bytes], None]] = {}
         self._discovery_labels: dict[str, str] | None = None
-        self._discovered: set[str] = set()
+        self._discovered: set[str] | None = None  # config topics announced; None = read the record
         self._lock = threading.Lock()  # our own state only; never held while calling paho
         self._wake = threading.Event()
         self._acks: queue.SimpleQueue = queue.SimpleQueue()  # from paho's thread to the sender
         self._callbacks: queue.SimpleQueue = queue.SimpleQueue()
         self._stopping = threading.Event()
         self._status_due = threading.Event()
+        self._connected_status = threading.Event()  # a (re)connect: status within the grace period
         self._discovery_due = threading.Event()
         self._connected = threading.Event()
         self._inflight: dict[int, tuple[int, float]] = {}  # paho mid -> (row id, monotonic sent)
@@ -133,13 +101,7 @@ class Publisher:
     def start(self) -> None:
         """Connect in the background (retrying with backoff) and start sending; returns at once."""
         cfg = self.cfg
-        props = None
-        if cfg.protocol == "5":
-            props = Properties(PacketTypes.CONNECT)
-            props.SessionExpiryInterval = cfg.session_expiry_s
-            self._client.connect_async(cfg.host, cfg.port, cfg.keepalive_s, clean_start=False, properties=props)
-        else:
-            self._client.connect_async(cfg.host, cfg.port, cfg.keepalive_s)
+        connect_async(self._client, cfg, persistent_session=True)
         self._set_retry_delay()
         log.info("mqtt: connecting to %s:%d as %s (device %s)", cfg.host, cfg.port, self.client_id, self.device)
         self._client.loop_start()
@@ -238,21 +200,14 @@ class Publisher:
 
     # ------------------------------------------------------------------ client setup
 
-    def _make_client(self) -> _Client:
+    def _make_client(self) -> Client:
         cfg = self.cfg
-        if cfg.protocol == "5":
-            client = _Client(CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=mqtt.MQTTv5)
-        else:
-            client = _Client(
-                CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=mqtt.MQTTv311, clean_session=False
-            )
+        client = new_client(cfg, self.client_id, persistent_session=True)
         client.suppress_exceptions = True
-        client.connect_timeout = cfg.connect_timeout_s
         # paho caps everything in flight (detections + status + discovery) at the same bound, so
         # an MQTT 5 broker's Receive Maximum (mosquitto: 20) is never exceeded; extra QoS-1
         # messages wait in paho's FIFO, order kept
         client.max_inflight_messages_set(cfg.max_inflight)
-        configure_security(client, cfg)
         client.before_connect = self._set_will
         self._set_will(client)
         client.on_connect = self._on_connect
@@ -262,7 +217,7 @@ class Publisher:
         client.on_message = self._on_message
         return client
 
-    def _set_will(self, client: mqtt.Client | None = None) -> None:
+    def _set_will(self, client: Client | None = None) -> None:
         """Last Will: retained offline status, refreshed before each connect so ``ts`` is recent."""
         (client or self._client).will_set(
             self.status_topic, encode(offline_payload(self.device, "connection lost")), qos=1, retain=True
@@ -297,13 +252,13 @@ class Publisher:
         if recv_max is not None and recv_max < self.cfg.max_inflight:
             log.warning("mqtt: the broker accepts only %d messages in flight (Receive Maximum); "
                         "set mqtt.max_inflight <= %d", recv_max, recv_max)
+        self._connected_status.set()  # before _connected: the sender must see both together
         self._connected.set()
         log.info(
             "mqtt: connected to %s:%d (session present: %s)", self.cfg.host, self.cfg.port, flags.session_present
         )
         for topic in topics:
             client.subscribe(topic, qos=1)
-        self._status_due.set()
         if self._discovery_labels is not None:
             self._discovery_due.set()
         self._wake.set()
@@ -368,7 +323,7 @@ class Publisher:
             try:
                 data = encode(payload)
             except ValueError:  # NaN/inf scores: still deliver, as JSON null
-                data = encode(_finite(payload))
+                data = encode(json_safe(payload))
             row_id = self.outbox.put(topic, data, qos=1)
         except Exception:  # noqa: BLE001 - must never take the inference thread down
             log.exception("mqtt: could not queue a message for %s; it is lost", topic)
@@ -382,10 +337,13 @@ class Publisher:
         return row_id
 
     def _sender_main(self) -> None:
-        next_status = time.monotonic()
+        next_status = float("inf")  # scheduled by the first connect
         while not self._stopping.is_set():
             self._wake.wait(timeout=max(0.0, min(1.0, next_status - time.monotonic())))
             self._wake.clear()
+            if self._connected_status.is_set():
+                self._connected_status.clear()
+                next_status = min(next_status, time.monotonic() + CONNECT_STATUS_GRACE_S)
             try:
                 self._process_acks()
                 if not self._connected.is_set():
@@ -438,7 +396,7 @@ class Publisher:
                 return
             for row in rows:
                 info = self._client.publish(row.topic, row.payload, qos=row.qos)
-                if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
+                if info.rc not in PUBLISH_QUEUED:
                     log.warning("mqtt: publish of outbox row %d failed (%s); will retry", row.id, info.rc)
                     return
                 now = time.monotonic()
@@ -476,23 +434,32 @@ class Publisher:
         try:
             data = encode(status_payload(self.device, "online", fields))
         except (TypeError, ValueError):
-            data = encode(_finite(status_payload(self.device, "online", _jsonable(fields))))
+            data = encode(json_safe(status_payload(self.device, "online", fields)))
         self._client.publish(self.status_topic, data, qos=1, retain=True)
 
     def _send_discovery(self) -> None:
         with self._lock:
             labels = dict(self._discovery_labels or {})
+        previous = self._discovered
+        if previous is None and self.ha_record is not None:
+            previous = read_record(self.ha_record)
         msgs, keep = discovery_messages(
             self.cfg.discovery_prefix,
             self.device,
             labels,
             detections_topic=self.detections_topic,
             status_topic=self.status_topic,
-            previous=self._discovered,
+            previous=previous,
         )
         for topic, payload in msgs:
             self._client.publish(topic, encode(payload) if payload is not None else b"", qos=1, retain=True)
         self._discovered = keep
+        if self.ha_record is not None:
+            try:
+                write_record(self.ha_record, keep)
+            except OSError as err:
+                log.warning("mqtt: cannot record the Home Assistant configs in %s (%s); configs of labels "
+                            "a later model drops may stay in Home Assistant", self.ha_record, err.strerror or err)
 
     # ------------------------------------------------------------------ callback thread
 
@@ -508,106 +475,3 @@ class Publisher:
                 log.exception("mqtt: handler for %s failed", topic)
 
 
-def configure_security(client: mqtt.Client, cfg: MqttConfig) -> None:
-    """Username/password (or password_file) and TLS; bad files raise SonotrapError at once."""
-    password = cfg.password
-    if cfg.password_file:
-        try:
-            password = Path(cfg.password_file).read_text(encoding="utf-8").strip("\r\n")
-        except OSError as err:
-            raise SonotrapError(
-                f"mqtt.password_file {cfg.password_file} cannot be read ({err.strerror}); fix the path or permissions"
-            ) from None
-    if cfg.username:
-        client.username_pw_set(cfg.username, password)
-    if cfg.tls:
-        for key in ("ca_file", "cert_file", "key_file"):
-            path = getattr(cfg, key)
-            if path and not Path(path).is_file():
-                raise SonotrapError(f"mqtt.{key} {path} does not exist; fix the path")
-        try:
-            client.tls_set(
-                ca_certs=cfg.ca_file,
-                certfile=cfg.cert_file,
-                keyfile=cfg.key_file,
-                cert_reqs=ssl.CERT_REQUIRED,
-                tls_version=ssl.PROTOCOL_TLS_CLIENT,
-            )
-        except (ssl.SSLError, OSError, ValueError) as err:
-            raise SonotrapError(
-                f"mqtt TLS files cannot be loaded ({err}); check mqtt.ca_file, cert_file and key_file"
-            ) from None
-        if cfg.tls_insecure:
-            client.tls_insecure_set(True)
-
-
-def check_broker(cfg: MqttConfig, device_id: str, timeout: float = 5.0) -> str:
-    """Connect once and disconnect; raise SonotrapError if the broker is unreachable or refuses us.
-
-    Uses its own client id and no Last Will, so a running daemon's session and status are
-    untouched. Returns a one-line description for ``sonotrap check``.
-    """
-    where = f"{cfg.host}:{cfg.port}"
-    client_id = f"sonotrap-check-{device_id}-{random.randrange(1 << 30)}"
-    proto = mqtt.MQTTv5 if cfg.protocol == "5" else mqtt.MQTTv311
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=proto)
-    client.connect_timeout = min(timeout, cfg.connect_timeout_s)
-    configure_security(client, cfg)
-    result: dict[str, Any] = {}
-    done = threading.Event()
-
-    def on_connect(c, u, flags, reason_code, properties):
-        result["rc"] = reason_code
-        done.set()
-
-    def on_disconnect(c, u, flags, reason_code, properties):
-        if not done.is_set():
-            result["closed"] = reason_code
-            done.set()
-
-    client.on_connect = on_connect
-    client.on_disconnect = on_disconnect
-    try:
-        client.connect(cfg.host, cfg.port, cfg.keepalive_s)
-    except ssl.SSLCertVerificationError as err:
-        raise SonotrapError(f"mqtt broker {where}: TLS certificate not trusted ({err.verify_message}); check mqtt.ca_file") from None
-    except OSError as err:
-        raise SonotrapError(f"mqtt broker {where} unreachable ({err}); check mqtt.host, mqtt.port and mqtt.tls") from None
-    client.loop_start()
-    try:
-        if not done.wait(timeout):
-            raise SonotrapError(f"mqtt broker {where} did not answer within {timeout:.0f} s; check mqtt.port and mqtt.tls")
-        if "closed" in result:
-            raise SonotrapError(
-                f"mqtt broker {where} closed the connection during the handshake ({result['closed']}); "
-                "check mqtt.tls and the client certificate (mqtt.cert_file / key_file)"
-            )
-        rc = result["rc"]
-        if rc.is_failure:
-            raise SonotrapError(f"mqtt broker {where} refused the connection ({rc}); check mqtt.username and password")
-    finally:
-        client.disconnect()
-        client.loop_stop()
-    return f"broker {where} accepts MQTT {cfg.protocol} connections{' over TLS' if cfg.tls else ''}"
-
-
-def _finite(obj: Any) -> Any:
-    if isinstance(obj, float):
-        return obj if obj == obj and abs(obj) != float("inf") else None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    return obj
-
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, (str, int, float, bool)) or obj is None:
-        return obj
-    if hasattr(obj, "item"):  # numpy scalars
-        return obj.item()
-    return str(obj)

@@ -14,29 +14,33 @@ is skipped. A failed load keeps the old model and publishes ``model_update_faile
 
 from __future__ import annotations
 
-import json
+import functools
 import logging
 import os
 import signal
-import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, Any
 
 from edge import __version__
 from edge.config import Config
+from edge.contracts import AudioSource, DetectionSink, ModelRuntime
 from edge.errors import SonotrapError
 from edge.inference.detector import DetectionEvent, Detector
 from edge.inference.pipeline import HopPipeline, HopResult
 from edge.inference.runtime import Classifier
 from edge.models.bundle import DEFAULT_BUNDLE, ModelBundle, load_bundle
 from edge.models.store import CURRENT, store_root
-from edge.models.updater import update_status_summary
+from edge.models.update.status import update_status_summary
+from edge.mqtt.payloads import FileOffset
 from edge.service.clips import ClipWriter
 from edge.service.sdnotify import Notifier
+from edge.service.sinks import JsonLinesSink
+from edge.service.status import write_status
+from edge.util.identity import device_id
 
 log = logging.getLogger("sonotrap.daemon")
 
@@ -54,46 +58,13 @@ def model_bundle_path(cfg: Config) -> Path:
     return current if current.exists() else DEFAULT_BUNDLE
 
 
-def device_id(cfg: Config) -> str:
-    import socket
-
-    return cfg.mqtt.device_id or socket.gethostname()
-
-
-def _payload(event: DetectionEvent, dev: str, bundle: ModelBundle, hop_s: float) -> dict[str, Any]:
+def _payload(event: DetectionEvent, dev: str, bundle: ModelBundle, hop_s: float,
+             offset: FileOffset | None = None) -> dict[str, Any]:
     """The versioned detection payload (``edge.mqtt.payloads``); identical for MQTT and --jsonl."""
     from edge.mqtt.payloads import MessageContext, detection_payload
 
     ctx = MessageContext(dev, bundle.name, bundle.version, hop_s, bundle.frontend.window_s)
-    return detection_payload(event, ctx)
-
-
-class _Lines:
-    """A JSON-lines sink: a path (appended) or '-' for stdout; flushed per line."""
-
-    def __init__(self, target: str | IO[str] | None) -> None:
-        self._fh: IO[str] | None = None
-        self._own = False
-        if target is None:
-            return
-        if target == "-":
-            self._fh = sys.stdout
-        elif isinstance(target, str | Path):
-            Path(target).parent.mkdir(parents=True, exist_ok=True)
-            self._fh = open(target, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
-            self._own = True
-        else:
-            self._fh = target
-
-    def write(self, obj: dict) -> None:
-        if self._fh is not None:
-            self._fh.write(json.dumps(obj, separators=(",", ":")) + "\n")
-            self._fh.flush()
-
-    def close(self) -> None:
-        if self._own and self._fh is not None:
-            self._fh.close()
-        self._fh = None
+    return detection_payload(event, ctx, offset=offset)
 
 
 class Daemon:
@@ -103,31 +74,40 @@ class Daemon:
         self,
         cfg: Config,
         *,
-        source=None,
+        source: AudioSource | None = None,
         bundle: ModelBundle | None = None,
+        runtime_factory: Callable[[ModelBundle, int], ModelRuntime] = Classifier,
         publisher=None,
+        sinks: Sequence[DetectionSink] = (),
         notifier: Notifier | None = None,
         clock: Callable[[], float] = time.time,
         jsonl: str | IO[str] | None = None,
         hops_jsonl: str | IO[str] | None = None,
         install_signals: bool = True,
     ) -> None:
+        """``source``: audio (default: opened from ``cfg.audio``); ``runtime_factory(bundle, threads)``
+        builds the model runtime (default onnxruntime) for the first model and every hot swap;
+        ``publisher``: the MQTT side (detections, status, events, discovery); ``sinks``: further
+        detection sinks (``jsonl`` is a shorthand for a :class:`JsonLinesSink`)."""
         self.cfg = cfg
         self.source = source
         self.bundle = bundle
+        self.runtime_factory = runtime_factory
         self.publisher = publisher
+        self.sinks: list[DetectionSink] = list(sinks)
+        if jsonl is not None:
+            self.sinks.append(JsonLinesSink(jsonl))
         self.notifier = notifier or Notifier()
         self.clock = clock
-        self.device = device_id(cfg)
+        self.device = device_id(cfg.mqtt.device_id)
         self.state_dir = Path(cfg.state_dir)
-        self._jsonl = _Lines(jsonl)
-        self._hops_jsonl = _Lines(hops_jsonl)
+        self._hops_jsonl = JsonLinesSink(hops_jsonl)
         self._install_signals = install_signals
         self._stop = threading.Event()
         self._reload_lock = threading.Lock()
-        self._pending_swap: tuple[Classifier, Detector] | None = None
+        self._pending_swap: tuple[ModelRuntime, Detector] | None = None
         self._swap_lock = threading.Lock()
-        self.classifier: Classifier | None = None
+        self.classifier: ModelRuntime | None = None
         self.pipeline: HopPipeline | None = None  # built at the first audio block (actual rate)
         self._detector: Detector | None = None
         self.clips: ClipWriter | None = None
@@ -160,7 +140,7 @@ class Daemon:
 
         Raises :class:`SonotrapError` (old model untouched) if the bundle cannot run.
         """
-        classifier = Classifier(bundle, self.cfg.model.threads)
+        classifier = self.runtime_factory(bundle, self.cfg.model.threads)
         classifier.self_test()
         detector = Detector.for_bundle(bundle, self.cfg.detector)
         with self._swap_lock:
@@ -245,7 +225,7 @@ class Daemon:
         self._prepare_state_dir()
         if self.bundle is None:
             self.bundle = load_bundle(model_bundle_path(self.cfg))
-        self.classifier = Classifier(self.bundle, self.cfg.model.threads)
+        self.classifier = self.runtime_factory(self.bundle, self.cfg.model.threads)
         self.classifier.self_test()
         detector = Detector.for_bundle(self.bundle, self.cfg.detector)
         if self.source is None:
@@ -260,7 +240,8 @@ class Daemon:
             self.publisher.start()
             announce = getattr(self.publisher, "announce_discovery", None)
             if announce is not None:
-                self._safe(lambda: announce(dict(self.bundle.names)))
+                names = dict(self.bundle.names)
+                self._safe(lambda: announce(names))
         log.info(
             "running model %s %s (%d labels) on %s at %d Hz, hop %.2f s, window %.2f s",
             self.bundle.name, self.bundle.version, len(self.bundle.labels),
@@ -317,12 +298,14 @@ class Daemon:
     def _pull(self, timeout: float) -> bool:
         """Move queued audio into the pipeline: wait up to ``timeout`` for the first block,
         then take whatever is already queued, up to a full catch-up batch."""
-        block = self.source.read(timeout)
+        source = self.source
+        assert source is not None
+        block = source.read(timeout)
         if block is None:
             return False
         self._ingest(block)
         while self.pipeline is not None and self.pipeline.pending() < self.cfg.model.max_batch:
-            block = self.source.read(0)
+            block = source.read(0)
             if block is None:
                 break
             self._ingest(block)
@@ -338,6 +321,7 @@ class Daemon:
                 self._emit(ev, None)
             self._detector = self.pipeline.detector
             self.classifier = self.pipeline.classifier
+        assert self.classifier is not None and self._detector is not None
         self.pipeline = HopPipeline(
             self.classifier, self._detector, rate, self.cfg.model.hop_s, self.cfg.model.max_batch,
             time_of=self._epoch_of,
@@ -351,6 +335,7 @@ class Daemon:
         if self.pipeline is None or self.pipeline.sample_rate != int(block.sample_rate):
             self._make_pipeline(int(block.sample_rate))
         pipe = self.pipeline
+        assert pipe is not None
         self._anchor = (pipe.total, float(block.start_time))
         pipe.append(block.samples)
         self._received.append((pipe.total, float(block.received)))
@@ -359,6 +344,7 @@ class Daemon:
 
     def _epoch_of(self, sample: int) -> float:
         base_sample, base_epoch = self._anchor
+        assert self.pipeline is not None
         return base_epoch + (sample - base_sample) / self.pipeline.sample_rate
 
     def received_of(self, sample: int) -> float | None:
@@ -371,6 +357,7 @@ class Daemon:
     def _process(self, max_batch: int) -> int:
         """Classify pending hops in batches; returns how many hops were processed."""
         pipe = self.pipeline
+        assert pipe is not None
         done = 0
         while pipe.pending() > 0:
             # Backlog = complete hops waiting behind the one just due; > 0 means we fell behind.
@@ -402,18 +389,33 @@ class Daemon:
 
     _draining = False
 
+    def _file_offset(self, ev: DetectionEvent) -> FileOffset | None:
+        """Where ``ev`` lies in the replayed file (same hop arithmetic as the clips)."""
+        if self.cfg.audio.source != "file" or self.source is None:
+            return None
+        duration = getattr(self.source, "duration_s", None)
+        pipe = self.pipeline
+        assert pipe is not None
+        start = max(0, ev.first_hop * pipe.hop_samples - pipe.window_samples) / pipe.sample_rate
+        end = ev.last_hop * pipe.hop_samples / pipe.sample_rate
+        if self.cfg.audio.loop and duration:
+            start, end = start % duration, start % duration + (end - start)
+        return FileOffset(Path(self.cfg.audio.file or "").name, start, end)
+
     def _emit(self, ev: DetectionEvent, received: float | None) -> None:
-        bundle = self.pipeline.classifier.bundle
-        payload = _payload(ev, self.device, bundle, self.pipeline.hop_s)
+        pipe = self.pipeline
+        assert pipe is not None
+        bundle = pipe.classifier.bundle
+        payload = _payload(ev, self.device, bundle, pipe.hop_s, self._file_offset(ev))
         self.messages += 1
         if ev.state == "ended":
             self.detections += 1
             log.info("detection %s %s %.2f s peak %.3f (%d hops)", ev.label, payload.get("start"),
                      ev.end - ev.start, ev.peak_score, ev.hops)
             if self.clips is not None:
-                pipe = self.pipeline
                 self.clips.add(ev, ev.first_hop * pipe.hop_samples - pipe.window_samples, ev.last_hop * pipe.hop_samples)
-        self._jsonl.write(payload)
+        for sink in self.sinks:
+            self._safe(functools.partial(sink.send_detection, payload))
         if self.publisher is not None:
             try:
                 self.publisher.publish_detection(payload)
@@ -429,8 +431,10 @@ class Daemon:
         if pending is None:
             return
         classifier, detector = pending
+        assert self.classifier is not None
         old = self.classifier.bundle
         current = self.pipeline.detector if self.pipeline is not None else self._detector
+        assert current is not None
         if detector.labels == current.labels:
             # Same labels: keep open events running across the swap, adopt new thresholds.
             current.thresholds = detector.thresholds
@@ -494,7 +498,8 @@ class Daemon:
         log.info("stopped: %d hops, %d detections", self.pipeline.processed if self.pipeline else 0, self.detections)
 
     def _close_outputs(self) -> None:
-        self._jsonl.close()
+        for sink in self.sinks:
+            self._safe(sink.close)
         self._hops_jsonl.close()
 
     # ------------------------------------------------------------------ helpers
@@ -507,13 +512,10 @@ class Daemon:
             self._safe(lambda: self.publisher.publish_event(kind, data))
 
     def _write_status(self) -> None:
-        path = self.state_dir / "status.json"
-        tmp = path.with_name(f".status.json.{os.getpid()}.tmp")
         try:
-            tmp.write_text(json.dumps(self.status(), indent=1))
-            os.replace(tmp, path)
+            write_status(self.state_dir, self.status())
         except OSError as err:
-            log.warning("cannot write %s: %s", path, err)
+            log.warning("cannot write status.json in %s: %s", self.state_dir, err)
 
     def _sd_status(self) -> str:
         b = self.classifier.bundle if self.classifier else None
@@ -526,10 +528,10 @@ class Daemon:
             depth = f", outbox {stats.get('outbox_depth', '?')}"
         return f"{self.state}: {model}, {hops} hops, {self.detections} detections, backlog {self.backlog_hops}{depth}"
 
-    def _signals(self) -> list[tuple[int, Any]]:
+    def _signals(self) -> list[tuple[signal.Signals, Any]]:
         if not self._install_signals or threading.current_thread() is not threading.main_thread():
             return []
-        restore = []
+        restore: list[tuple[signal.Signals, Any]] = []
 
         def stop(signum, _frame):
             log.info("received %s, shutting down", signal.Signals(signum).name)

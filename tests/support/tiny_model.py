@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from edge.inference.frontend import FrontendConfig, _hz_to_mel, _mel_to_hz
-from edge.models.bundle import Label, Manifest, write_bundle
+from edge.models.bundle import write_bundle
+from edge.models.manifest import Label, Manifest
 
 DEFAULT_BANDS = {"tone_low": (1000.0, 1400.0), "tone_high": (3800.0, 4400.0)}
 

@@ -19,12 +19,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from edge.config import Config, MqttConfig, UpdateConfig
-from edge.models.bundle import sha256_file, write_archive
+from edge.models.archive import write_archive
 from edge.models.signing import generate_keypair, sign_bundle
 from edge.models.store import ModelStore
+from edge.util.hashing import sha256_file
+from tests.support.paths import REPO
 from tests.support.tiny_model import make_tiny_bundle
-
-REPO = Path(__file__).resolve().parent.parent.parent
 
 
 @dataclass

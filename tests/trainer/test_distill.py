@@ -80,7 +80,7 @@ def test_two_stages_then_a_bundle_that_names_the_teacher(setup, tmp_path):
     assert torch.equal(init["conv1.weight"], saved["conv1.weight"])
 
     from trainer.bundle_builder import BundleInfo
-    from trainer.export import load_checkpoint
+    from trainer.checkpoint import load_checkpoint
 
     info = BundleInfo.from_checkpoint(load_checkpoint(result.best))
     assert info.provenance["teacher"]["licence"] == "CC BY-NC-SA 4.0"

@@ -40,6 +40,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     d.add_argument("--exclude", type=_names, default=[], metavar="A,B", help="drop these labels")
     d.add_argument("--merge", metavar="CSV", help="mapping file from,to (e.g. Erirub_call,Erirub)")
     d.add_argument("--names", metavar="CSV", help="human label names code,name (default: from the code)")
+    d.add_argument("--species", metavar="CSV",
+                   help="species table code,scientific_name,common_name[,group], code = label prefix "
+                        "(Erirub for Erirub_song): names like 'European Robin (Erithacus rubecula) song'")
     d.add_argument("--min-overlap", type=float, default=0.25,
                    help="a call labels a window when overlapping >= this fraction of call or window")
     d.add_argument("--min-spacing", type=float, default=0.0, metavar="S",
@@ -147,7 +150,7 @@ def run(args: argparse.Namespace) -> int:
             folders=args.folders, validations=args.validation, root=args.root, strict=args.strict,
             selection=LabelSelection(args.min_examples, args.include, args.exclude,
                                      read_mapping(args.merge) if args.merge else {}),
-            names_file=args.names,
+            names_file=args.names, species_file=args.species,
             window=WindowConfig(min_overlap=args.min_overlap, min_spacing_s=args.min_spacing),
             fractions=tuple(args.split), split_file=args.split_file, seed=args.seed,
         )
@@ -206,7 +209,7 @@ def _run_teacher(args: argparse.Namespace, targs, spec) -> int:
 
 
 def _run_rounds(args: argparse.Namespace, targs, spec) -> int:
-    from trainer.pseudo import ROUNDS_FILE, train_rounds
+    from trainer.pseudo_rounds import ROUNDS_FILE, train_rounds
 
     records = train_rounds(targs, spec, frontend_from_args(args), args.pseudo_rounds, args.pseudo_high,
                            args.pseudo_low, args.pseudo_epochs)

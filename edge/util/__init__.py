@@ -1,0 +1,1 @@
+"""Small generic helpers (hashing, JSON, device identity) shared by edge/ and trainer/."""

@@ -1,0 +1,208 @@
+"""A run directory's data, without torch: audio windows -> frontend images + 3-state labels.
+
+A run directory (written by ``sonotrap train``) holds ``dataset.json`` (data root, labels,
+frontend, window settings, recordings), ``annotations.csv`` (the selected, merged
+annotations), ``split.json`` and ``windows_<split>.csv``. From these any command rebuilds
+exactly the training windows; :func:`load_split_arrays` turns a split into arrays through
+``edge.inference.frontend.compute`` -- the same function the edge daemon calls -- with no
+augmentation (used for calibration, FP32-vs-INT8 checks and evaluation).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from collections import OrderedDict, defaultdict
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import soundfile as sf
+
+from edge.errors import SonotrapError
+from edge.inference.frontend import FrontendConfig, compute
+from trainer.annotations import Annotation, Recording
+from trainer.split import SPLITS
+from trainer.windows import Window, WindowConfig, read_windows, to_arrays
+
+DATASET_FORMAT = "sonotrap-dataset/1"
+DATASET_FILE = "dataset.json"
+ANNOTATIONS_FILE = "annotations.csv"
+SPLIT_FILE = "split.json"
+
+
+def windows_file(split: str) -> str:
+    return f"windows_{split}.csv"
+
+
+@dataclass
+class WindowArrays:
+    """Model inputs and 3-state labels of one split."""
+
+    images: np.ndarray  # (N, 3, H, W) float32
+    targets: np.ndarray  # (N, K) float32 0/1
+    known: np.ndarray  # (N, K) bool
+    labels: list[str]
+
+
+@dataclass
+class RunData:
+    """Everything in a run directory needed to rebuild its windows."""
+
+    run_dir: Path
+    root: Path
+    labels: list[str]
+    label_names: dict[str, str]
+    frontend: FrontendConfig
+    window: WindowConfig
+    recordings: dict[str, Recording]
+    annotations: list[Annotation]
+
+    def path(self, file: str) -> Path:
+        p = Path(file)
+        return p if p.is_absolute() else self.root / p
+
+    def annotations_by_file(self) -> dict[str, list[Annotation]]:
+        out: dict[str, list[Annotation]] = defaultdict(list)
+        for a in self.annotations:
+            out[a.file].append(a)
+        return out
+
+    def windows(self, split: str) -> list[Window]:
+        return read_windows(self.run_dir / windows_file(split))
+
+
+def write_run_data(
+    run_dir: Path, root: Path, labels: list[str], label_names: dict[str, str], frontend: FrontendConfig,
+    window: WindowConfig, recordings: list[Recording], annotations: list[Annotation],
+) -> None:
+    data: dict[str, Any] = {
+        "format": DATASET_FORMAT,
+        "root": str(Path(root).resolve()),
+        "labels": labels,
+        "label_names": label_names,
+        "frontend": frontend.to_dict(),
+        "window": asdict(window),
+        "recordings": {r.file: [r.duration_s, r.sample_rate, r.complete] for r in recordings},
+    }
+    (run_dir / DATASET_FILE).write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+    with (run_dir / ANNOTATIONS_FILE).open("w", newline="", encoding="utf-8") as fh:
+        wr = csv.writer(fh)
+        wr.writerow(("file", "start_s", "end_s", "label", "present"))
+        for a in annotations:
+            wr.writerow((a.file, f"{a.start_s:.6f}", f"{a.end_s:.6f}", a.label,
+                         "" if a.present is None else int(a.present)))
+
+
+def load_run_data(run_dir: str | Path, root: str | Path | None = None) -> RunData:
+    """Read a run directory; ``root`` overrides the data root recorded at training time."""
+    run_dir = Path(run_dir)
+    if run_dir.is_file():  # a checkpoint path: its folder is the run directory
+        run_dir = run_dir.parent
+    path = run_dir / DATASET_FILE
+    if not path.is_file():
+        raise SonotrapError(f"{run_dir} is not a sonotrap run directory (no {DATASET_FILE}); "
+                            "pass the --out folder of sonotrap train")
+    data = json.loads(path.read_text(encoding="utf-8"))
+    if data.get("format") != DATASET_FORMAT:
+        raise SonotrapError(f"{path} has format {data.get('format')!r}, expected {DATASET_FORMAT}; "
+                            "upgrade sonotrap")
+    anns = []
+    with (run_dir / ANNOTATIONS_FILE).open(newline="", encoding="utf-8") as fh:
+        for r in csv.DictReader(fh):
+            present = None if r["present"] == "" else bool(int(r["present"]))
+            anns.append(Annotation(r["file"], float(r["start_s"]), float(r["end_s"]), r["label"], present))
+    root_path = Path(root) if root is not None else Path(data["root"])
+    if not root_path.is_dir():
+        raise SonotrapError(f"data root {root_path} of run {run_dir} does not exist; pass --data-root DIR")
+    return RunData(
+        run_dir=run_dir,
+        root=root_path,
+        labels=list(data["labels"]),
+        label_names=dict(data["label_names"]),
+        frontend=FrontendConfig.from_dict(data["frontend"]),
+        window=WindowConfig(**data["window"]),
+        recordings={f: Recording(f, float(v[0]), int(v[1]), bool(v[2])) for f, v in data["recordings"].items()},
+        annotations=anns,
+    )
+
+
+def copy_run_data(src: Path, dst: Path) -> None:
+    """The prepared data of run ``src`` (not its checkpoints) into ``dst``: same windows and split."""
+    dst.mkdir(parents=True, exist_ok=True)
+    for name in (DATASET_FILE, ANNOTATIONS_FILE, SPLIT_FILE, *(windows_file(s) for s in SPLITS)):
+        shutil.copy2(src / name, dst / name)
+
+
+class AudioCache:
+    """Decoded recordings (native rate, float32, first channel layout kept), LRU by bytes."""
+
+    def __init__(self, max_bytes: int = 256 * 1024 * 1024) -> None:
+        self.max_bytes = max_bytes
+        self._items: OrderedDict[str, tuple[np.ndarray, int]] = OrderedDict()
+        self._bytes = 0
+
+    def get(self, path: Path) -> tuple[np.ndarray, int]:
+        key = str(path)
+        if key in self._items:
+            self._items.move_to_end(key)
+            return self._items[key]
+        try:
+            audio, sr = sf.read(key, dtype="float32", always_2d=False)
+        except Exception as err:
+            raise SonotrapError(f"audio file {path} cannot be read ({str(err).splitlines()[0][:100]}); "
+                                "check the file") from None
+        if audio.ndim == 2:
+            audio = audio.mean(axis=1, dtype=np.float32)
+        item = (np.ascontiguousarray(audio, dtype=np.float32), int(sr))
+        if self.max_bytes > 0 and audio.nbytes <= self.max_bytes:
+            self._items[key] = item
+            self._bytes += audio.nbytes
+            while self._bytes > self.max_bytes:
+                _, (old, _) = self._items.popitem(last=False)
+                self._bytes -= old.nbytes
+        return item
+
+
+def cut(audio: np.ndarray, sr: int, start_s: float, length_s: float) -> np.ndarray:
+    """Samples [start, start + length) at the file's own rate, zero-padded past the end."""
+    a = int(round(start_s * sr))
+    n = int(round(length_s * sr))
+    piece = audio[max(a, 0): a + n]
+    if a < 0:
+        piece = np.concatenate([np.zeros(-a, dtype=np.float32), piece])
+    if piece.shape[0] < n:
+        piece = np.pad(piece, (0, n - piece.shape[0]))
+    return piece
+
+
+def window_image(
+    cache: AudioCache, path: Path, start_s: float, length_s: float, cfg: FrontendConfig
+) -> np.ndarray:
+    """The model input of one window, unaugmented: exactly what the edge computes."""
+    audio, sr = cache.get(path)
+    return compute(cut(audio, sr, start_s, length_s), sr, cfg)
+
+
+def load_split_arrays(
+    run_dir: str | Path, split: str, limit: int | None = None, seed: int = 0,
+    root: str | Path | None = None,
+) -> WindowArrays:
+    """Images (through ``edge.inference.frontend.compute``) and 3-state labels of a run's split.
+
+    ``limit`` picks a seeded random subset (in window order) for quick calibration.
+    """
+    run = load_run_data(run_dir, root)
+    windows = run.windows(split)
+    if limit is not None and limit < len(windows):
+        pick = np.sort(np.random.default_rng(seed).choice(len(windows), size=limit, replace=False))
+        windows = [windows[i] for i in pick]
+    cache = AudioCache()
+    cfg = run.frontend
+    images = np.zeros((len(windows), *cfg.image_shape), dtype=np.float32)
+    for i, w in enumerate(windows):
+        images[i] = window_image(cache, run.path(w.file), w.start_s, w.end_s - w.start_s, cfg)
+    targets, known = to_arrays(windows, run.labels)
+    return WindowArrays(images, targets, known, list(run.labels))

@@ -55,16 +55,11 @@ def _worker(kind: str, model: str, threads: int, iters: int, warmup: int) -> dic
             x = birdnet.resample_to_48k(audio, RATE)[: birdnet.WINDOW_SAMPLES]
             return net.run(x[None]).logits
     else:
-        import onnxruntime as ort
-
         from edge.inference.frontend import FrontendConfig, compute
+        from edge.models.selftest import create_session  # the daemon's own session settings
 
         cfg = FrontendConfig.from_dict(json.loads(Path(model).with_suffix(".frontend.json").read_text()))
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        sess = ort.InferenceSession(model, sess_options=opts, providers=["CPUExecutionProvider"])
+        sess = create_session(model, threads)
         name = sess.get_inputs()[0].name
         seconds = cfg.window_s
 

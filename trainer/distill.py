@@ -13,7 +13,8 @@ away afterwards) learns to predict BirdNET's L2-normalised embedding of the same
 validation windows' loss picks the best epoch (``distill/backbone.pt``, a torchvision
 ResNet50 state dict). Images are computed once (no time shift: the teacher saw that exact
 audio) and augmented with SpecAugment-style masks. ``distill/last.pt`` is written every epoch
-and ``--resume`` continues it exactly.
+and ``--resume`` continues it exactly; a stage 1 that stopped on its time budget is continued
+by ``--resume`` (with a larger ``--distill-minutes``) as long as stage 2 has not started.
 
 Stage 2 is the ordinary trainer (:func:`trainer.train.train`) started from that backbone.
 ``--max-minutes`` covers both stages: stage 1 (with the teacher cache) gets
@@ -131,12 +132,16 @@ def distill(targs: TrainArgs, dargs: DistillArgs, run: RunData, t_start: float, 
     folder = run.run_dir / DISTILL_DIR
     folder.mkdir(exist_ok=True)
     summary_path, last_path = folder / SUMMARY, folder / LAST
+    if last_path.is_file() and not targs.resume:
+        raise SonotrapError(f"{folder} already holds a distillation run; pass --resume or a new --out")
     if summary_path.is_file():
-        return json.loads(summary_path.read_text(encoding="utf-8"))
+        summary = json.loads(summary_path.read_text(encoding="utf-8"))
+        if not (targs.resume and summary.get("stop_reason") == "time budget"
+                and summary["epochs_run"] < dargs.epochs and not (run.run_dir / LAST).is_file()):
+            return summary
+        log.info("stage 1 stopped on its time budget; --resume continues it (stage 2 has not started)")
     state = None
     if last_path.is_file():
-        if not targs.resume:
-            raise SonotrapError(f"{folder} already holds a distillation run; pass --resume or a new --out")
         state = torch.load(last_path, map_location="cpu", weights_only=False)
         if state.get("format") != STATE_FORMAT:
             raise SonotrapError(f"{last_path} is not a {STATE_FORMAT} file; pass a new --out")

@@ -96,9 +96,11 @@ def test_stage1_resumes_and_refuses_to_overwrite(setup, tmp_path):
     teacher = FakeTeacher()
     with pytest.raises(SonotrapError, match="before its first epoch"):  # no time for stage 1
         train_with_teacher(_args(out, max_minutes=1e-4), dargs, spec, SMALL, teacher)
-    # Interrupted after stage 1's first epoch (before stage 2): the summary is not written yet.
+    # Stage 1 stopped by its time budget after one epoch, stage 2 not started yet (its
+    # checkpoint removed): --resume continues stage 1 from distill/last.pt.
     train_with_teacher(_args(tmp_path / "full"), dargs, spec, SMALL, teacher)
-    (tmp_path / "full" / DISTILL_DIR / SUMMARY).unlink()
+    summary_path = tmp_path / "full" / DISTILL_DIR / SUMMARY
+    summary_path.write_text(json.dumps({**json.loads(summary_path.read_text()), "stop_reason": "time budget"}))
     (tmp_path / "full" / LAST).unlink()
     with pytest.raises(SonotrapError, match="--resume"):
         train_with_teacher(_args(tmp_path / "full"), dargs, spec, SMALL, teacher)

@@ -46,7 +46,7 @@ from trainer.schedule import lr_lambda
 from trainer.teacher_cache import LABELLED, UNLABELED, TeacherWindow, ensure_cache
 from trainer.train import TrainArgs, train
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("sonotrap.trainer")
 
 DISTILL_DIR = "distill"
 STATE_FORMAT = "sonotrap-distill/1"

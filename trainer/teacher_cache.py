@@ -29,7 +29,7 @@ import soundfile as sf
 from edge.errors import SonotrapError
 from trainer.split import SPLITS
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("sonotrap.trainer")
 
 CACHE_DIR = Path("teacher") / "birdnet"
 LABELLED, UNLABELED = "labelled", "unlabeled"

@@ -114,8 +114,14 @@ class DetectorConfig:
     min_hops: int = 1  # events shorter than this are dropped
     min_report_interval_s: float = 0.0  # per-label minimum time between published events
     publish_started: bool = False  # also publish a "started" message at the first hit
+    max_event_s: float = 10.0  # continuous calling is reported in events of at most this length (0 = no limit)
+    # Labels the bundle ships disabled (precision not reachable on validation) are published
+    # only when named here, or with "all".
+    enable_labels: list[str] | str = field(default_factory=list)
 
     def validate(self) -> None:
+        if isinstance(self.enable_labels, str) and self.enable_labels != "all":
+            _bad("detector.enable_labels", f"{self.enable_labels!r} must be a list of label codes or \"all\"")
         for label, value in self.thresholds.items():
             if not 0.0 <= value <= 1.0:
                 _bad(f"detector.thresholds.{label}", f"{value} must be within 0..1")
@@ -124,6 +130,7 @@ class DetectorConfig:
         _at_least("detector.max_gap_hops", self.max_gap_hops, 0)
         _at_least("detector.min_hops", self.min_hops, 1)
         _at_least("detector.min_report_interval_s", self.min_report_interval_s, 0)
+        _at_least("detector.max_event_s", self.max_event_s, 0)
 
 
 @dataclass

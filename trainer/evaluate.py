@@ -28,13 +28,13 @@ from trainer.engine import evaluate, validation_thresholds
 from trainer.metrics import pr_curve, threshold_dicts
 from trainer.rundata import RunData, load_run_data
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("sonotrap.trainer")
 
 
 def evaluate_checkpoint(
     checkpoint: str | Path, split: str, out: str | Path, target_precision: float = 0.9,
     batch_size: int = 32, workers: int = 0, data_root: str | Path | None = None, device: str = "cpu",
-    progress: bool = False, write_thresholds: bool = True,
+    progress: bool = False, write_thresholds: bool = True, user_view: bool = True,
 ) -> dict[str, Any]:
     """Score ``split`` with validation-chosen thresholds; write the report into ``out``."""
     if split not in ("train", "val", "test"):
@@ -67,6 +67,10 @@ def evaluate_checkpoint(
     }
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    if user_view:  # what the daemon would publish: FP32 model, edge pipeline, thresholds from val
+        from trainer.edge_eval import checkpoint_user_view
+
+        report["user_view"] = checkpoint_user_view(ckpt_path, run, split, target_precision, out / "edge")
     (out / "metrics.json").write_text(json.dumps(json_safe(report), indent=1) + "\n", encoding="utf-8")
     (out / "summary.md").write_text(summary_markdown(report), encoding="utf-8")
     np.savez_compressed(out / "scores.npz", probs=ev.probs, targets=ev.targets, known=ev.known)

@@ -63,7 +63,7 @@ from trainer.pseudo import load_pseudo
 from trainer.rundata import DATASET_FILE, SPLIT_FILE, RunData, load_run_data
 from trainer.schedule import Budget, lr_lambda
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("sonotrap.trainer")
 
 PROBLEMS_FILE = "input_problems.txt"  # one line per skipped input row/file
 SUMMARY_FILE = "train_summary.json"

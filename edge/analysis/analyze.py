@@ -21,7 +21,7 @@ import numpy as np
 from edge.config import Config
 from edge.errors import SonotrapError
 from edge.inference.detector import DetectionEvent, Detector
-from edge.inference.pipeline import HopPipeline
+from edge.inference.pipeline import HopPipeline, HopResult
 from edge.inference.runtime import Classifier
 
 AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".oga", ".mp3", ".aif", ".aiff", ".w64", ".rf64", ".opus"}
@@ -66,10 +66,12 @@ def analyze_file(
     batch: int = 16,
     progress: Callable[[float], None] | None = None,
     on_scores: Callable[[np.ndarray], None] | None = None,
+    on_hop: Callable[[HopResult], None] | None = None,
 ) -> FileResult:
     """Run the pipeline over one recording; errors are returned in ``FileResult.error``.
 
-    ``on_scores`` receives every window's (K,) scores (recording-level scores, issue 6).
+    ``on_scores`` receives every window's (K,) scores (recording-level scores); ``on_hop``
+    every hop's full result (times and scores: offline evaluation replays the detector).
     """
     from edge.audio.filesource import FileSource
 
@@ -87,9 +89,11 @@ def analyze_file(
     pipe = HopPipeline(classifier, detector, source.sample_rate, cfg.model.hop_s, max_batch=batch)
 
     def events(results) -> list[DetectionEvent]:
-        if on_scores is not None:
-            for r in results:
+        for r in results:
+            if on_scores is not None:
                 on_scores(r.scores)
+            if on_hop is not None:
+                on_hop(r)
         return [e for r in results for e in r.events]
 
     try:

@@ -97,5 +97,14 @@ def _print_summary(s: dict, b) -> None:
         print(f"  metrics {k}: {_metrics_line(v)}")
     if s["quantization"]:
         print("  quantization: " + ", ".join(f"{k}={v}" for k, v in s["quantization"].items() if not isinstance(v, dict | list)))
-    print(f"  labels ({s['labels']}): " + ", ".join(f"{c} ({b.names[c]}, t={b.thresholds.get(c, 0.5):.2f})" for c in b.labels[:12])
-          + (" ..." if len(b.labels) > 12 else ""))
+    enabled = s["enabled_labels"]
+    print(f"  labels ({s['labels']}, {len(enabled)} enabled by default): " + ", ".join(
+        f"{c} ({b.names[c]}, t={b.thresholds.get(c, 0.5):.2f}"
+        + (f", expected precision {p:.2f})" if p is not None else ")")
+        for c, p in enabled.items()
+    ))
+    disabled = s["disabled_labels"]
+    if disabled:
+        print(f"  disabled by default ({len(disabled)}; reasons in --json, enable with detector.enable_labels): "
+              + ", ".join(c + (f" (p={d['expected_precision']:.2f})" if d["expected_precision"] is not None else "")
+                          for c, d in disabled.items()))

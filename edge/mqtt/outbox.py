@@ -44,7 +44,7 @@ from edge.config import OutboxConfig
 from edge.errors import SonotrapError
 from edge.mqtt.salvage import copy_rows, is_corruption, move_aside, read_rows
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("sonotrap.mqtt")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (

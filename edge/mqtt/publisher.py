@@ -36,7 +36,7 @@ from edge.mqtt.outbox import Outbox
 from edge.mqtt.payloads import encode, event_payload, offline_payload, status_payload
 from edge.util.jsonio import json_safe
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("sonotrap.mqtt")
 # After a (re)connect the retained status waits this long for the daemon's own "ready" status,
 # so a listener sees one status line at start-up, not one per trigger.
 CONNECT_STATUS_GRACE_S = 1.0

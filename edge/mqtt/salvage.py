@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("sonotrap.mqtt")
 
 _CORRUPT_CODES = (11, 26)  # SQLITE_CORRUPT, SQLITE_NOTADB
 MAX_PROBES = 200_000  # single-id probes after a damaged page (microseconds each)

@@ -117,7 +117,7 @@ def test_disk_full_then_stop_logs_and_returns_the_true_count_on_disk(small_fs: P
         box.put("t", payload)
     st = box.stats()
     assert st["unpersisted"] > 100 and st["depth"] == st["unpersisted"] + (st["depth"] - st["unpersisted"])
-    with caplog.at_level(logging.INFO, logger="edge.mqtt.outbox"):
+    with caplog.at_level(logging.INFO, logger="sonotrap.mqtt"):
         kept, lost = box.close()
     (small_fs / "filler").unlink()
     on_disk = Outbox(path).depth()

@@ -53,6 +53,7 @@ RANGES: dict[str, tuple[float, float]] = {
     "detector.max_gap_hops": (0, 10_000),
     "detector.min_hops": (1, 10_000),
     "detector.min_report_interval_s": (0.0, _DAY),
+    "detector.max_event_s": (0.0, _DAY),
     "mqtt.port": (1, 65535),
     "mqtt.keepalive_s": (5, 65535),  # MQTT encodes it in 16 bits
     "mqtt.reconnect_min_s": (0.01, 3600.0),
@@ -95,6 +96,7 @@ CHARSETS: dict[str, tuple[str, str]] = {
     "detector.thresholds": (r"[^\x00-\x1f\x7f]{1,128}", "label names without control characters"),
     "detector.include": (r"[^\x00-\x1f\x7f]{1,128}", "label names without control characters"),
     "detector.exclude": (r"[^\x00-\x1f\x7f]{1,128}", "label names without control characters"),
+    "detector.enable_labels": (r"[^\x00-\x1f\x7f]{1,128}", "label names (or \"all\") without control characters"),
     "mqtt.host": (r"[A-Za-z0-9_.\-:%\[\]]{1,253}", "a host name or IP address"),
     "mqtt.prefix": _TOPIC,
     "mqtt.device_id": _NAME,

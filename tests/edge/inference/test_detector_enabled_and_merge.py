@@ -15,7 +15,8 @@ import pytest
 from edge.config import DetectorConfig, load_config
 from edge.errors import SonotrapError
 from edge.inference.detector import Detector, enabled_labels, resolve_thresholds
-from edge.models.bundle import Label, load_bundle, read_manifest, write_bundle
+from edge.models.bundle import load_bundle, write_bundle
+from edge.models.manifest import Label, read_manifest
 from tests.support.daemon_helpers import HIGH, LOW, read_jsonl, run_cli, write_tones
 from tests.support.tiny_model import make_tiny_bundle
 
@@ -69,7 +70,8 @@ def test_inspect_lists_enabled_labels_with_expected_precision(half_disabled):
     assert s["disabled_labels"]["tone_high"] == {"expected_precision": 0.42,
                                                  "reason": "precision cannot reach 0.90 on new recordings"}
     text = run_cli("bundle", "inspect", str(half_disabled)).stdout
-    assert "1 enabled by default" in text and "tone_high (p=0.42)" in text
+    assert "enabled by default (1): tone_low" in text and "disabled (1;" in text and "tone_high (p=0.42)" in text
+    assert "tone_high (tone high, t=0.50, disabled)" in text
 
 
 def test_enable_labels_config_is_checked():

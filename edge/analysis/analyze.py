@@ -38,6 +38,7 @@ class FileResult:
     events: list[DetectionEvent] = field(default_factory=list)
     error: str | None = None
     hops: int = 0
+    gated: int = 0  # hops that skipped the model (below the level floor, or inactive)
 
 
 def analyze_file(
@@ -67,7 +68,8 @@ def analyze_file(
         result.error = str(err)
         return result
     detector = Detector.for_bundle(classifier.bundle, cfg.detector)
-    pipe = HopPipeline(classifier, detector, source.sample_rate, cfg.model.hop_s, max_batch=batch)
+    pipe = HopPipeline(classifier, detector, source.sample_rate, cfg.model.hop_s, max_batch=batch,
+                       gate=cfg.gate)
 
     def events(results) -> list[DetectionEvent]:
         for r in results:
@@ -100,6 +102,7 @@ def analyze_file(
     result.events = [e for e in result.events if e.state == "ended"]
     result.duration_s = pipe.total / pipe.sample_rate
     result.hops = pipe.processed
+    result.gated = pipe.gated
     return result
 
 

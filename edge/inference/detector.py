@@ -137,9 +137,12 @@ class Detector:
         enabled = enabled_labels(bundle.manifest.labels, cfg)
         off = [lab for lab in bundle.labels if lab not in enabled]
         if off:
-            log.info("%d of %d labels are disabled by the model (precision not reliable on validation); "
-                     "publish them with detector.enable_labels: %s", len(off), len(bundle.labels),
-                     ", ".join(off[:8]) + (" ..." if len(off) > 8 else ""))
+            level = logging.WARNING if len(off) == len(bundle.labels) else logging.INFO
+            log.log(level, "%d of %d labels are disabled by the model (precision not reliable on validation), "
+                    "so %s; publish them with --enable-labels all|A,B (detector.enable_labels): %s",
+                    len(off), len(bundle.labels),
+                    "nothing will be published" if len(off) == len(bundle.labels) else "those are not published",
+                    ", ".join(off[:8]) + (" ..." if len(off) > 8 else ""))
         return cls(labels=list(bundle.labels), names=dict(bundle.names), thresholds=thr, cfg=cfg, enabled=enabled)
 
     @property

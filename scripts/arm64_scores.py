@@ -30,6 +30,7 @@ def dump(args: argparse.Namespace) -> int:
     from edge.models.bundle import load_bundle
 
     cfg = Config()
+    cfg.detector.enable_labels = "all"  # compare every label, also those a bundle ships disabled
     bundle = load_bundle(args.model)
     classifier = Classifier(bundle, 1)
     thresholds = resolve_thresholds(bundle.labels, bundle.manifest.thresholds, cfg.detector)

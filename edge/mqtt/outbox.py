@@ -346,6 +346,7 @@ class Outbox:
                 self._dropped,
             )
         self._depth += 1
+        assert cur.lastrowid is not None  # an INSERT always sets it
         self._last_id = int(cur.lastrowid)
         return self._last_id
 

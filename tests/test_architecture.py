@@ -18,7 +18,7 @@ MAX_LINES = 400
 # not grow (by more than GROWTH lines); take an entry out once the module is split (the test
 # says when).
 OVERSIZED = {
-    "edge/mqtt/publisher.py": 450,
+    "edge/mqtt/publisher.py": 425,
 }
 GROWTH = 20
 

@@ -21,7 +21,7 @@ import os
 import re
 import stat
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from edge.errors import SonotrapError
 
@@ -54,6 +54,12 @@ RANGES: dict[str, tuple[float, float]] = {
     "detector.min_hops": (1, 10_000),
     "detector.min_report_interval_s": (0.0, _DAY),
     "detector.max_event_s": (0.0, _DAY),
+    "gate.threshold_db": (0.5, 60.0),
+    "gate.bands": (1, 256),
+    "gate.smooth_s": (0.0, 2.0),
+    "gate.floor_quantile": (0.0, 0.99),
+    "gate.floor_rise_db_per_s": (0.0, 100.0),
+    "gate.hold_s": (0.0, 60.0),
     "mqtt.port": (1, 65535),
     "mqtt.keepalive_s": (5, 65535),  # MQTT encodes it in 16 bits
     "mqtt.reconnect_min_s": (0.01, 3600.0),
@@ -190,3 +196,26 @@ def secret_warnings(cfg: Any, config_path: str | Path | None = None) -> list[str
 def warn_about_secrets(cfg: Any, config_path: str | Path | None = None) -> None:
     for line in secret_warnings(cfg, config_path):
         log.warning("%s", line)
+
+
+# ---------------------------------------------------------------- checks the config sections use
+
+
+def bad(name: str, reason: str) -> NoReturn:
+    """Stop with the one-line config error ``config: NAME REASON``."""
+    raise SonotrapError(f"config: {name} {reason}")
+
+
+def choice(name: str, value: Any, allowed: tuple[Any, ...]) -> None:
+    if value not in allowed:
+        bad(name, f"{value!r} must be one of {', '.join(map(repr, allowed))}")
+
+
+def positive(name: str, value: float) -> None:
+    if not value > 0:
+        bad(name, f"{value!r} must be > 0")
+
+
+def at_least(name: str, value: float, low: float) -> None:
+    if value < low:
+        bad(name, f"{value!r} must be >= {low}")

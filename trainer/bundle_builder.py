@@ -25,7 +25,10 @@ from edge.models.bundle import write_bundle
 from edge.models.manifest import Label, Manifest
 from edge.util.hashing import sha256_file
 from edge.util.jsonio import json_safe
+from trainer.birdnet import TEACHER_INFO
 from trainer.species import SPECIES_FILE, label_fields, read_species
+
+TEACHERS = {"birdnet": TEACHER_INFO}  # what a manifest records about a distillation teacher
 
 log = logging.getLogger("sonotrap.trainer")
 
@@ -55,6 +58,8 @@ class BundleInfo:
             "training_args": _plain(args),
             "training_data": _plain(data),
         }
+        if args.get("teacher") in TEACHERS:
+            prov["teacher"] = dict(TEACHERS[args["teacher"]])
         for key in ("git_commit", "created", "epoch", "best_epoch", "torch_version"):
             if key in ckpt.extra:
                 prov[key] = _plain(ckpt.extra[key])

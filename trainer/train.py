@@ -80,6 +80,7 @@ class TrainArgs:
     warmup_epochs: float = 1.0
     min_lr_ratio: float = 0.01
     weights: str = "imagenet"
+    teacher: str | None = None  # distilled from this teacher first (trainer.distill); recorded for the manifest
     freeze_epochs: int = 0
     loss: str = "bce"  # bce | focal
     focal_gamma: float = 2.0

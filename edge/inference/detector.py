@@ -137,9 +137,12 @@ class Detector:
         enabled = enabled_labels(bundle.manifest.labels, cfg)
         off = [lab for lab in bundle.labels if lab not in enabled]
         if off:
-            log.info("%d of %d labels are disabled by the model (precision not reliable on validation); "
-                     "publish them with detector.enable_labels: %s", len(off), len(bundle.labels),
-                     ", ".join(off[:8]) + (" ..." if len(off) > 8 else ""))
+            level = logging.WARNING if len(off) == len(bundle.labels) else logging.INFO
+            log.log(level, "%d of %d labels are disabled by the model (precision not reliable on validation), "
+                    "so %s; publish them with --enable-labels all|A,B (detector.enable_labels): %s",
+                    len(off), len(bundle.labels),
+                    "nothing will be published" if len(off) == len(bundle.labels) else "those are not published",
+                    ", ".join(off[:8]) + (" ..." if len(off) > 8 else ""))
         return cls(labels=list(bundle.labels), names=dict(bundle.names), thresholds=thr, cfg=cfg, enabled=enabled)
 
     @property
@@ -157,10 +160,10 @@ class Detector:
         ``hop`` is the hop index (consecutive hops differ by 1; a larger jump counts as
         that many missed hops for gap tolerance).
         """
-        scores = np.asarray(scores, dtype=np.float64)
+        values = np.asarray(scores, dtype=np.float64)
         out: list[DetectionEvent] = []
         for i, label in self._active:
-            score = float(scores[i])
+            score = float(values[i])
             ev = self._open.get(label)
             if score >= self.thresholds[label]:
                 start = window_start

@@ -148,6 +148,7 @@ class Daemon(HotSwap):
             "backlog_hops": self.backlog_hops,
             "max_backlog_hops": self.max_backlog_hops,
             "skipped_hops": pipe.skipped if pipe else 0,
+            "gated_hops": pipe.gated if pipe else 0,  # hops that skipped the model (quiet/inactive)
             "hops": pipe.processed if pipe else 0,
             "batches": self.batches,
             "last_hop_epoch": round(self.last_hop_epoch, 3) if self.last_hop_epoch else None,
@@ -281,7 +282,7 @@ class Daemon(HotSwap):
         assert self.classifier is not None and self._detector is not None
         self.pipeline = HopPipeline(
             self.classifier, self._detector, rate, self.cfg.model.hop_s, self.cfg.model.max_batch,
-            time_of=self._epoch_of,
+            time_of=self._epoch_of, gate=self.cfg.gate,
         )
         self._received.clear()
         if self.cfg.clips.enabled:
@@ -328,7 +329,7 @@ class Daemon(HotSwap):
             for r in results:
                 self._hops_jsonl.write({
                     "hop": r.hop, "t_end": round(r.t_end, 4), "sample_end": r.sample_end,
-                    "model_version": r.model_version,
+                    "model_version": r.model_version, "gated": r.gated,
                     "scores": {lab: round(float(p), 5) for lab, p in zip(pipe.classifier.labels, r.scores, strict=True)},
                 })
                 for ev in r.events:

@@ -70,7 +70,8 @@ def test_inspect_lists_enabled_labels_with_expected_precision(half_disabled):
     assert s["disabled_labels"]["tone_high"] == {"expected_precision": 0.42,
                                                  "reason": "precision cannot reach 0.90 on new recordings"}
     text = run_cli("bundle", "inspect", str(half_disabled)).stdout
-    assert "1 enabled by default" in text and "tone_high (p=0.42)" in text
+    assert "enabled by default (1): tone_low" in text and "disabled (1;" in text and "tone_high (p=0.42)" in text
+    assert "tone_high (tone high, t=0.50, disabled)" in text
 
 
 def test_enable_labels_config_is_checked():

@@ -222,6 +222,7 @@ class UpdateConfig:
     allowed_base_urls: list[str] = field(default_factory=list)  # for MQTT cmd/update URLs
     trusted_keys_dir: str | None = None  # None = <config dir>/trusted_keys
     allow_unsigned: bool = False
+    allow_downgrade: bool = False  # install versions older than the current one (else refused)
     keep_versions: int = 3  # installed versions kept (current and previous always)
     max_download_mb: float = 200.0
     min_free_mb: float = 50.0  # free space left on the state disk after an update

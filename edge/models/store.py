@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from edge.errors import SonotrapError
-from edge.models.archive import extract_archive
+from edge.models.archive import copy_bundle_dir, extract_archive
 from edge.models.manifest import MANIFEST_FILE, read_manifest_data, version_key
 from edge.models.verify import read_identity, verify_in_subprocess
 
@@ -143,7 +143,7 @@ class ModelStore:
             try:
                 bundle_dir = staging / "bundle"
                 if source.is_dir():
-                    shutil.copytree(source, bundle_dir, symlinks=False)
+                    copy_bundle_dir(source, bundle_dir)
                 else:
                     os.rename(extract_archive(source, staging / "unpack"), bundle_dir)
                     if not (bundle_dir / MANIFEST_FILE).is_file():

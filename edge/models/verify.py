@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from edge.errors import SonotrapError
+from edge.models.archive import check_listed_files
 from edge.models.bundle import load_bundle
 from edge.models.manifest import SIGNATURE_FILE, read_manifest_data
 from edge.models.signing import verify_bundle
@@ -89,6 +90,8 @@ def verify_bundle_here(bundle_dir: str | Path, trusted_keys: str | Path | None, 
                 "sign it with 'sonotrap bundle sign' (or set update.allow_unsigned = true)"
             )
         key_id = verify_bundle(bundle_dir, trusted_keys)
+    else:
+        check_listed_files(bundle_dir, read_manifest_data(bundle_dir))
     b = load_bundle(bundle_dir, self_test=True)  # manifest, sha256, I/O shapes, reference outputs
     return VerifiedBundle(name=b.name, version=b.version, labels=list(b.labels), key_id=key_id)
 

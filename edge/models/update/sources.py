@@ -157,10 +157,10 @@ def check_local_bundle(path: str | Path, folder: str | Path, max_bytes: int) -> 
         st = os.lstat(p)
     except OSError as err:
         raise SonotrapError(f"update bundle {p} cannot be read ({err.strerror}); copy it again") from None
-    if not p.resolve().is_relative_to(root):
-        raise SonotrapError(f"update bundle {p} lies outside the update folder {root}; refused")
     if stat.S_ISLNK(st.st_mode) or not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
         raise SonotrapError(f"update bundle {p} is a link or special file, not a plain file or folder; refused")
+    if not p.resolve().is_relative_to(root):
+        raise SonotrapError(f"update bundle {p} lies outside the update folder {root}; refused")
     if stat.S_ISREG(st.st_mode) and st.st_size > max_bytes:
         raise SonotrapError(
             f"update bundle {p} is {st.st_size / 1e6:.1f} MB, over update.max_download_mb; refused"

@@ -230,6 +230,7 @@ class UpdateConfig:
     jitter_s: float = 600.0  # random delay before polling (`sonotrap update` without --no-jitter)
     http_timeout_s: float = 30.0
     verify_timeout_s: float = 300.0  # load + self-test of a new bundle (separate process)
+    command_window_s: float = 300.0  # signed MQTT commands must be issued within this of the device clock
 
     def validate(self) -> None:
         if not self.channel or any(c in self.channel for c in "/#+ "):
@@ -246,6 +247,8 @@ class UpdateConfig:
         _at_least("update.jitter_s", self.jitter_s, 0)
         _positive("update.http_timeout_s", self.http_timeout_s)
         _positive("update.verify_timeout_s", self.verify_timeout_s)
+        if not 10.0 <= self.command_window_s <= 86400.0:
+            _bad("update.command_window_s", f"{self.command_window_s!r} must lie between 10 and 86400 seconds")
 
 
 @dataclass

@@ -228,7 +228,8 @@ class UpdateConfig:
     min_free_mb: float = 50.0  # free space left on the state disk after an update
     health_timeout_s: float = 120.0  # new model must serve hops within this, else rollback
     jitter_s: float = 600.0  # random delay before polling (`sonotrap update` without --no-jitter)
-    http_timeout_s: float = 30.0
+    http_timeout_s: float = 30.0  # one network read or connect
+    deadline_s: float = 600.0  # one whole index fetch or bundle download (all resumes), however slow the server
     verify_timeout_s: float = 300.0  # load + self-test of a new bundle (separate process)
     command_window_s: float = 300.0  # signed MQTT commands must be issued within this of the device clock
 
@@ -246,6 +247,8 @@ class UpdateConfig:
         _positive("update.health_timeout_s", self.health_timeout_s)
         _at_least("update.jitter_s", self.jitter_s, 0)
         _positive("update.http_timeout_s", self.http_timeout_s)
+        if not 1.0 <= self.deadline_s <= 86400.0:
+            _bad("update.deadline_s", f"{self.deadline_s!r} must lie between 1 and 86400 seconds")
         _positive("update.verify_timeout_s", self.verify_timeout_s)
         if not 10.0 <= self.command_window_s <= 86400.0:
             _bad("update.command_window_s", f"{self.command_window_s!r} must lie between 10 and 86400 seconds")

@@ -25,7 +25,14 @@ from edge.models.store import ModelStore, StoredModel, store_root
 from edge.models.update.commands import parse_command
 from edge.models.update.daemon_control import DaemonControl, SignalDaemon, status_last_hop, wait_healthy
 from edge.models.update.download import check_free_space, download
-from edge.models.update.sources import Offer, check_local_bundle, find_offer, resolve_source, url_allowed
+from edge.models.update.sources import (
+    Offer,
+    check_local_bundle,
+    find_offer,
+    resolve_source,
+    source_base,
+    url_allowed,
+)
 from edge.models.update.status import UpdateResult, UpdateStatus
 from edge.util.hashing import sha256_file
 
@@ -88,7 +95,8 @@ class Updater:
         """The offer to install, or None when the device is up to date (or it failed before)."""
         src = resolve_source(self.cfg, source)
         offer = find_offer(src, channel=channel or self.cfg.update.channel, version=version,
-                           timeout=self.cfg.update.http_timeout_s)
+                           timeout=self.cfg.update.http_timeout_s, deadline_s=self.cfg.update.deadline_s,
+                           allowed=self.cfg.update.allowed_base_urls)
         if offer is None:
             if version is not None:
                 raise SonotrapError(f"version {version} is not offered by {src}; check the index")
@@ -214,6 +222,7 @@ class Updater:
                 path = download(
                     offer.location, downloads / f"{name[:32]}.tar.gz", max_bytes=max_bytes,
                     expected_size=offer.size, sha256=offer.sha256, timeout=self.cfg.update.http_timeout_s,
+                    deadline_s=self.cfg.update.deadline_s, allowed=self._allowed_urls(offer),
                 )
                 self.report("update_downloaded", version=offer.version, bytes=path.stat().st_size)
             else:
@@ -293,6 +302,13 @@ class Updater:
             return False, f"could not signal the daemon ({err})"
         self.report("model_swap_requested", version=version)
         return wait_healthy(self.daemon.status, version, since, self.cfg.update.health_timeout_s)
+
+    def _allowed_urls(self, offer: Offer) -> list[str]:
+        """Where a bundle (and any redirect) may come from: the allow-list, plus an index's own base."""
+        allowed = list(self.cfg.update.allowed_base_urls)
+        if offer.source.startswith(("http://", "https://")):
+            allowed.append(source_base(offer.source))
+        return allowed
 
     def _current_version(self) -> str | None:
         cur = self.store.current()

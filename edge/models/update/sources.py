@@ -21,7 +21,7 @@ from edge.config import Config
 from edge.errors import SonotrapError
 from edge.models.archive import read_manifest_bytes
 from edge.models.manifest import manifest_data, read_manifest_data, version_key
-from edge.models.update.download import fetch_bytes
+from edge.models.update.download import fetch_bytes, url_allowed  # noqa: F401  (re-exported)
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,8 @@ def resolve_source(cfg: Config, source: str | None = None) -> str:
     )
 
 
-def fetch_index(source: str, timeout: float = 30.0) -> tuple[dict | None, str]:
+def fetch_index(source: str, timeout: float = 30.0, deadline_s: float = 600.0,
+                allowed: list[str] | None = None) -> tuple[dict | None, str]:
     """(parsed index.json or None when a local dir has none, base location for relative URLs)."""
     if source.startswith("local:"):
         d = Path(source[len("local:"):])
@@ -79,7 +80,8 @@ def fetch_index(source: str, timeout: float = 30.0) -> tuple[dict | None, str]:
     if not source.startswith(("http://", "https://")):
         raise SonotrapError(f"update source {source!r} must be local:DIR or an http(s) URL")
     url = source if source.endswith(".json") else source.rstrip("/") + "/" + INDEX_FILE
-    body = fetch_bytes(url, max_bytes=MAX_INDEX_BYTES, timeout=timeout)
+    body = fetch_bytes(url, max_bytes=MAX_INDEX_BYTES, timeout=timeout, deadline_s=deadline_s,
+                       allowed=[*(allowed or []), source_base(source)])
     try:
         return json.loads(body), url
     except ValueError as err:
@@ -112,9 +114,15 @@ def _offer_from_entry(entry: Any, base: str, source: str, channel: str | None) -
     )
 
 
-def find_offer(source: str, *, channel: str, version: str | None = None, timeout: float = 30.0) -> Offer | None:
+def source_base(source: str) -> str:
+    """The base URL an HTTP source's index and bundles (and redirects) must stay under."""
+    return source.rsplit("/", 1)[0] + "/" if source.endswith(".json") else source.rstrip("/") + "/"
+
+
+def find_offer(source: str, *, channel: str, version: str | None = None, timeout: float = 30.0,
+               deadline_s: float = 600.0, allowed: list[str] | None = None) -> Offer | None:
     """The offer for ``channel`` (or the given ``version``) at ``source``; None if it has none."""
-    index, base = fetch_index(source, timeout)
+    index, base = fetch_index(source, timeout, deadline_s, allowed)
     if index is not None:
         if not isinstance(index, dict):
             raise SonotrapError(f"update index {base} is not a JSON object; fix index.json")
@@ -196,19 +204,3 @@ def scan_local_dir(d: Path, max_bytes: int = DEFAULT_MAX_LOCAL_BYTES) -> list[Of
                 )
             )
     return offers
-
-
-
-def url_allowed(url: str, allowed: list[str]) -> bool:
-    """True when ``url`` lies under one of the allowed base URLs (same scheme, host, path prefix)."""
-    u = urllib.parse.urlsplit(url)
-    if u.scheme not in ("http", "https") or ".." in u.path.split("/"):
-        return False
-    for base in allowed:
-        b = urllib.parse.urlsplit(base)
-        prefix = b.path if b.path.endswith("/") else b.path + "/"
-        if (u.scheme, u.netloc) == (b.scheme, b.netloc) and (u.path.startswith(prefix) or u.path == b.path):
-            return True
-    return False
-
-

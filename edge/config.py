@@ -231,6 +231,7 @@ class UpdateConfig:
     http_timeout_s: float = 30.0  # one network read or connect
     deadline_s: float = 600.0  # one whole index fetch or bundle download (all resumes), however slow the server
     verify_timeout_s: float = 300.0  # load + self-test of a new bundle (separate process)
+    verify_memory_mb: float = 2048.0  # address-space limit (RLIMIT_AS) of the verifying process
     command_window_s: float = 300.0  # signed MQTT commands must be issued within this of the device clock
 
     def validate(self) -> None:
@@ -250,6 +251,8 @@ class UpdateConfig:
         if not 1.0 <= self.deadline_s <= 86400.0:
             _bad("update.deadline_s", f"{self.deadline_s!r} must lie between 1 and 86400 seconds")
         _positive("update.verify_timeout_s", self.verify_timeout_s)
+        if not 256.0 <= self.verify_memory_mb <= 1e6:
+            _bad("update.verify_memory_mb", f"{self.verify_memory_mb!r} must lie between 256 and 1000000 MB")
         if not 10.0 <= self.command_window_s <= 86400.0:
             _bad("update.command_window_s", f"{self.command_window_s!r} must lie between 10 and 86400 seconds")
 

@@ -127,6 +127,7 @@ class ModelStore:
         verify: bool = True,
         label: str = "",
         timeout_s: float = 120.0,
+        memory_mb: float | None = 2048.0,
     ) -> StoredModel:
         """Unpack/copy a bundle (dir or .tar.gz) into the store after verifying it; not activated.
 
@@ -150,7 +151,8 @@ class ModelStore:
                         raise SonotrapError(f"bundle archive {source} has no {MANIFEST_FILE}; it is not a model bundle")
                 if verify:
                     info = verify_in_subprocess(
-                        bundle_dir, trusted_keys=trusted_keys, allow_unsigned=allow_unsigned, timeout_s=timeout_s
+                        bundle_dir, trusted_keys=trusted_keys, allow_unsigned=allow_unsigned, timeout_s=timeout_s,
+                        memory_mb=memory_mb,
                     )
                 else:
                     info = read_identity(bundle_dir)

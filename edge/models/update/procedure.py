@@ -234,6 +234,7 @@ class Updater:
             stored = self.store.install(
                 path, trusted_keys=self.trusted_keys, allow_unsigned=self.cfg.update.allow_unsigned,
                 label=offer.location, timeout_s=self.cfg.update.verify_timeout_s,
+                memory_mb=self.cfg.update.verify_memory_mb,
             )
             res.steps.append("verify")
             if offer.is_remote:
@@ -300,6 +301,9 @@ class Updater:
             self.daemon.swap()
         except (SonotrapError, OSError) as err:
             return False, f"could not signal the daemon ({err})"
+        except Exception as err:  # e.g. MemoryError building the new session: never leave it current
+            log.exception("hot swap to %s failed", version)
+            return False, f"the daemon could not load {version} ({type(err).__name__}: {str(err)[:200]})"
         self.report("model_swap_requested", version=version)
         return wait_healthy(self.daemon.status, version, since, self.cfg.update.health_timeout_s)
 

@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-from edge.models.update.download import url_allowed
 from edge.models.update.procedure import Updater
+from edge.models.update.sources import url_allowed
 from tests.support.update_server import (
     BundleServer,
     events,

@@ -155,3 +155,11 @@ def test_symlinked_secret_in_a_bundle_folder_is_not_copied(env, tmp_path):
     os.symlink(secret, bundle / "manifest.json.sig")  # a covered name that is a link: refused
     with pytest.raises(SonotrapError, match="link or special file"):
         ModelStore(tmp_path / "models2").install(bundle, trusted_keys=env["keys"].public_dir)
+
+
+def test_only_the_archive_module_opens_tar_files():
+    from tests.support.paths import REPO
+
+    users = [p.relative_to(REPO).as_posix() for d in ("edge", "trainer", "bench", "scripts")
+             for p in (REPO / d).rglob("*.py") if "tarfile" in p.read_text()]
+    assert users == ["edge/models/archive.py"], users

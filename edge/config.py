@@ -248,13 +248,10 @@ class UpdateConfig:
         _positive("update.health_timeout_s", self.health_timeout_s)
         _at_least("update.jitter_s", self.jitter_s, 0)
         _positive("update.http_timeout_s", self.http_timeout_s)
-        if not 1.0 <= self.deadline_s <= 86400.0:
-            _bad("update.deadline_s", f"{self.deadline_s!r} must lie between 1 and 86400 seconds")
         _positive("update.verify_timeout_s", self.verify_timeout_s)
-        if not 256.0 <= self.verify_memory_mb <= 1e6:
-            _bad("update.verify_memory_mb", f"{self.verify_memory_mb!r} must lie between 256 and 1000000 MB")
-        if not 10.0 <= self.command_window_s <= 86400.0:
-            _bad("update.command_window_s", f"{self.command_window_s!r} must lie between 10 and 86400 seconds")
+        for key, lo, hi in (("deadline_s", 1, 86400), ("verify_memory_mb", 256, 1e6), ("command_window_s", 10, 86400)):
+            if not lo <= getattr(self, key) <= hi:
+                _bad(f"update.{key}", f"{getattr(self, key)!r} must lie between {lo} and {hi}")
 
 
 @dataclass

@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 SOURCE ?=
 export SOURCE
 
-.PHONY: demo test lint bench system-deps demo-model bench-model
+.PHONY: demo test lint bench system-deps demo-model bench-model arm64-check
 
 # `make demo` installs a regular copy, as from a wheel (an editable install of this flat layout
 # makes setuptools print a warning block), reinstalled when the edge code or the demo model
@@ -28,12 +28,14 @@ system-deps:
 demo: $(VENV)/.edge-installed
 	scripts/demo
 
-## make test: install what the tests need, then run them all
-test: system-deps $(VENV)/.dev-installed
+## make test: install what the tests need, check style and types, then run the whole suite
+test: system-deps $(VENV)/.dev-installed lint
 	$(PY) -m pytest -q
 
+## make lint: ruff and mypy (edge/ and trainer/, default mode), as CI runs them
 lint: $(VENV)/.dev-installed
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 
 ## make bench: daemon (latency, CPU, RSS at hop 0.5/1 s) and publisher benchmarks on the demo model
 bench: $(VENV)/.dev-installed
@@ -48,3 +50,8 @@ demo-model: $(VENV)/.dev-installed
 ## make bench-model CHECKPOINT=run/best.pt FP32=run/demo-export/model_fp32.onnx: PyTorch vs ONNX FP32 vs INT8
 bench-model: $(VENV)/.dev-installed
 	$(PY) bench/bench_model.py $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT)) $(if $(FP32),--fp32 $(FP32))
+
+## sudo make arm64-check: the edge install + demo model on arm64 Debian under qemu, compared with this host
+## (cached arm64 root in ARM64_ROOT; slow under emulation; not part of make test). See docs/arm64.md
+arm64-check: $(VENV)/.edge-installed
+	HOST_PY=$(abspath $(PY)) scripts/arm64-check

@@ -41,9 +41,9 @@ def _worker(kind: str, model: str, threads: int, windows: str, iters: int, warmu
 
         torch.set_num_threads(threads)
         torch.set_num_interop_threads(1)
-        from trainer.export import build_torch_model, load_checkpoint
+        from trainer.checkpoint import load_checkpoint, model_from_checkpoint
 
-        net = build_torch_model(load_checkpoint(model))
+        net = model_from_checkpoint(load_checkpoint(model))
 
         def infer(x):
             with torch.inference_mode():

@@ -53,7 +53,8 @@ def main() -> int:
     p.add_argument("--only", nargs="*", default=None, help="subset of setting names")
     args = p.parse_args()
 
-    from trainer.export import build_torch_model, export_onnx, load_checkpoint, onnx_predict
+    from trainer.checkpoint import load_checkpoint, model_from_checkpoint
+    from trainer.export import export_onnx, onnx_predict
     from trainer.quantize import QuantSettings, compare, load_windows, quantize_model
 
     ckpt = load_checkpoint(args.checkpoint)
@@ -61,7 +62,7 @@ def main() -> int:
     val = load_windows(run, "val", args.val_limit, 0)
     calib = load_windows(run, "train", args.calib_windows, 0)
     with tempfile.TemporaryDirectory() as tmp:
-        fp32 = export_onnx(build_torch_model(ckpt), Path(tmp) / "fp32.onnx", ckpt.frontend.image_shape)
+        fp32 = export_onnx(model_from_checkpoint(ckpt), Path(tmp) / "fp32.onnx", ckpt.frontend.image_shape)
         p32 = onnx_predict(fp32, val.images)
         print(f"{ckpt.path}: {len(val.images)} val windows, {len(calib.images)} calibration windows; "
               f"FP32 1-thread latency {latency_ms(fp32, val.images):.1f} ms")

@@ -40,7 +40,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from edge.util.jsonio import json_safe  # noqa: E402
-from trainer.data import load_run_data  # noqa: E402
+from trainer.rundata import load_run_data  # noqa: E402
 from trainer.split import SPLITS  # noqa: E402
 from trainer.windows import Window  # noqa: E402
 
@@ -104,16 +104,17 @@ def evaluate_on(checkpoint: str, run_dir: str, split: str = "test", labels: list
     """Metrics of ``checkpoint`` on ``run_dir``'s ``split`` windows with that run's (full) labels."""
     import torch
 
+    from trainer.checkpoint import load_checkpoint, model_from_checkpoint
     from trainer.dataset import WindowDataset
+    from trainer.engine import predict
     from trainer.metrics import evaluate_scores
-    from trainer.train import load_checkpoint, model_from_checkpoint, predict
 
     ckpt = load_checkpoint(checkpoint)
     model = model_from_checkpoint(ckpt)
     run = load_run_data(run_dir)
     ds = WindowDataset(run, run.windows(split))
     probs = predict(model, ds, 32, torch.device("cpu"))
-    model_labels = list(ckpt["labels"])
+    model_labels = list(ckpt.labels)
     shared = [lab for lab in (labels or run.labels) if lab in model_labels and lab in run.labels]
     cols_model = [model_labels.index(lab) for lab in shared]
     cols_run = [run.labels.index(lab) for lab in shared]

@@ -8,7 +8,7 @@ Supported sources (all produce the same records, so windows/splits/training neve
 - folder-per-class clips (``DIR/<label>/*.wav``; a folder named ``negative``/``background``/
   ``noise`` holds negatives).
 
-Three-state labels (issue 6): ``Annotation.present`` is True (a call of ``label`` is there),
+Three-state labels: ``Annotation.present`` is True (a call of ``label`` is there),
 False (validated absent) or None (unknown). ``Recording.complete`` says every class was
 annotated in the recording, so any class without a call there is a known negative.
 
@@ -30,7 +30,7 @@ import soundfile as sf
 
 from edge.errors import SonotrapError
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("sonotrap.trainer")
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".aiff", ".aif", ".mp3", ".opus", ".w64", ".caf")
 NEGATIVE_FOLDERS = ("negative", "negatives", "background", "noise", "_negative", "_background")
@@ -136,7 +136,8 @@ def _damage(path: Path, info) -> str | None:
     return None
 
 
-def _read_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
+def read_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
+    """Header and rows of a CSV (tab-separated for .txt/.tsv), cells stripped; clear errors."""
     if not path.is_file():
         raise SonotrapError(f"table {path} does not exist; pass an existing CSV file")
     try:
@@ -199,12 +200,12 @@ def read_table(
     ``root`` defaults to the annotation table's folder. Every file in the files list (or, without
     one, every annotated file) is a complete recording (every class annotated), unless
     ``complete`` is False or (by default) the table has a ``present`` column: validation-style
-    data (issue 6) where classes without a row in a window are unknown.
+    data where classes without a row in a window are unknown.
     """
     annotations_csv = Path(annotations_csv)
     root = Path(root) if root is not None else annotations_csv.parent
     problems = Problems(strict)
-    columns, rows = _read_csv(annotations_csv)
+    columns, rows = read_csv(annotations_csv)
     _require(columns, ("file", "start_s", "end_s", "label"), annotations_csv,
              "use the header file,start_s,end_s,label[,present]")
     has_present = "present" in columns
@@ -212,7 +213,7 @@ def read_table(
     files: dict[str, tuple[float, int] | None] = {}
     if files_csv is not None:
         files_csv = Path(files_csv)
-        fcols, frows = _read_csv(files_csv)
+        fcols, frows = read_csv(files_csv)
         _require(fcols, ("file",), files_csv, "use the header file[,duration_s,sample_rate]")
         for f in frows:
             if f["file"]:
@@ -317,7 +318,7 @@ def read_raven(folder: str | Path, strict: bool = False) -> Source:
         rel = str(wav.relative_to(folder))
         if rel not in recordings:
             continue
-        columns, rows = _read_csv(table)
+        columns, rows = read_csv(table)
         label_col = next((c for c in RAVEN_LABEL_COLUMNS if c in columns), None)
         missing = [c for c in (RAVEN_BEGIN, RAVEN_END) if c not in columns]
         if missing or label_col is None:

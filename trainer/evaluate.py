@@ -6,7 +6,7 @@ Report folder: ``metrics.json`` (everything, per class), ``summary.md`` (Markdow
 class i, how often each class j is predicted at its threshold; multi-label, so rows need not
 sum to one; last column: nothing predicted). Thresholds are always chosen on the validation
 split, never on the split being reported, and are written back into the checkpoint for the
-export to the edge.
+export to the edge. :func:`finalize` does the same at the end of training, without a report.
 """
 
 from __future__ import annotations
@@ -21,67 +21,87 @@ import numpy as np
 import torch
 
 from edge.errors import SonotrapError
-from trainer.data import load_run_data
+from edge.util.jsonio import json_safe
+from trainer.checkpoint import load_checkpoint, model_from_checkpoint, update_checkpoint
 from trainer.dataset import WindowDataset
-from trainer.metrics import choose_thresholds, evaluate_scores, pr_curve, threshold_dicts
-from trainer.train import _atomic_save, _clean, load_checkpoint, model_from_checkpoint, predict
+from trainer.engine import evaluate, validation_thresholds
+from trainer.metrics import pr_curve, threshold_dicts
+from trainer.rundata import RunData, load_run_data
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("sonotrap.trainer")
 
 
 def evaluate_checkpoint(
     checkpoint: str | Path, split: str, out: str | Path, target_precision: float = 0.9,
     batch_size: int = 32, workers: int = 0, data_root: str | Path | None = None, device: str = "cpu",
-    progress: bool = False, write_thresholds: bool = True,
+    progress: bool = False, write_thresholds: bool = True, user_view: bool = True,
 ) -> dict[str, Any]:
     """Score ``split`` with validation-chosen thresholds; write the report into ``out``."""
     if split not in ("train", "val", "test"):
         raise SonotrapError(f"--split {split!r} is not train, val or test")
-    ckpt_path = Path(checkpoint)
-    if ckpt_path.is_dir():
-        ckpt_path = ckpt_path / "best.pt"
-    ckpt = load_checkpoint(ckpt_path)
+    ckpt = load_checkpoint(checkpoint)
+    ckpt_path = ckpt.path
     run = load_run_data(ckpt_path.parent, data_root)
-    if run.labels != list(ckpt["labels"]):
+    if run.labels != ckpt.labels:
         raise SonotrapError(f"checkpoint {ckpt_path} labels differ from its run directory's; "
                             "pass the checkpoint inside its own run directory")
     dev = torch.device(device)
     model = model_from_checkpoint(ckpt).to(dev)
-    val_w = run.windows("val")
-    if not val_w:
+    th, val = validation_thresholds(model, run, batch_size, dev, workers, progress, target_precision)
+    if val is None:
         raise SonotrapError("the run has no validation windows to choose thresholds on; "
                             "train with a non-zero validation fraction")
-    val_ds = WindowDataset(run, val_w)
-    val_probs = predict(model, val_ds, batch_size, dev, workers, progress, "val")
-    th = choose_thresholds(val_probs, val_ds.targets, val_ds.known, run.labels, target_precision)
     thresholds = {k: v.threshold for k, v in th.items()}
     if split == "val":
-        ds, probs = val_ds, val_probs
+        ev = val
     else:
         windows = run.windows(split)
         if not windows:
             raise SonotrapError(f"the run has no {split} windows; evaluate --split val instead")
-        ds = WindowDataset(run, windows)
-        probs = predict(model, ds, batch_size, dev, workers, progress, split)
-    metrics = evaluate_scores(probs, ds.targets, ds.known, run.labels, thresholds)
+        ev = evaluate(model, WindowDataset(run, windows), batch_size, dev, workers, progress, split, thresholds)
+    metrics = ev.metrics
     report = {
-        "checkpoint": str(ckpt_path), "split": split, "epoch": ckpt.get("epoch"),
+        "checkpoint": str(ckpt_path), "split": split, "epoch": ckpt.extra.get("epoch"),
         "target_precision": target_precision, "thresholds_from": "val",
         "thresholds": threshold_dicts(th), "label_names": run.label_names, "metrics": metrics,
     }
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps(_clean(report), indent=1) + "\n", encoding="utf-8")
+    if user_view:  # what the daemon would publish: FP32 model, edge pipeline, thresholds from val
+        from trainer.edge_eval import checkpoint_user_view
+
+        report["user_view"] = checkpoint_user_view(ckpt_path, run, split, target_precision, out / "edge")
+    (out / "metrics.json").write_text(json.dumps(json_safe(report), indent=1) + "\n", encoding="utf-8")
     (out / "summary.md").write_text(summary_markdown(report), encoding="utf-8")
-    np.savez_compressed(out / "scores.npz", probs=probs, targets=ds.targets, known=ds.known)
-    plot_pr_curves(out, probs, ds.targets, ds.known, run.labels, thresholds)
-    plot_confusion(out / "confusion.png", probs, ds.targets, ds.known, run.labels, thresholds)
+    np.savez_compressed(out / "scores.npz", probs=ev.probs, targets=ev.targets, known=ev.known)
+    plot_pr_curves(out, ev.probs, ev.targets, ev.known, run.labels, thresholds)
+    plot_confusion(out / "confusion.png", ev.probs, ev.targets, ev.known, run.labels, thresholds)
     if write_thresholds:
-        ckpt["thresholds"] = thresholds
-        ckpt.setdefault("metrics", {})[split] = _clean(metrics)
-        ckpt["target_precision"] = target_precision
-        _atomic_save(ckpt, ckpt_path)
+        update_checkpoint(ckpt, thresholds=thresholds, target_precision=target_precision,
+                          metrics={**ckpt.metrics, split: json_safe(metrics)})
     return report
+
+
+def finalize(
+    best_path: Path, run: RunData, device: torch.device, batch_size: int = 32, workers: int = 0,
+    target_precision: float = 0.9, progress: bool = False,
+) -> dict[str, Any]:
+    """End of training: thresholds from validation, val/test metrics with them; written into the checkpoint."""
+    ckpt = load_checkpoint(best_path)
+    model = model_from_checkpoint(ckpt).to(device)
+    out: dict[str, Any] = {}
+    th, val = validation_thresholds(model, run, batch_size, device, workers, progress, target_precision)
+    thresholds = {k: v.threshold for k, v in th.items()}
+    if val is not None:
+        out["val"] = val.metrics
+        out["val"]["thresholds"] = threshold_dicts(th)
+        out["val"]["target_precision"] = target_precision
+    test_w = run.windows("test")
+    if test_w:
+        out["test"] = evaluate(model, WindowDataset(run, test_w), batch_size, device, workers, progress, "test",
+                               thresholds or None).metrics
+    update_checkpoint(ckpt, thresholds=thresholds, metrics=json_safe({**ckpt.metrics, **out}))
+    return out
 
 
 def _fmt(x) -> str:

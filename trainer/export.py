@@ -1,4 +1,6 @@
-"""Checkpoint -> ONNX (FP32), with the sigmoid baked in, checked against PyTorch.
+"""Trained model -> ONNX (FP32), with the sigmoid baked in, checked against PyTorch.
+
+The model comes from :func:`trainer.checkpoint.model_from_checkpoint`.
 
 The graph takes ``input`` ``(batch, C, H, W)`` (the shared frontend's image) and returns
 ``probabilities`` ``(batch, K)``; the batch axis is dynamic. The legacy TorchScript exporter
@@ -10,93 +12,16 @@ from __future__ import annotations
 
 import logging
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from edge.errors import SonotrapError
-from edge.inference.frontend import FrontendConfig
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("sonotrap.trainer")
 
-CHECKPOINT_FORMAT = "sonotrap-checkpoint/1"
 DEFAULT_OPSET = 17
 PARITY_TOLERANCE = 1e-4
-
-
-@dataclass
-class Checkpoint:
-    """The parts of a trainer checkpoint that export and bundling need."""
-
-    path: Path
-    state_dict: dict[str, Any]
-    labels: list[str]
-    label_names: dict[str, str]
-    frontend: FrontendConfig
-    thresholds: dict[str, float] = field(default_factory=dict)
-    metrics: dict[str, Any] = field(default_factory=dict)
-    args: dict[str, Any] = field(default_factory=dict)
-    data: dict[str, Any] = field(default_factory=dict)
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-def load_checkpoint(path: str | Path) -> Checkpoint:
-    """Read ``best.pt``/``last.pt`` written by ``sonotrap train`` (format sonotrap-checkpoint/1)."""
-    import torch
-
-    path = Path(path)
-    if path.is_dir():
-        path = path / "best.pt" if (path / "best.pt").is_file() else path / "last.pt"
-    if not path.is_file():
-        raise SonotrapError(f"checkpoint {path} does not exist; pass a run directory or its best.pt")
-    try:
-        raw = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:
-        raise SonotrapError(f"checkpoint {path} cannot be read ({err}); re-run training") from None
-    if not isinstance(raw, dict) or raw.get("format") != CHECKPOINT_FORMAT:
-        got = raw.get("format") if isinstance(raw, dict) else type(raw).__name__
-        raise SonotrapError(
-            f"checkpoint {path} is not a {CHECKPOINT_FORMAT} file (format {got!r}); pass a checkpoint from 'sonotrap train'"
-        )
-    missing = [k for k in ("model", "labels", "frontend") if k not in raw]
-    if missing:
-        raise SonotrapError(f"checkpoint {path} lacks {missing}; re-run training with this sonotrap")
-    labels = list(raw["labels"])
-    names = dict(raw.get("label_names") or {})
-    known = {"model", "labels", "label_names", "frontend", "thresholds", "metrics", "args", "data", "format"}
-    return Checkpoint(
-        path=path,
-        state_dict=raw["model"],
-        labels=labels,
-        label_names={c: names.get(c, c) for c in labels},
-        frontend=FrontendConfig.from_dict(raw["frontend"]),
-        thresholds={k: float(v) for k, v in (raw.get("thresholds") or {}).items()},
-        metrics=dict(raw.get("metrics") or {}),
-        args=dict(raw.get("args") or {}),
-        data=dict(raw.get("data") or {}),
-        extra={k: v for k, v in raw.items() if k not in known},
-    )
-
-
-def build_torch_model(ckpt: Checkpoint):
-    """The trained ResNet50 (logits), in eval mode."""
-
-    from trainer.model import build_model
-
-    state = {k.removeprefix("module."): v for k, v in ckpt.state_dict.items()}
-    model = build_model(len(ckpt.labels), "none")
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as err:
-        raise SonotrapError(
-            f"checkpoint {ckpt.path} does not fit a ResNet50 with {len(ckpt.labels)} classes "
-            f"({str(err).splitlines()[0][:120]}); pass a checkpoint from 'sonotrap train'"
-        ) from None
-    model.eval()
-    model.requires_grad_(False)  # inference only; never touch torch's global grad mode
-    return model
 
 
 def with_sigmoid(model):

@@ -2,7 +2,7 @@
 
 The loss is the sum over *known* (window, class) entries divided by the number of known
 entries -- not by N*K -- so a validation-style batch with one known class per window has
-the same scale as a fully annotated one (issue 6). Under DDP the caller passes the global
+the same scale as a fully annotated one. Under DDP the caller passes the global
 known count (divided by the world size), which makes the averaged gradient exactly that
 of the masked mean over all ranks' entries.
 

@@ -1,6 +1,6 @@
 """Multi-label metrics in numpy (no sklearn, no torch), masked by the ``known`` matrix.
 
-Per class, only windows where that class's label is known count (issue 6). Average
+Per class, only windows where that class's label is known count. Average
 precision is the step-wise (non-interpolated) area as in scikit-learn; ROC-AUC is the
 Mann-Whitney statistic with tied scores counted half. A class without a known positive or
 without a known negative has undefined AP/AUC (NaN) and is left out of macro averages.

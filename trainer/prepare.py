@@ -1,7 +1,7 @@
 """Ingest -> label selection -> windows -> split, written into a run directory (no torch).
 
 After this the run directory alone (plus the audio) defines the training data; training,
-evaluation, export and calibration all read it back with :mod:`trainer.data`.
+evaluation, export and calibration all read it back with :mod:`trainer.rundata`.
 """
 
 from __future__ import annotations
@@ -13,13 +13,13 @@ from pathlib import Path
 from edge.errors import SonotrapError
 from edge.inference.frontend import FrontendConfig
 from trainer.annotations import Source, read_data_dir, read_folders, read_raven, read_table
-from trainer.data import SPLIT_FILE, RunData, load_run_data, windows_file, write_run_data
 from trainer.labels import LabelSelection, label_names, read_mapping, select_labels
+from trainer.rundata import SPLIT_FILE, RunData, load_run_data, windows_file, write_run_data
 from trainer.species import SPECIES_FILE, read_species, species_names, write_species
 from trainer.split import SPLITS, read_split, split_recordings, write_split
 from trainer.windows import WindowConfig, make_windows, write_windows
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("sonotrap.trainer")
 
 
 @dataclass
@@ -40,7 +40,7 @@ class DataSpec:
     fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
     split_file: str | None = None
     seed: int = 0
-    validations: list[str] = field(default_factory=list)  # validation exports (weak labels, issue 6)
+    validations: list[str] = field(default_factory=list)  # validation exports (weak labels)
 
 
 def read_source(spec: DataSpec) -> Source:
@@ -58,6 +58,7 @@ def read_source(spec: DataSpec) -> Source:
         return read_table(spec.annotations, spec.files, spec.root, spec.strict)
     if spec.raven:
         return read_raven(spec.raven, spec.strict)
+    assert spec.folders  # exactly one source is given (checked above)
     return read_folders(spec.folders, spec.strict)
 
 

@@ -1,41 +1,28 @@
-"""Pseudo-labelling rounds (Zhong et al. 2020): confident scores fill unknown label entries.
+"""Pseudo labels (Zhong et al. 2020): confident scores fill unknown label entries.
 
-Validation-style data (issue 6) leaves most (window, class) entries unknown. After a round
+Validation-style data (weak labels) leaves most (window, class) entries unknown. After a round
 of training the model scores every training window; an UNKNOWN entry scored ``>= high``
 becomes present and one scored ``<= low`` absent, for the next round's training only.
 Known entries never change, and every round decides afresh from the original labels with
 the newest model, so one round's mistake is not locked in. Validation and test windows keep
 their original labels, so the rounds' metrics compare like with like.
 
-Round 0 is an ordinary ``sonotrap train`` run in ``OUT``; round ``r`` lives in
-``OUT/round-r`` (same windows and split, plus ``pseudo_labels.npz``), starts from round
-``r-1``'s best weights (head included) and writes its own checkpoints and summary. ``OUT/pseudo_rounds.json``
-collects every round's pseudo-label counts and val/test metrics.
+This module holds the labels themselves (assign, check, merge, save, load) and needs no
+torch, so the torch Dataset can merge them in; :mod:`trainer.pseudo_rounds` drives the
+rounds of training.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import logging
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from edge.errors import SonotrapError
-from trainer.data import ANNOTATIONS_FILE, DATASET_FILE, SPLIT_FILE, windows_file
-from trainer.split import SPLITS
 from trainer.windows import Window
 
-log = logging.getLogger(__name__)
-
 PSEUDO_FILE = "pseudo_labels.npz"
-ROUNDS_FILE = "pseudo_rounds.json"
-SUMMARY_FILE = "train_summary.json"
-INIT_FILE = "init_weights.pt"  # the previous round's best weights: this round's starting point
 
 
 @dataclass
@@ -119,72 +106,3 @@ def load_pseudo(run_dir: Path, windows: list[Window], label_names: list[str]):
             raise SonotrapError(f"{path} was made for other windows or labels than {run_dir}; "
                                 "delete it and rerun the pseudo-label round")
         return z["targets"].astype(np.float32), z["known"].astype(bool)
-
-
-def _copy_run_data(src: Path, dst: Path) -> None:
-    dst.mkdir(parents=True, exist_ok=True)
-    for name in (DATASET_FILE, ANNOTATIONS_FILE, SPLIT_FILE, *(windows_file(s) for s in SPLITS)):
-        shutil.copy2(src / name, dst / name)
-
-
-def round_dir(out: Path, r: int) -> Path:
-    return out if r == 0 else out / f"round-{r}"
-
-
-def train_rounds(args, spec, frontend, rounds: int, high: float = 0.9, low: float = 0.1,
-                 round_epochs: int | None = None) -> list[dict[str, Any]]:
-    """Round 0 = ``train(args, spec, frontend)``; then ``rounds`` pseudo-label rounds (see module doc).
-
-    With ``args.resume`` finished rounds are skipped and an interrupted one continues.
-    Returns (and writes to ``OUT/pseudo_rounds.json``) one record per round.
-    """
-    import os
-
-    import torch
-
-    from trainer.data import load_run_data
-    from trainer.dataset import WindowDataset
-    from trainer.train import BEST, LAST, load_checkpoint, model_from_checkpoint, predict, train
-
-    check_bounds(high, low)
-    if rounds > 0 and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise SonotrapError("pseudo-label rounds run in one process; train round 0 with torchrun, "
-                            "then run the rounds without it")
-    out = Path(args.out)
-    records: list[dict[str, Any]] = []
-    for r in range(rounds + 1):
-        d = round_dir(out, r)
-        record: dict[str, Any] = {"round": r, "run_dir": str(d)}
-        if r > 0:
-            run = load_run_data(out)
-            train_w = run.windows("train")
-            prev = round_dir(out, r - 1) / BEST
-            device = torch.device("cuda" if args.device != "cpu" and torch.cuda.is_available() else "cpu")
-            ds = WindowDataset(run, train_w)
-            if not (d / PSEUDO_FILE).is_file():
-                probs = predict(model_from_checkpoint(load_checkpoint(prev)).to(device), ds, args.batch_size,
-                                device, args.workers, args.progress, f"round {r}: pseudo-labels")
-                labels = pseudo_label(probs, ds.targets, ds.known, high, low)
-                _copy_run_data(out, d)
-                save_pseudo(d, labels, train_w, run.labels)
-                # A plain state dict, so the round loads it with torch.load(weights_only=True).
-                torch.save(load_checkpoint(prev)["model"], d / INIT_FILE)
-                counts = labels.counts()
-                counts["warning"] = implausible(labels, ds.targets, ds.known)
-                (d / "pseudo_counts.json").write_text(json.dumps(counts) + "\n")
-            record["pseudo"] = json.loads((d / "pseudo_counts.json").read_text())
-            log.info("round %d: %s", r, record["pseudo"])
-            if record["pseudo"].get("warning"):
-                log.warning("round %d: %s", r, record["pseudo"]["warning"])
-        if not (d / SUMMARY_FILE).is_file():
-            if r == 0:
-                train(args, spec, frontend)
-            else:
-                resume = args.resume and (d / LAST).is_file()
-                train(dataclasses.replace(args, out=str(d), resume=resume, weights=str(d / INIT_FILE),
-                                          epochs=round_epochs or args.epochs), None, None)
-        summary = json.loads((d / SUMMARY_FILE).read_text())
-        record.update({k: summary.get(k) for k in ("val", "test", "epochs_run", "best_epoch")})
-        records.append(record)
-        (out / ROUNDS_FILE).write_text(json.dumps(records, indent=1) + "\n", encoding="utf-8")
-    return records

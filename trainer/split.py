@@ -51,7 +51,7 @@ def split_recordings(
         # Most-lacking split for the rarest label; ties -> most-lacking split overall.
         overall = frac * (counts.sum() + 1) - counts
         choice = max(
-            (i for i in range(3) if frac[i] > 0), key=lambda i: (round(deficit[i], 6), overall[i])
+            (i for i in range(3) if frac[i] > 0), key=lambda i: (np.round(deficit[i], 6), overall[i])
         )
         out[SPLITS[choice]].append(f)
         counts[choice] += 1

@@ -1,4 +1,4 @@
-"""Validation exports (weak labels, issue 6) -> the trainer's ``Recording`` + ``Annotation`` records.
+"""Validation exports (weak labels) -> the trainer's ``Recording`` + ``Annotation`` records.
 
 Most field teams label by reviewing a template detector's hits one species at a time, so a
 detection row says "class X is (not) here" and nothing about any other class. Two forms:
@@ -31,13 +31,13 @@ from trainer.annotations import (
     Problems,
     Recording,
     Source,
-    _read_csv,
     audio_info,
     check_annotation,
+    read_csv,
     read_table,
 )
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("sonotrap.trainer")
 
 ARBIMON_COLUMNS = ("species", "x1", "x2", "validated")
 GENERIC_COLUMNS = ("file", "start_s", "end_s", "label", "present")
@@ -61,7 +61,7 @@ def parse_validated(value: str) -> bool | None:
 
 def export_format(path: str | Path) -> str:
     """``"arbimon"`` or ``"generic"`` from the header; anything else is a one-line error."""
-    columns, _ = _read_csv(Path(path))
+    columns, _ = read_csv(Path(path))
     lower = [c.lower() for c in columns]
     if all(c in lower for c in ARBIMON_COLUMNS) and any(c in lower for c in _FILE_COLUMNS):
         return "arbimon"
@@ -106,7 +106,7 @@ def _resolve(row: dict[str, str], root: Path, index: dict[str, list[Path]]) -> t
                 f"recording {name!r} matches {len(hits)} files below {root} (e.g. {hits[0]} and {hits[1]}); "
                 "add a 'file' column with the path relative to --root"
             )
-    named = next((row.get(c) for c in _FILE_COLUMNS if row.get(c)), "")
+    named = next((row[c] for c in _FILE_COLUMNS if row.get(c)), "")
     return named, None
 
 
@@ -118,7 +118,7 @@ def read_arbimon(
     if not root.is_dir():
         raise SonotrapError(f"audio root {root} does not exist; pass --root DIR holding the recordings")
     problems = Problems(strict)
-    columns, rows = _read_csv(path)
+    columns, rows = read_csv(path)
     lower = {c.lower(): c for c in columns}
     rows = [{k.lower(): v for k, v in r.items()} for r in rows]
     index = _audio_index(root)

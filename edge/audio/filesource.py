@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from edge.audio.base import AudioBlock, AudioSource, EventSink
+from edge.bounds import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE
 from edge.config import AudioConfig
 from edge.errors import SonotrapError
 
@@ -67,6 +68,12 @@ class FileSource(AudioSource):
             raise SonotrapError(
                 f"audio file {self.path} has {f.channels} channel(s); audio.channel = {self.cfg.channel} "
                 f"is out of range (use 0..{f.channels - 1})"
+            )
+        if not MIN_SAMPLE_RATE <= f.samplerate <= MAX_SAMPLE_RATE:
+            self._sf.close()
+            raise SonotrapError(
+                f"audio file {self.path} has a sample rate of {f.samplerate} Hz; sonotrap needs "
+                f"{MIN_SAMPLE_RATE}..{MAX_SAMPLE_RATE} Hz (resample the recording, e.g. to 32000 Hz)"
             )
         self.sample_rate = int(f.samplerate)
         self._declared_frames = int(f.frames)

@@ -27,6 +27,8 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, metavar="N", help="onnxruntime threads (model.threads)")
     parser.add_argument("--hop", type=float, metavar="SECONDS", help="seconds between windows (model.hop_s)")
     parser.add_argument("--state-dir", metavar="DIR", help="status.json, outbox and clips go here (state_dir)")
+    parser.add_argument("--enable-labels", metavar="all|A,B",
+                        help="also publish labels the bundle ships disabled as unreliable (detector.enable_labels)")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -71,6 +73,9 @@ def config_from_args(args: argparse.Namespace) -> Config:
     if getattr(args, "file", None):
         flag["audio.file"] = str(Path(args.file).expanduser())
         flag.setdefault("audio.source", "file")
+    enable = getattr(args, "enable_labels", None)
+    if enable is not None:
+        flag["detector.enable_labels"] = enable if enable == "all" else [x.strip() for x in enable.split(",") if x.strip()]
     device = getattr(args, "device", None)
     if device is not None:
         flag["audio.device"] = int(device) if device.isdigit() else device
@@ -85,7 +90,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         if port:
             flag["mqtt.port"] = int(port)
         flag["mqtt.enabled"] = True
-    overrides += [f"{k}={_toml(v)}" for k, v in flag.items()]
+    overrides += [f"{k}={json.dumps(v) if isinstance(v, list) else _toml(v)}" for k, v in flag.items()]
     return load_config(path, overrides)
 
 

@@ -28,6 +28,7 @@ from edge.models.bundle import ModelBundle, load_bundle
 from edge.models.manifest import SIGNATURE_FILE, read_manifest_data
 from edge.models.selftest import default_reference_audio
 from edge.models.signing import verify_bundle
+from edge.util.oom import volunteer_for_oom_killer
 
 
 @dataclass
@@ -152,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--trusted-keys")
     parser.add_argument("--allow-unsigned", action="store_true")
     args = parser.parse_args(argv)
+    volunteer_for_oom_killer()  # a model that eats memory kills this child, never the daemon
     try:
         info = verify_bundle_here(args.bundle, args.trusted_keys, args.allow_unsigned)
     except SonotrapError as err:

@@ -22,7 +22,7 @@ from edge.config import ClipsConfig
 from edge.inference.detector import DetectionEvent
 from edge.inference.ringbuffer import RingBuffer
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("sonotrap.service")
 
 MAX_EVENT_S = 30.0  # longer events get a clip of their first MAX_EVENT_S seconds
 

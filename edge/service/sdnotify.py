@@ -17,7 +17,7 @@ import logging
 import os
 import socket
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("sonotrap.service")
 
 
 _PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}

@@ -14,7 +14,8 @@ onnx = pytest.importorskip("onnx")
 from edge.errors import SonotrapError  # noqa: E402
 from edge.inference.frontend import FrontendConfig, compute  # noqa: E402
 from tests.support.synth_windows import make_windows, save_npz  # noqa: E402
-from trainer.export import check_parity, export_onnx, load_checkpoint, onnx_predict, torch_predict  # noqa: E402
+from trainer.checkpoint import load_checkpoint, model_from_checkpoint  # noqa: E402
+from trainer.export import check_parity, export_onnx, onnx_predict, torch_predict  # noqa: E402
 from trainer.model import build_model  # noqa: E402
 
 
@@ -99,7 +100,5 @@ def test_checkpoint_errors(tmp_path, resnet):
     with pytest.raises(SonotrapError, match="not a sonotrap-checkpoint/1"):
         load_checkpoint(tmp_path / "raw.pt")
     write_checkpoint(tmp_path / "wrong.pt", resnet, ["a", "b"])  # 3-class weights, 2 labels
-    from trainer.export import build_torch_model
-
     with pytest.raises(SonotrapError, match="does not fit a ResNet50 with 2 classes"):
-        build_torch_model(load_checkpoint(tmp_path / "wrong.pt"))
+        model_from_checkpoint(load_checkpoint(tmp_path / "wrong.pt"))

@@ -14,20 +14,15 @@ import torch
 from edge.errors import SonotrapError
 from edge.inference.frontend import FrontendConfig
 from tests.support.synth_calls import make_dataset
-from trainer.data import load_run_data
+from trainer.checkpoint import BEST, LAST, load_checkpoint, model_from_checkpoint
 from trainer.dataset import AugmentConfig, WindowDataset
+from trainer.engine import predict
 from trainer.metrics import average_precision, evaluate_scores
 from trainer.prepare import DataSpec
-from trainer.pseudo import (
-    PSEUDO_FILE,
-    ROUNDS_FILE,
-    _copy_run_data,
-    load_pseudo,
-    merge,
-    pseudo_label,
-    train_rounds,
-)
-from trainer.train import BEST, LAST, TrainArgs, load_checkpoint, model_from_checkpoint, predict, train
+from trainer.pseudo import PSEUDO_FILE, load_pseudo, merge, pseudo_label
+from trainer.pseudo_rounds import ROUNDS_FILE, train_rounds
+from trainer.rundata import copy_run_data, load_run_data
+from trainer.train import TrainArgs, train
 
 SMALL = FrontendConfig(n_mels=32, n_frames=32, hop_length=2000)
 
@@ -171,7 +166,7 @@ def test_unknown_weight_trains_unknown_entries_as_weak_negatives(rounds, tmp_pat
     finals = {}
     for w in (0.0, 0.5):
         d = tmp_path / f"w{w}"
-        _copy_run_data(out, d)  # the prepared weak-label run: one known class per window
+        copy_run_data(out, d)  # the prepared weak-label run: one known class per window
         args = TrainArgs(out=str(d), epochs=1, batch_size=8, weights="none", workers=0, progress=False,
                          seed=2, warmup_epochs=0.5, augment=AugmentConfig(shift_s=0.3), unknown_weight=w)
         train(args)

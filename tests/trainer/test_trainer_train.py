@@ -16,10 +16,11 @@ import torch
 from edge.errors import SonotrapError
 from edge.inference.frontend import FrontendConfig
 from tests.support.paths import REPO
+from trainer.checkpoint import BEST, LAST
 from trainer.dataset import AugmentConfig
 from trainer.evaluate import evaluate_checkpoint
 from trainer.prepare import DataSpec
-from trainer.train import BEST, LAST, TrainArgs, train
+from trainer.train import TrainArgs, train
 
 SMALL = FrontendConfig(n_mels=32, n_frames=32, hop_length=2000)
 
@@ -145,7 +146,7 @@ def test_whole_path_on_real_nips4bplus_files(shared_data, tmp_path):
     """A few real recordings: ingest -> windows (labels checked against the table) -> train -> evaluate."""
     import csv
 
-    from trainer.data import load_run_data
+    from trainer.rundata import load_run_data
     from trainer.windows import overlaps_enough
 
     nips = shared_data / "nips4bplus"
@@ -176,11 +177,11 @@ def test_whole_path_on_real_nips4bplus_files(shared_data, tmp_path):
 
 
 def test_validation_metric_that_picks_the_best_checkpoint():
-    from trainer.train import _score
+    from trainer.train import selection_score
 
     m = {"macro_ap": 0.92, "macro_roc_auc": 0.55, "loss": 0.3}
-    assert _score(m) == 0.92 and _score(m, "macro_roc_auc") == 0.55 and _score(m, "loss") == -0.3
-    assert _score({**m, "macro_ap": math.nan}) == -0.3  # undefined metric: fall back to the loss
+    assert selection_score(m) == 0.92 and selection_score(m, "macro_roc_auc") == 0.55 and selection_score(m, "loss") == -0.3
+    assert selection_score({**m, "macro_ap": math.nan}) == -0.3  # undefined metric: fall back to the loss
     with pytest.raises(SonotrapError, match="--select-by"):
         train(_args(Path("/nonexistent"), select_by="f1"), None, None)
 
@@ -208,7 +209,7 @@ def test_weak_label_table_keeps_one_true_statement_per_window(trained, present_f
     """scripts/weak_labels_experiment.py make-table: one known class per window, never a false label."""
     import importlib.util
 
-    from trainer.data import load_run_data
+    from trainer.rundata import load_run_data
 
     spec = importlib.util.spec_from_file_location("wle", REPO / "scripts" / "weak_labels_experiment.py")
     wle = importlib.util.module_from_spec(spec)

@@ -24,12 +24,14 @@ import trainer.train as train_module
 from edge.errors import SonotrapError
 from edge.inference.frontend import FrontendConfig
 from tests.support.paths import REPO
-from trainer.data import load_run_data
+from trainer.checkpoint import BEST, LAST
 from trainer.dataset import AugmentConfig, WindowDataset
 from trainer.losses import sample_weights
 from trainer.model import build_model
 from trainer.prepare import DataSpec, prepare_run
-from trainer.train import BEST, LAST, TrainArgs, lr_lambda, train
+from trainer.rundata import load_run_data
+from trainer.schedule import lr_lambda
+from trainer.train import TrainArgs, train
 
 SMALL = FrontendConfig(n_mels=32, n_frames=32, hop_length=2000)
 BN_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
@@ -196,11 +198,11 @@ def test_early_stopping_when_validation_never_improves(data_dir, init_file, tmp_
     path, init = init_file
     calls = []
 
-    def flat(model, ds, args, info, pos_weight):
+    def flat(model, ds, args, device, criterion):
         calls.append(len(ds))
         return {"loss": 0.5, "macro_ap": 0.5, "macro_roc_auc": 0.5}
 
-    monkeypatch.setattr(train_module, "_validate", flat)
+    monkeypatch.setattr(train_module, "validate", flat)
     out = tmp_path / "early"
     result = _train(data_dir, out, epochs=4, patience=1, lr=0.0, weights=str(path))
     assert result.epochs_run == 2 and result.best_epoch == 1 and len(calls) == 2

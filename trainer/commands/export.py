@@ -21,12 +21,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from trainer.export import build_torch_model, check_parity, export_onnx, load_checkpoint
+    from trainer.checkpoint import load_checkpoint, model_from_checkpoint
+    from trainer.export import check_parity, export_onnx
     from trainer.quantize import load_windows
 
     ckpt = load_checkpoint(args.checkpoint)
     out = args.out or ckpt.path.parent / "model_fp32.onnx"
-    model = build_torch_model(ckpt)
+    model = model_from_checkpoint(ckpt)
     export_onnx(model, out, ckpt.frontend.image_shape, opset=args.opset, exporter=args.exporter)
     windows = load_windows(args.windows or ckpt.path.parent, "val", args.parity_windows, 0, args.data)
     diff = check_parity(model, out, windows.images)

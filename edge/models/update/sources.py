@@ -20,10 +20,10 @@ from typing import Any
 from edge.config import Config
 from edge.errors import SonotrapError
 from edge.models.archive import read_manifest_bytes
-from edge.models.manifest import manifest_data, read_manifest_data, version_key
+from edge.models.manifest import MANIFEST_FILE, manifest_data, read_manifest_data, version_key
 from edge.models.update.download import fetch_bytes, url_allowed  # noqa: F401  (re-exported)
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("sonotrap.update")
 
 INDEX_FILE = "index.json"
 MAX_INDEX_BYTES = 1 << 20
@@ -185,7 +185,7 @@ def scan_local_dir(d: Path, max_bytes: int = DEFAULT_MAX_LOCAL_BYTES) -> list[Of
             if not p.name.endswith((".tar.gz", ".tgz")) and not p.is_dir():
                 continue
             check_local_bundle(p, d, max_bytes)
-            if p.is_dir() and (p / "manifest.json").is_file():
+            if p.is_dir() and (p / MANIFEST_FILE).is_file():
                 manifest = read_manifest_data(p)
             elif p.is_file():
                 raw = read_manifest_bytes(p)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from collections import OrderedDict, defaultdict
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ import soundfile as sf
 from edge.errors import SonotrapError
 from edge.inference.frontend import FrontendConfig, compute
 from trainer.annotations import Annotation, Recording
+from trainer.split import SPLITS
 from trainer.windows import Window, WindowConfig, read_windows, to_arrays
 
 DATASET_FORMAT = "sonotrap-dataset/1"
@@ -125,6 +127,13 @@ def load_run_data(run_dir: str | Path, root: str | Path | None = None) -> RunDat
         recordings={f: Recording(f, float(v[0]), int(v[1]), bool(v[2])) for f, v in data["recordings"].items()},
         annotations=anns,
     )
+
+
+def copy_run_data(src: Path, dst: Path) -> None:
+    """The prepared data of run ``src`` (not its checkpoints) into ``dst``: same windows and split."""
+    dst.mkdir(parents=True, exist_ok=True)
+    for name in (DATASET_FILE, ANNOTATIONS_FILE, SPLIT_FILE, *(windows_file(s) for s in SPLITS)):
+        shutil.copy2(src / name, dst / name)
 
 
 class AudioCache:

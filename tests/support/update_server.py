@@ -96,6 +96,7 @@ class Faults:
     delay_s: float = 0.0
     redirect: dict[str, str] = field(default_factory=dict)  # path -> Location (302)
     trickle_s: float = 0.0  # send the body one byte at a time, this far apart
+    trickle_headers_s: float = 0.0  # send endless header lines, this far apart
 
 
 class BundleServer:
@@ -121,6 +122,13 @@ class BundleServer:
                 if server.faults.delay_s:
                     time.sleep(server.faults.delay_s)
                 rel = self.path.split("?", 1)[0].lstrip("/")
+                if server.faults.trickle_headers_s:
+                    self.wfile.write(b"HTTP/1.1 200 OK\r\n")
+                    for _ in range(10_000):
+                        self.wfile.write(b"X-Pad: a\r\n")
+                        self.wfile.flush()
+                        time.sleep(server.faults.trickle_headers_s)
+                    return
                 target = server.faults.redirect.get("/" + rel)
                 if target is not None:
                     req.status = 302

@@ -8,10 +8,13 @@ reads of the updater go through this module, so limits and deadlines have one pl
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import logging
 import os
 import shutil
+import socket
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -70,11 +73,60 @@ class _CheckedRedirect(urllib.request.HTTPRedirectHandler):
         return super().redirect_request(req, fp, code, msg, headers, newurl)
 
 
-def _open(req: urllib.request.Request | str, timeout: float, allowed: list[str] | None):
+class _Watchdog:
+    """Shuts the sockets of one fetch down at its deadline, whatever read is blocked.
+
+    Per-read timeouts do not bound a server that sends one byte (of headers or body) every
+    few seconds; closing the socket from a timer does, in every phase of the request.
+    """
+
+    def __init__(self, deadline: float) -> None:
+        self.socks: list[socket.socket] = []
+        self.fired = False
+        self._timer = threading.Timer(max(0.0, deadline - time.monotonic()), self._fire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _fire(self) -> None:
+        self.fired = True
+        for sock in self.socks:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def cancel(self) -> None:
+        self._timer.cancel()
+
+    def handlers(self) -> list[urllib.request.BaseHandler]:
+        watch = self
+
+        class Http(urllib.request.HTTPHandler):
+            def http_open(self, req):  # noqa: ANN001 (stdlib signature)
+                return self.do_open(watch._conn(http.client.HTTPConnection), req)
+
+        class Https(urllib.request.HTTPSHandler):
+            def https_open(self, req):  # noqa: ANN001 (stdlib signature)
+                return self.do_open(watch._conn(http.client.HTTPSConnection), req, context=self._context)
+
+        return [Http(), Https()]
+
+    def _conn(self, base: type) -> type:
+        watch = self
+
+        class Conn(base):  # type: ignore[misc, valid-type]
+            def connect(self) -> None:
+                super().connect()
+                watch.socks.append(self.sock)
+                if watch.fired:
+                    watch._fire()
+
+        return Conn
+
+
+def _open(req: urllib.request.Request | str, timeout: float, allowed: list[str] | None, watchdog: _Watchdog):
     url = req.full_url if isinstance(req, urllib.request.Request) else req
     if allowed is not None and not url_allowed(url, allowed):
         raise SonotrapError(f"{url[:200]} is outside update.url / update.allowed_base_urls; refused")
-    return urllib.request.build_opener(_CheckedRedirect(allowed)).open(req, timeout=timeout)
+    return urllib.request.build_opener(_CheckedRedirect(allowed), *watchdog.handlers()).open(req, timeout=timeout)
 
 
 def _remaining(deadline: float, url: str) -> float:
@@ -90,8 +142,9 @@ def fetch_bytes(url: str, *, max_bytes: int, timeout: float = 30.0, what: str = 
     deadline = time.monotonic() + deadline_s
     chunks: list[bytes] = []
     total = 0
+    watchdog = _Watchdog(deadline)
     try:
-        with _open(url, min(timeout, deadline_s), allowed) as resp:
+        with _open(url, min(timeout, deadline_s), allowed, watchdog) as resp:
             while True:
                 _remaining(deadline, url)
                 chunk = resp.read1(_CHUNK)
@@ -102,7 +155,11 @@ def fetch_bytes(url: str, *, max_bytes: int, timeout: float = 30.0, what: str = 
                     raise SonotrapError(f"{what} {url} is larger than {max_bytes / 1e6:.0f} MB; it is not a sonotrap index")
                 chunks.append(chunk)
     except (urllib.error.URLError, OSError, http.client.HTTPException) as err:
+        _remaining(deadline, url)  # the watchdog cut it: say so
         raise SonotrapError(f"{what} {url} cannot be fetched ({http_reason(err)}); check the network and update.url") from None
+    finally:
+        watchdog.cancel()
+    _remaining(deadline, url)  # a cut connection can look like a short, complete body
     return b"".join(chunks)
 
 
@@ -132,24 +189,40 @@ def download(
         )
     part = dest.with_name(dest.name + ".part")
     dest.parent.mkdir(parents=True, exist_ok=True)
-    last_err: Exception | None = None
     deadline = time.monotonic() + deadline_s  # all attempts together
-    for attempt in range(attempts):
-        try:
-            _download_once(url, part, max_bytes=max_bytes, expected_size=expected_size, timeout=timeout,
-                           on_progress=on_progress, deadline=deadline, allowed=allowed)
-            last_err = None
-            break
-        except SonotrapError:
-            raise
-        except (urllib.error.URLError, OSError, http.client.HTTPException) as err:
-            last_err = err
-            log.warning("download of %s interrupted (%s); resuming (attempt %d)", url, http_reason(err), attempt + 2)
-            time.sleep(min(5.0, 0.2 * 2**attempt))
+    watchdog = _Watchdog(deadline)
+    try:
+        last_err = _attempts(url, part, attempts, max_bytes=max_bytes, expected_size=expected_size, timeout=timeout,
+                             on_progress=on_progress, deadline=deadline, allowed=allowed, watchdog=watchdog)
+    finally:
+        watchdog.cancel()
+    _remaining(deadline, url)
     if last_err is not None:
         raise SonotrapError(
             f"download of {url} failed ({http_reason(last_err)}); the partial file is kept and resumed next time"
         )
+    return _finish(url, part, dest, expected_size, sha256)
+
+
+def _attempts(url: str, part: Path, attempts: int, **kw) -> Exception | None:
+    """Up to ``attempts`` tries of :func:`_download_once`; the last network error, or None."""
+    last_err: Exception | None = None
+    for attempt in range(attempts):
+        try:
+            _download_once(url, part, **kw)
+            return None
+        except SonotrapError:
+            raise
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as err:
+            _remaining(kw["deadline"], url)
+            last_err = err
+            log.warning("download of %s interrupted (%s); resuming (attempt %d)", url, http_reason(err), attempt + 2)
+            time.sleep(min(5.0, 0.2 * 2**attempt))
+    return last_err
+
+
+def _finish(url: str, part: Path, dest: Path, expected_size: int | None, sha256: str | None) -> Path:
+    """Size and sha256 checks of the complete ``.part`` file, then its rename to ``dest``."""
     size = part.stat().st_size
     if expected_size is not None and size != expected_size:
         part.unlink()
@@ -168,7 +241,7 @@ def download(
 
 def _download_once(
     url: str, part: Path, *, max_bytes: int, expected_size: int | None, timeout: float, on_progress,
-    deadline: float, allowed: list[str] | None,
+    deadline: float, allowed: list[str] | None, watchdog: _Watchdog,
 ) -> None:
     have = part.stat().st_size if part.exists() else 0
     if expected_size is not None and have == expected_size:
@@ -181,7 +254,7 @@ def _download_once(
         headers["Range"] = f"bytes={have}-"
     req = urllib.request.Request(url, headers=headers)
     try:
-        resp = _open(req, min(timeout, _remaining(deadline, url)), allowed)
+        resp = _open(req, min(timeout, _remaining(deadline, url)), allowed, watchdog)
     except urllib.error.HTTPError as err:
         if err.code == 416 and have:  # nothing more to send: the partial file is complete (or bogus)
             if expected_size is None:

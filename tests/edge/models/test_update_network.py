@@ -40,6 +40,16 @@ def test_a_trickling_index_fails_at_the_deadline(env):
     assert took < 6.0, f"took {took:.1f} s"
 
 
+def test_trickling_headers_fail_at_the_deadline(env):
+    with BundleServer(env["srv"]) as server:
+        server.faults.trickle_headers_s = 0.2  # headers that never end
+        t0 = time.monotonic()
+        res = Updater(make_cfg(env, server.url, deadline_s=2.0, http_timeout_s=5.0)).update()
+        took = time.monotonic() - t0
+    assert res.result == "failed" and "update.deadline_s" in res.reason, res
+    assert took < 6.0, f"took {took:.1f} s"
+
+
 def test_a_trickling_download_fails_at_the_deadline(env):
     v2 = publish_bundle(env["tmp"] / "work", env["srv"], "1.1.0", env["keys"].private)
     write_index(env["srv"], {"stable": v2})

@@ -60,8 +60,11 @@ class CachedClassifier:
 
 
 def config(gate: GateConfig) -> Config:
+    """Every label enabled: a bundle may ship unreliable labels disabled, and the gate's cost
+    in calls is measured on what the model can find, not on what a manifest publishes."""
     cfg = Config()
     cfg.gate = gate
+    cfg.detector.enable_labels = "all"
     return cfg
 
 

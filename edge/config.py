@@ -302,8 +302,8 @@ class Config:
         choice("log_level", self.log_level.upper(), ("DEBUG", "INFO", "WARNING", "ERROR"))
         for f in dataclasses.fields(self):
             section = getattr(self, f.name)
-            if dataclasses.is_dataclass(section):
-                section.validate()
+            if dataclasses.is_dataclass(section) and not isinstance(section, type):
+                section.validate()  # type: ignore[attr-defined]  # every section dataclass has validate()
         check_bounds(self)  # every number its range, every string its character set
 
 
@@ -347,7 +347,7 @@ def from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
     kwargs = {}
     for key, value in data.items():
         hint = hints[key]
-        if dataclasses.is_dataclass(hint):
+        if isinstance(hint, type) and dataclasses.is_dataclass(hint):
             kwargs[key] = from_dict(hint, value, _join(where, key))
         else:
             kwargs[key] = _coerce(_join(where, key), value, hint)

@@ -10,6 +10,7 @@ import argparse
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
 from edge.config import DEFAULT_CONFIG_PATH, Config, load_config
 from edge.errors import SonotrapError
@@ -61,7 +62,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
     if path is None and DEFAULT_CONFIG_PATH.is_file():
         path = DEFAULT_CONFIG_PATH
     overrides = list(getattr(args, "overrides", []) or [])
-    flag = {}
+    flag: dict[str, Any] = {}
     if getattr(args, "model", None):
         flag["model.bundle"] = str(Path(args.model).expanduser())
     for attr, key in (("threads", "model.threads"), ("hop", "model.hop_s"), ("state_dir", "state_dir"),

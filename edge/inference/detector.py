@@ -160,10 +160,10 @@ class Detector:
         ``hop`` is the hop index (consecutive hops differ by 1; a larger jump counts as
         that many missed hops for gap tolerance).
         """
-        scores = np.asarray(scores, dtype=np.float64)
+        values = np.asarray(scores, dtype=np.float64)
         out: list[DetectionEvent] = []
         for i, label in self._active:
-            score = float(scores[i])
+            score = float(values[i])
             ev = self._open.get(label)
             if score >= self.thresholds[label]:
                 start = window_start

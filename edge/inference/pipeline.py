@@ -61,7 +61,7 @@ class HopPipeline:
         self.gate_cfg = gate or GateConfig()
         self.gate = Gate(self.gate_cfg, classifier.bundle.frontend, self.hop_s)
         self.window_samples = 0
-        self.ring: RingBuffer | None = None
+        self.ring: RingBuffer  # sized by _set_window (again when a swapped model has another window)
         self.next_hop = 0
         self.processed = 0  # hops through the pipeline (gated or not)
         self.skipped = 0  # hops lost because processing fell behind
@@ -80,7 +80,8 @@ class HopPipeline:
             self.gate = Gate(self.gate_cfg, fe, self.hop_s)
         self.window_samples = int(round(fe.window_s * self.sample_rate))
         capacity = self.window_samples + (self.max_batch + 1) * self.hop_samples + int(self.slack_s * self.sample_rate)
-        self.ring = RingBuffer(capacity) if self.ring is None else self.ring.resized(capacity)
+        old: RingBuffer | None = getattr(self, "ring", None)
+        self.ring = RingBuffer(capacity) if old is None else old.resized(capacity)
 
     @property
     def total(self) -> int:

@@ -234,7 +234,8 @@ class Publisher:
     def _set_retry_delay(self) -> None:
         delay = backoff_delay(self._attempt, self.cfg.reconnect_min_s, self.cfg.reconnect_max_s, self._rng)
         self._attempt += 1
-        self._client.reconnect_delay_set(delay, delay)
+        # paho annotates int seconds but schedules with floats; sub-second delays matter in tests
+        self._client.reconnect_delay_set(delay, delay)  # type: ignore[arg-type]
         self._next_delay = delay
 
     # ------------------------------------------------------------------ paho callbacks (paho's thread)

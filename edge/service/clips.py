@@ -67,7 +67,8 @@ class ClipWriter:
 
     def poll(self, final: bool = False) -> list[Path]:
         """Write every clip whose post-roll is recorded (all of them when ``final``)."""
-        done, keep = [], []
+        done: list[_Pending] = []
+        keep: list[_Pending] = []
         for p in self._pending:
             (done if final or p.end <= self.history.total else keep).append(p)
         self._pending = keep

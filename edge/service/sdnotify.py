@@ -88,7 +88,7 @@ class Notifier:
             return None
 
     def notify(self, *lines: str) -> bool:
-        if self._sock is None:
+        if self._sock is None or self._address is None:
             return False
         try:
             self._sock.sendto("\n".join(lines).encode(), self._address)

@@ -1,7 +1,8 @@
 """No detections from silence or noise, end to end with the shipped model; quiet calls still found.
 
 The real CLI (``sonotrap run --file ... --jsonl -`` and ``sonotrap analyze``) with the real
-``models/demo`` bundle: digital silence, a DC offset and white/pink noise below the absolute
+``models/demo`` bundle, every label enabled (the bundle ships unreliable labels disabled,
+which would make "no detections" trivially true): digital silence, a DC offset and white/pink noise below the absolute
 level floor give zero detections and never reach the model; with the activity gate on, louder
 stationary noise gives none either. A real field call attenuated by 40 dB (1.5e-5 of full
 scale at its peak) is still detected.
@@ -72,7 +73,7 @@ def write(folder: Path, signals: dict) -> list[Path]:
 
 def run_detections(path: Path, tmp: Path, *sets: str, hops: Path | None = None) -> list[dict]:
     extra = ["--hops-jsonl", str(hops)] if hops else []
-    r = run_cli("run", "--file", str(path), "--no-mqtt", "--jsonl", "-", "--model", str(DEMO),
+    r = run_cli("run", "--file", str(path), "--no-mqtt", "--jsonl", "-", "--model", str(DEMO), "--enable-labels", "all",
                  "--state-dir", str(tmp / "state"), *extra, *[a for s in sets for a in ("--set", s)], timeout=300)
     assert r.returncode == 0, r.stderr
     return [json.loads(line) for line in r.stdout.splitlines() if line.strip()]
@@ -80,11 +81,18 @@ def run_detections(path: Path, tmp: Path, *sets: str, hops: Path | None = None) 
 
 def analyze_rows(folder: Path, tmp: Path, *sets: str) -> list[dict]:
     out = tmp / "out"
-    r = run_cli("analyze", str(folder), "--model", str(DEMO), "-o", str(out), "--no-progress",
+    r = run_cli("analyze", str(folder), "--model", str(DEMO), "-o", str(out), "--no-progress", "--enable-labels", "all",
                 *[a for s in sets for a in ("--set", s)], timeout=300)
     assert r.returncode == 0, r.stderr
     with open(out / "detections.csv", newline="") as fh:
         return list(csv.DictReader(fh))
+
+
+def config(activity: bool = False) -> Config:
+    cfg = Config()
+    cfg.detector.enable_labels = "all"
+    cfg.gate.activity = activity
+    return cfg
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +113,7 @@ def test_analyze_finds_nothing_below_the_floor_and_never_runs_the_model(tmp_path
     files = write(tmp_path / "in", BELOW_FLOOR)
     assert analyze_rows(tmp_path / "in", tmp_path) == []
     for f in files:
-        res = analyze_file(f, classifier, Config())
+        res = analyze_file(f, classifier, config())
         assert res.events == [] and res.hops > 0 and res.gated == res.hops, f.name
 
 
@@ -113,8 +121,7 @@ def test_activity_gate_silences_stationary_noise(tmp_path, classifier):
     files = write(tmp_path / "in", STATIONARY)
     assert analyze_rows(tmp_path / "in", tmp_path, "gate.activity=true") == []
     assert run_detections(files[1], tmp_path, "gate.activity=true") == []
-    cfg = Config()
-    cfg.gate.activity = True
+    cfg = config(activity=True)
     for f in files:
         res = analyze_file(f, classifier, cfg)
         assert res.events == [] and res.gated == res.hops, f.name
@@ -134,8 +141,7 @@ def test_a_real_call_at_minus_40_db_is_still_detected(tmp_path, classifier, acti
     quiet = tmp_path / "quiet.wav"
     sf.write(quiet, audio * np.float32(0.01), sr, subtype="FLOAT")
     assert np.abs(audio).max() * 0.01 < 2e-5
-    cfg = Config()
-    cfg.gate.activity = activity
+    cfg = config(activity)
     loud = calls_found(analyze_file(NIPS / QUIET_CALL, classifier, cfg).events, calls)
     res = analyze_file(quiet, classifier, cfg)
     assert res.gated < res.hops and len(loud) >= 2

@@ -25,11 +25,11 @@ SIGNATURE_FILE = "manifest.json.sig"
 BUNDLE_FILES = (MANIFEST_FILE, MODEL_FILE, SIGNATURE_FILE)
 MAX_MANIFEST_BYTES = 4 << 20  # a manifest with its self-test reference is ~150 kB
 REQUIRED_FIELDS = ("name", "version", "labels", "thresholds", "frontend", "model_sha256")
-_FIELD_TYPES: dict[str, type | tuple[type, ...]] = {
+_FIELD_TYPES: dict[str, type] = {
     "name": str, "version": str, "labels": list, "thresholds": dict, "frontend": dict, "model_sha256": str,
     "model_file": str, "files": dict, "reference": dict, "min_sonotrap_version": str,
 }
-_TYPE_NAMES = {str: "string", list: "list", dict: "JSON object"}
+_TYPE_NAMES: dict[type, str] = {str: "string", list: "list", dict: "JSON object"}
 _SEMVER = re.compile(r"^(\d+)\.(\d+)\.(\d+)(?:[-+][0-9A-Za-z.-]+)?$")
 
 

@@ -253,13 +253,17 @@ class UpdateConfig:
     allowed_base_urls: list[str] = field(default_factory=list)  # for MQTT cmd/update URLs
     trusted_keys_dir: str | None = None  # None = <config dir>/trusted_keys
     allow_unsigned: bool = False
+    allow_downgrade: bool = False  # install versions older than the current one (else refused)
     keep_versions: int = 3  # installed versions kept (current and previous always)
     max_download_mb: float = 200.0
     min_free_mb: float = 50.0  # free space left on the state disk after an update
     health_timeout_s: float = 120.0  # new model must serve hops within this, else rollback
     jitter_s: float = 600.0  # random delay before polling (`sonotrap update` without --no-jitter)
-    http_timeout_s: float = 30.0
+    http_timeout_s: float = 30.0  # one network read or connect
+    deadline_s: float = 600.0  # one whole index fetch or bundle download (all resumes), however slow the server
     verify_timeout_s: float = 300.0  # load + self-test of a new bundle (separate process)
+    verify_memory_mb: float = 2048.0  # address-space limit (RLIMIT_AS) of the verifying process
+    command_window_s: float = 300.0  # signed MQTT commands must be issued within this of the device clock
 
     def validate(self) -> None:
         if not self.channel or any(c in self.channel for c in "/#+ "):

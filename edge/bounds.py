@@ -80,6 +80,9 @@ RANGES: dict[str, tuple[float, float]] = {
     "update.jitter_s": (0.0, _DAY),
     "update.http_timeout_s": (0.1, 3600.0),
     "update.verify_timeout_s": (1.0, _DAY),
+    "update.deadline_s": (1.0, _DAY),
+    "update.verify_memory_mb": (256.0, 1_000_000.0),
+    "update.command_window_s": (10.0, _DAY),
 }
 _GENERIC_RANGE = (-1e9, 1e9)
 

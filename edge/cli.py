@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bundle": ("edge.commands.bundle", "inspect, sign and verify model bundles; make keys"),
     "model": ("edge.commands.model", "list, activate or roll back installed models"),
     "update": ("edge.commands.update", "check for and install a model update"),
+    "command": ("edge.commands.command", "sign an MQTT command (update, rollback) for a device"),
     "ha-cleanup": ("edge.commands.ha_cleanup", "remove this device's entities from Home Assistant"),
     "install-service": ("edge.commands.service", "install the systemd service on this device"),
     "uninstall-service": ("edge.commands.service", "remove the systemd service"),

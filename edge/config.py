@@ -12,14 +12,13 @@ import dataclasses
 import os
 import tempfile
 import tomllib
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from edge.bounds import at_least, bad, check_bounds, choice, positive, warn_about_secrets
 from edge.errors import SonotrapError
+from edge.tomlconfig import from_dict, set_value
 
 DEFAULT_CONFIG_PATH = Path("/etc/sonotrap/config.toml")
 
@@ -254,13 +253,17 @@ class UpdateConfig:
     allowed_base_urls: list[str] = field(default_factory=list)  # for MQTT cmd/update URLs
     trusted_keys_dir: str | None = None  # None = <config dir>/trusted_keys
     allow_unsigned: bool = False
+    allow_downgrade: bool = False  # install versions older than the current one (else refused)
     keep_versions: int = 3  # installed versions kept (current and previous always)
     max_download_mb: float = 200.0
     min_free_mb: float = 50.0  # free space left on the state disk after an update
     health_timeout_s: float = 120.0  # new model must serve hops within this, else rollback
     jitter_s: float = 600.0  # random delay before polling (`sonotrap update` without --no-jitter)
-    http_timeout_s: float = 30.0
+    http_timeout_s: float = 30.0  # one network read or connect
+    deadline_s: float = 600.0  # one whole index fetch or bundle download (all resumes), however slow the server
     verify_timeout_s: float = 300.0  # load + self-test of a new bundle (separate process)
+    verify_memory_mb: float = 2048.0  # address-space limit (RLIMIT_AS) of the verifying process
+    command_window_s: float = 300.0  # signed MQTT commands must be issued within this of the device clock
 
     def validate(self) -> None:
         if not self.channel or any(c in self.channel for c in "/#+ "):
@@ -331,25 +334,6 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
     return cfg
 
 
-def from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
-    """Build dataclass ``cls`` from ``data``, rejecting unknown keys and wrong types."""
-    if not isinstance(data, dict):
-        bad(where or "config", f"must be a table, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    for key in data:
-        if key not in names:
-            bad(_join(where, key), f"is not a known setting (known: {', '.join(sorted(names))})")
-    kwargs = {}
-    for key, value in data.items():
-        hint = hints[key]
-        if isinstance(hint, type) and dataclasses.is_dataclass(hint):
-            kwargs[key] = from_dict(hint, value, _join(where, key))
-        else:
-            kwargs[key] = _coerce(_join(where, key), value, hint)
-    return cls(**kwargs)
-
-
 def apply_overrides(cfg: Config, overrides: list[str]) -> None:
     """Apply ``section.key=value`` strings (value parsed as TOML, else taken as a string)."""
     for item in overrides:
@@ -361,67 +345,3 @@ def apply_overrides(cfg: Config, overrides: list[str]) -> None:
         except tomllib.TOMLDecodeError:
             value = raw
         set_value(cfg, dotted.strip(), value)
-
-
-def set_value(cfg: Config, dotted: str, value: Any) -> None:
-    """Set one setting by dotted name with the same checks as the file loader."""
-    *path, key = dotted.split(".")
-    target: Any = cfg
-    for part in path:
-        if not dataclasses.is_dataclass(target) or not hasattr(target, part):
-            bad(dotted, "is not a known setting")
-        target = getattr(target, part)
-    if not dataclasses.is_dataclass(target) or key not in {f.name for f in dataclasses.fields(target)}:
-        bad(dotted, "is not a known setting")
-    hint = typing.get_type_hints(type(target))[key]
-    setattr(target, key, _coerce(dotted, value, hint))
-
-
-def _coerce(name: str, value: Any, hint: Any) -> Any:
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(name, value, arg)
-            except SonotrapError as err:
-                errors.append(str(err))
-        bad(name, f"{value!r} has the wrong type (expected {_type_name(hint)})")
-    if origin is list:
-        if not isinstance(value, list):
-            bad(name, f"{value!r} must be a list")
-        return [_coerce(f"{name}[{i}]", v, args[0]) for i, v in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict):
-            bad(name, f"{value!r} must be a table")
-        return {str(k): _coerce(f"{name}.{k}", v, args[1]) for k, v in value.items()}
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-        bad(name, f"{value!r} must be true or false")
-    if hint is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        bad(name, f"{value!r} must be an integer")
-    if hint is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        bad(name, f"{value!r} must be a number")
-    if hint is str:
-        if isinstance(value, str):
-            return value
-        bad(name, f"{value!r} must be a string")
-    return value
-
-
-def _type_name(hint: Any) -> str:
-    return str(hint).replace("typing.", "").replace("NoneType", "None")
-
-
-def _join(where: str, key: str) -> str:
-    return f"{where}.{key}" if where else key

@@ -18,9 +18,7 @@ MAX_LINES = 400
 # not grow (by more than GROWTH lines); take an entry out once the module is split (the test
 # says when).
 OVERSIZED = {
-    "edge/config.py": 411,
-    "edge/mqtt/publisher.py": 477,
-    "edge/service/daemon.py": 554,
+    "edge/mqtt/publisher.py": 425,
 }
 GROWTH = 20
 

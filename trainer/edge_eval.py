@@ -237,22 +237,4 @@ def set_operating_points(bundle_dir: str | Path, val: SplitData, target_precisio
     return points, view
 
 
-def checkpoint_user_view(checkpoint: str | Path, run, split: str, target_precision: float,
-                         work_dir: str | Path) -> dict[str, Any]:
-    """The FP32 model of a checkpoint through the edge pipeline, operating points from validation."""
-    from trainer.bundle_builder import BundleInfo, build_bundle
-    from trainer.checkpoint import load_checkpoint, model_from_checkpoint
-    from trainer.export import export_onnx
-
-    work = Path(work_dir)
-    work.mkdir(parents=True, exist_ok=True)
-    ckpt = load_checkpoint(checkpoint)
-    fp32 = export_onnx(model_from_checkpoint(ckpt), work / "model_fp32.onnx", ckpt.frontend.image_shape)
-    bdir = build_bundle(fp32, BundleInfo.from_checkpoint(ckpt), work / "fp32-bundle")
-    _, view = set_operating_points(bdir, split_from_run(run, "val"), target_precision,
-                                   report=(split, split_from_run(run, split)))
-    assert view is not None  # a report was asked for
-    return view
-
-
 HOW = "validation hop windows, by-recording bootstrap precision lower bound (see docs/training.md)"

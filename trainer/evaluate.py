@@ -68,7 +68,6 @@ def evaluate_checkpoint(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if user_view:  # what the daemon would publish: FP32 model, edge pipeline, thresholds from val
-        from trainer.edge_eval import checkpoint_user_view
 
         report["user_view"] = checkpoint_user_view(ckpt_path, run, split, target_precision, out / "edge")
     (out / "metrics.json").write_text(json.dumps(json_safe(report), indent=1) + "\n", encoding="utf-8")
@@ -220,3 +219,22 @@ def plot_confusion(path: Path, probs, targets, known, labels, thresholds) -> Non
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
+
+
+def checkpoint_user_view(checkpoint: str | Path, run, split: str, target_precision: float,
+                         work_dir: str | Path) -> dict[str, Any]:
+    """The FP32 model of a checkpoint through the edge pipeline, operating points from validation."""
+    from trainer.bundle_builder import BundleInfo, build_bundle
+    from trainer.checkpoint import load_checkpoint, model_from_checkpoint
+    from trainer.edge_eval import set_operating_points, split_from_run
+    from trainer.export import export_onnx
+
+    work = Path(work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    ckpt = load_checkpoint(checkpoint)
+    fp32 = export_onnx(model_from_checkpoint(ckpt), work / "model_fp32.onnx", ckpt.frontend.image_shape)
+    bdir = build_bundle(fp32, BundleInfo.from_checkpoint(ckpt), work / "fp32-bundle")
+    _, view = set_operating_points(bdir, split_from_run(run, "val"), target_precision,
+                                   report=(split, split_from_run(run, split)))
+    assert view is not None  # a report was asked for
+    return view

@@ -109,7 +109,7 @@ def make_publisher(cfg: Config):
 
 
 def run(args: argparse.Namespace) -> int:
-    from edge.models.bundle import load_bundle
+    from edge.models.update.startup import load_startup_bundle
     from edge.service.daemon import Daemon, model_bundle_path
 
     cfg = config_from_args(args)
@@ -119,8 +119,10 @@ def run(args: argparse.Namespace) -> int:
     if cfg.audio.source == "file" and not Path(cfg.audio.file or "").is_file():
         raise SonotrapError(f"audio file {cfg.audio.file} does not exist; check --file / audio.file")
     ensure_state_dir(cfg.state_dir)
-    bundle = load_bundle(model_bundle_path(cfg))
+    bundle, fallback = load_startup_bundle(cfg, model_bundle_path(cfg))  # broken current -> previous
     publisher = make_publisher(cfg)
+    if fallback is not None and publisher is not None:
+        publisher.publish_event("model_fallback", fallback)
     daemon = Daemon(cfg, bundle=bundle, publisher=publisher, jsonl=args.jsonl, hops_jsonl=args.hops_jsonl)
     if publisher is not None:  # MQTT .../cmd/update: verified update + in-process hot swap (edge/models/update/)
         from edge.models.update.attach import attach_mqtt_updates

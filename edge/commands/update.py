@@ -29,7 +29,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="where to look (default: update.url, else update.local_dir)")
     parser.add_argument("--channel", metavar="NAME", help="index channel to follow (update.channel)")
     parser.add_argument("--version", dest="model_version", metavar="VERSION",
-                        help="install exactly this version (also an older one)")
+                        help="install exactly this version (an older one needs --allow-downgrade)")
+    parser.add_argument("--allow-downgrade", action="store_true",
+                        help="allow installing a version older than the current one (update.allow_downgrade)")
     parser.add_argument("--if-configured", action="store_true",
                         help="exit 0 quietly when no update source is configured (what the timer runs)")
     jit = parser.add_mutually_exclusive_group()
@@ -69,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         up = Updater(cfg, report=events, config_path=args.config)
         up.jitter(0.0 if args.no_jitter else args.jitter)
-        res = up.update(args.update_source, args.channel, args.model_version)
+        res = up.update(args.update_source, args.channel, args.model_version, allow_downgrade=args.allow_downgrade)
     finally:
         events.close()
     if args.json:

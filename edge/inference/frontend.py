@@ -24,6 +24,8 @@ full-scale white noise: white noise of RMS -90 dBFS reads about -90 dB in every 
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 from dataclasses import dataclass
 from functools import lru_cache
 from math import gcd
@@ -58,7 +60,15 @@ class FrontendConfig:
     version: int = FRONTEND_VERSION
 
     def __post_init__(self) -> None:
-        problems = []
+        problems = _type_problems(self)
+        if problems:  # comparing a string or NaN below would crash or pass silently
+            raise SonotrapError("invalid frontend parameters: " + "; ".join(problems))
+        problems = [
+            f"{name}={getattr(self, name)!r} must lie in [{lo}, {hi}]"
+            for name, (lo, hi) in _BOUNDS.items() if not lo <= getattr(self, name) <= hi
+        ]
+        if self.n_fft > self.window_samples:
+            problems.append(f"n_fft={self.n_fft} is longer than the window ({self.window_samples} samples)")
         if self.sample_rate < 1000:
             problems.append(f"sample_rate={self.sample_rate} is below 1000 Hz")
         if self.window_s <= 0:
@@ -112,6 +122,37 @@ class FrontendConfig:
             return cls(**data)
         except TypeError as err:
             raise SonotrapError(f"invalid frontend parameters: {err}") from None
+
+
+# Sane bounds for every numeric field: a signed but absurd manifest (n_fft 2**31, window_s 1e7)
+# must be refused with a clear error, not exhaust memory in the daemon.
+_BOUNDS: dict[str, tuple[float, float]] = {
+    "sample_rate": (1000, 384_000),
+    "window_s": (0.05, 60.0),
+    "n_fft": (16, 65_536),
+    "hop_length": (1, 65_536),
+    "n_mels": (1, 512),
+    "n_frames": (1, 4096),
+    "fmin": (0.0, 192_000.0),
+    "fmax": (1.0, 192_000.0),
+    "top_db": (1.0, 200.0),
+}
+_INTS = ("sample_rate", "n_fft", "hop_length", "n_mels", "n_frames", "channels", "version")
+
+
+def _type_problems(cfg: FrontendConfig) -> list[str]:
+    problems = []
+    for f in dataclasses.fields(cfg):
+        v = getattr(cfg, f.name)
+        if f.name == "normalization":
+            ok = isinstance(v, str)
+        elif f.name in _INTS:
+            ok = isinstance(v, numbers.Integral) and not isinstance(v, bool)
+        else:
+            ok = isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+        if not ok:
+            problems.append(f"{f.name}={str(v)[:40]!r} has the wrong type or is not finite")
+    return problems
 
 
 def to_mono(audio: np.ndarray) -> np.ndarray:

@@ -11,18 +11,31 @@ anything is written.
 from __future__ import annotations
 
 import os
+import re
 import shutil
+import stat
 import tarfile
 import tempfile
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 from edge.errors import SonotrapError
-from edge.models.manifest import BUNDLE_FILES, MANIFEST_FILE, MAX_MANIFEST_BYTES
+from edge.models.manifest import (
+    BUNDLE_FILES,
+    MANIFEST_FILE,
+    MAX_MANIFEST_BYTES,
+    MODEL_FILE,
+    SIGNATURE_FILE,
+    manifest_data,
+)
 from edge.util.hashing import sha256_file
 
 MAX_MEMBER_BYTES = 512 * 1024 * 1024
 MAX_TOTAL_BYTES = 1024 * 1024 * 1024
 MAX_MEMBERS = 64
+MAX_SIGNATURE_BYTES = 64 * 1024
+_SMALL_FILES = {MANIFEST_FILE: MAX_MANIFEST_BYTES, SIGNATURE_FILE: MAX_SIGNATURE_BYTES}
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
 def check_members(
@@ -31,8 +44,14 @@ def check_members(
     *,
     max_total_bytes: int = MAX_TOTAL_BYTES,
     max_member_bytes: int = MAX_MEMBER_BYTES,
+    listing: bool = True,
 ) -> list[tarfile.TarInfo]:
-    """The regular-file members of ``tar``, or SonotrapError naming the first unsafe member."""
+    """The regular-file members of ``tar``, or SonotrapError naming the first unsafe member.
+
+    With ``listing`` (unpacking), every member must be the manifest, its signature or a file the
+    manifest lists (:func:`listed_files`) with exactly the listed size, so an archive cannot
+    carry bytes its signature does not cover.
+    """
     files: list[tarfile.TarInfo] = []
     names: set[str] = set()
     tops: set[str] = set()
@@ -64,7 +83,7 @@ def check_members(
         if key in names:
             raise SonotrapError(f"bundle archive {archive} holds {name!r} twice; refuse to unpack it")
         names.add(key)
-        if m.size > max_member_bytes:
+        if m.size > _SMALL_FILES.get(parts[-1], max_member_bytes):
             raise SonotrapError(f"bundle archive {archive} member {name!r} is implausibly large ({m.size} bytes)")
         total += m.size
         if total > max_total_bytes:
@@ -72,7 +91,135 @@ def check_members(
                 f"bundle archive {archive} unpacks to more than {max_total_bytes / 1e6:.0f} MB; refuse to unpack it"
             )
         files.append(m)
+    if listing:
+        listed = _listed_files(tar, files, archive)
+        for m in files:
+            base = PurePosixPath(m.name).name
+            if base not in listed and base not in (MANIFEST_FILE, SIGNATURE_FILE):
+                raise SonotrapError(
+                    f"bundle archive {archive} holds {m.name!r}, which its manifest does not list; refuse to unpack it"
+                )
+            if base in listed and m.size != listed[base]:
+                raise SonotrapError(
+                    f"bundle archive {archive} member {m.name!r} has {m.size} bytes, its manifest says "
+                    f"{listed[base]}; refuse to unpack it"
+                )
     return files
+
+
+def listed_files(data: dict[str, Any], where: str | Path) -> dict[str, int]:
+    """File name -> size of the files a manifest covers besides itself (and its signature).
+
+    A manifest with ``files`` (``{"model.onnx": {"size": N, "sha256": "..."}}``, written by
+    :func:`edge.models.bundle.write_bundle`) lists them all; an older manifest without it covers
+    exactly its model file (pinned by ``model_sha256``), so nothing else may come with it.
+    """
+    files = data.get("files")
+    if files is None:
+        return {str(data.get("model_file", MODEL_FILE)): -1}
+    if not isinstance(files, dict) or not files:
+        raise SonotrapError(f"manifest {where} field 'files' must be a non-empty JSON object; rebuild the bundle")
+    out = {}
+    for name, entry in files.items():
+        ok = isinstance(entry, dict) and isinstance(entry.get("size"), int) and not isinstance(entry.get("size"), bool)
+        if not ok or entry["size"] < 0 or not isinstance(entry.get("sha256"), str) or not _SAFE_NAME.fullmatch(name):
+            raise SonotrapError(
+                f"manifest {where} lists {name[:60]!r} without a plain file name, integer size and sha256; rebuild the bundle"
+            )
+        out[name] = entry["size"]
+    return out
+
+
+def _listed_files(tar: tarfile.TarFile, members: list[tarfile.TarInfo], archive: Path) -> dict[str, int]:
+    """:func:`listed_files` of the archive's manifest (read from the archive, size-capped).
+
+    The manifest is not authenticated yet; an attacker who edits it fails the signature check
+    later, so trusting it here only decides what is *written*, never what is accepted.
+    """
+    for m in members:
+        if m.isfile() and PurePosixPath(m.name).name == MANIFEST_FILE and m.size <= MAX_MANIFEST_BYTES:
+            fh = tar.extractfile(m)
+            if fh is not None:
+                data = manifest_data(fh.read(MAX_MANIFEST_BYTES + 1), f"{archive}:{MANIFEST_FILE}")
+                sizes = listed_files(data, f"{archive}:{MANIFEST_FILE}")
+                return {k: (v if v >= 0 else _size_of(members, k)) for k, v in sizes.items()}
+    raise SonotrapError(f"bundle archive {archive} has no {MANIFEST_FILE}; it is not a model bundle")
+
+
+def _size_of(members: list[tarfile.TarInfo], name: str) -> int:
+    return next((m.size for m in members if PurePosixPath(m.name).name == name), 0)
+
+
+def check_listed_files(bundle_dir: Path, data: dict[str, Any]) -> None:
+    """Every file the manifest lists exists as a regular file with its size and sha256."""
+    if data.get("files") is None:
+        return  # an older manifest: the model is checked against model_sha256 by the caller
+    for name in listed_files(data, bundle_dir / MANIFEST_FILE):
+        entry = data["files"][name]
+        p = bundle_dir / name
+        if not p.is_file() or p.is_symlink():
+            raise SonotrapError(f"bundle {bundle_dir} lacks {name}, which its manifest lists; re-download the bundle")
+        if p.stat().st_size != entry["size"] or sha256_file(p) != entry["sha256"].lower():
+            raise SonotrapError(f"bundle file {p} fails its size/sha256 check (corrupt or tampered); re-download the bundle")
+
+
+def copy_bundle_dir(src: str | Path, dest: str | Path, *, max_total_bytes: int = MAX_TOTAL_BYTES) -> Path:
+    """Copy a bundle directory's covered files (manifest, signature, listed files) into new ``dest``.
+
+    A local folder (a USB stick) is as hostile as an archive: only regular files are read, never
+    symlinks (a link to a secret would be copied into the store) or FIFOs/devices (which block or
+    never end), each under its size cap and the total under ``max_total_bytes`` before copying.
+    Files the manifest does not cover are not copied.
+    """
+    src, dest = Path(src), Path(dest)
+    man = _regular(src / MANIFEST_FILE, MAX_MANIFEST_BYTES)
+    if man is None:
+        raise SonotrapError(f"bundle {src} has no regular {MANIFEST_FILE}; it is not a model bundle")
+    names = [MANIFEST_FILE, SIGNATURE_FILE, *listed_files(manifest_data((src / MANIFEST_FILE).read_bytes(), src), src)]
+    total = 0
+    plan = []
+    for name in dict.fromkeys(names):
+        size = _regular(src / name, _SMALL_FILES.get(name, MAX_MEMBER_BYTES))
+        if size is None:
+            continue
+        total += size
+        if total > max_total_bytes:
+            raise SonotrapError(f"bundle {src} holds more than {max_total_bytes / 1e6:.0f} MB; refuse to copy it")
+        plan.append((name, size))
+    dest.mkdir(parents=True)
+    for name, size in plan:
+        fd = os.open(src / name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        with os.fdopen(fd, "rb") as fin, open(dest / name, "wb") as fout:
+            if not stat.S_ISREG(os.fstat(fin.fileno()).st_mode):
+                raise SonotrapError(f"bundle file {src / name} changed into a special file; refuse to copy it")
+            shutil.copyfileobj(_Capped(fin, size), fout)
+    return dest
+
+
+class _Capped:
+    """A reader that stops at ``limit`` bytes (a file growing while it is copied stays bounded)."""
+
+    def __init__(self, fh: Any, limit: int) -> None:
+        self.fh, self.left = fh, limit
+
+    def read(self, n: int = -1) -> bytes:
+        n = self.left if n < 0 else min(n, self.left)
+        data = self.fh.read(n) if n else b""
+        self.left -= len(data)
+        return data
+
+
+def _regular(p: Path, max_bytes: int) -> int | None:
+    """Size of ``p`` if it is a regular file (not a link); None if absent; SonotrapError otherwise."""
+    try:
+        st = os.lstat(p)
+    except FileNotFoundError:
+        return None
+    if not stat.S_ISREG(st.st_mode):
+        raise SonotrapError(f"bundle file {p} is a link or special file, not a plain file; refuse to read it")
+    if st.st_size > max_bytes:
+        raise SonotrapError(f"bundle file {p} is implausibly large ({st.st_size} bytes); refuse to read it")
+    return st.st_size
 
 
 def extract_archive(archive: str | Path, dest: str | Path, *, max_total_bytes: int = MAX_TOTAL_BYTES) -> Path:
@@ -110,7 +257,7 @@ def read_manifest_bytes(archive: str | Path) -> bytes | None:
     archive = Path(archive)
     try:
         with tarfile.open(archive, "r:*") as tar:
-            for m in check_members(tar, archive):
+            for m in check_members(tar, archive, listing=False):
                 if PurePosixPath(m.name).name == MANIFEST_FILE:
                     fh = tar.extractfile(m)
                     return fh.read(MAX_MANIFEST_BYTES + 1) if fh else None
@@ -124,8 +271,11 @@ def write_archive(bundle_dir: str | Path, archive: str | Path) -> Path:
     bundle_dir, archive = Path(bundle_dir), Path(archive)
     archive.parent.mkdir(parents=True, exist_ok=True)
     tmp = archive.with_name(archive.name + ".part")
+    names = list(BUNDLE_FILES)
+    if (bundle_dir / MANIFEST_FILE).is_file():
+        names += listed_files(manifest_data((bundle_dir / MANIFEST_FILE).read_bytes(), bundle_dir), bundle_dir)
     with tarfile.open(tmp, "w:gz") as tar:
-        for name in BUNDLE_FILES:
+        for name in dict.fromkeys(names):
             f = bundle_dir / name
             if f.is_file():
                 info = tar.gettarinfo(str(f), arcname=name)

@@ -110,6 +110,7 @@ def write_bundle(
         stale_sig.unlink()
     manifest.model_file = MODEL_FILE
     manifest.model_sha256 = sha256_file(target)
+    manifest.files = {MODEL_FILE: {"size": target.stat().st_size, "sha256": manifest.model_sha256}}
     if not manifest.created:
         manifest.created = datetime.now(UTC).isoformat(timespec="seconds")
     cfg = FrontendConfig.from_dict(manifest.frontend)

@@ -25,6 +25,11 @@ SIGNATURE_FILE = "manifest.json.sig"
 BUNDLE_FILES = (MANIFEST_FILE, MODEL_FILE, SIGNATURE_FILE)
 MAX_MANIFEST_BYTES = 4 << 20  # a manifest with its self-test reference is ~150 kB
 REQUIRED_FIELDS = ("name", "version", "labels", "thresholds", "frontend", "model_sha256")
+_FIELD_TYPES: dict[str, type] = {
+    "name": str, "version": str, "labels": list, "thresholds": dict, "frontend": dict, "model_sha256": str,
+    "model_file": str, "files": dict, "reference": dict, "min_sonotrap_version": str,
+}
+_TYPE_NAMES: dict[type, str] = {str: "string", list: "list", dict: "JSON object"}
 _SEMVER = re.compile(r"^(\d+)\.(\d+)\.(\d+)(?:[-+][0-9A-Za-z.-]+)?$")
 
 
@@ -73,6 +78,9 @@ class Manifest:
     quantization: dict[str, Any] = field(default_factory=dict)
     min_sonotrap_version: str = __version__
     reference: dict[str, Any] = field(default_factory=dict)
+    # every file besides the manifest and its signature: name -> {"size", "sha256"}, so the
+    # signature covers every byte of the bundle (see edge.models.archive.listed_files)
+    files: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -140,6 +148,14 @@ def parse_manifest(data: dict[str, Any], where: str | Path) -> Manifest:
     missing = [k for k in REQUIRED_FIELDS if k not in data]
     if missing:
         raise SonotrapError(f"manifest {where} lacks {missing}; rebuild the bundle with 'sonotrap quantize'")
+    for key, kind in _FIELD_TYPES.items():
+        if key in data and not isinstance(data[key], kind) and (key in REQUIRED_FIELDS or data[key] is not None):
+            raise SonotrapError(
+                f"manifest {where} field {key!r} is a {type(data[key]).__name__}, not a {_TYPE_NAMES[kind]}; "
+                "rebuild the bundle"
+            )
+    if not all(isinstance(lab, dict) for lab in data["labels"]):
+        raise SonotrapError(f"manifest {where} has labels that are not objects; rebuild the bundle")
     try:
         manifest = Manifest.from_dict(data)
     except TypeError as err:
@@ -161,7 +177,7 @@ def parse_manifest(data: dict[str, Any], where: str | Path) -> Manifest:
         raise SonotrapError(f"manifest {where} label {badflag[0]!r} has a non-boolean 'enabled'; rebuild the bundle")
     if not codes or len(set(codes)) != len(codes):
         raise SonotrapError(f"manifest {where} has no labels or duplicate label codes; rebuild the bundle")
-    bad = {k: v for k, v in manifest.thresholds.items() if k not in codes or not isinstance(v, int | float) or not 0.0 < v < 1.0}
+    bad = {k: v for k, v in manifest.thresholds.items() if k not in codes or not isinstance(v, int | float) or isinstance(v, bool) or not 0.0 < v < 1.0}
     if bad:
         raise SonotrapError(
             f"manifest {where} has invalid thresholds {dict(list(bad.items())[:3])} "

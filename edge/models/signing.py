@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from edge.errors import SonotrapError
-from edge.models.archive import open_bundle_dir
+from edge.models.archive import check_listed_files, open_bundle_dir
 from edge.models.manifest import MANIFEST_FILE, MODEL_FILE, SIGNATURE_FILE, manifest_data
 from edge.util.hashing import sha256_file
 
@@ -194,3 +194,4 @@ def _check_model_pinned(bundle_dir: Path, manifest_bytes: bytes) -> None:
         raise SonotrapError(
             f"model {model} fails its sha256 check (corrupt or tampered); re-download the bundle"
         )
+    check_listed_files(bundle_dir, doc)

@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from edge.errors import SonotrapError
-from edge.models.archive import extract_archive
+from edge.models.archive import copy_bundle_dir, extract_archive
 from edge.models.manifest import MANIFEST_FILE, read_manifest_data, version_key
 from edge.models.verify import read_identity, verify_in_subprocess
 
@@ -128,6 +128,7 @@ class ModelStore:
         verify: bool = True,
         label: str = "",
         timeout_s: float = 120.0,
+        memory_mb: float | None = 2048.0,
     ) -> StoredModel:
         """Unpack/copy a bundle (dir or .tar.gz) into the store after verifying it; not activated.
 
@@ -144,14 +145,15 @@ class ModelStore:
             try:
                 bundle_dir = staging / "bundle"
                 if source.is_dir():
-                    shutil.copytree(source, bundle_dir, symlinks=False)
+                    copy_bundle_dir(source, bundle_dir)
                 else:
                     os.rename(extract_archive(source, staging / "unpack"), bundle_dir)
                     if not (bundle_dir / MANIFEST_FILE).is_file():
                         raise SonotrapError(f"bundle archive {source} has no {MANIFEST_FILE}; it is not a model bundle")
                 if verify:
                     info = verify_in_subprocess(
-                        bundle_dir, trusted_keys=trusted_keys, allow_unsigned=allow_unsigned, timeout_s=timeout_s
+                        bundle_dir, trusted_keys=trusted_keys, allow_unsigned=allow_unsigned, timeout_s=timeout_s,
+                        memory_mb=memory_mb,
                     )
                 else:
                     info = read_identity(bundle_dir)

@@ -10,16 +10,23 @@ comes back as one JSON line or one error line.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
+import resource
 import subprocess
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
+
 from edge.errors import SonotrapError
-from edge.models.bundle import load_bundle
+from edge.inference.frontend import compute_batch
+from edge.models.archive import check_listed_files
+from edge.models.bundle import ModelBundle, load_bundle
 from edge.models.manifest import SIGNATURE_FILE, read_manifest_data
+from edge.models.selftest import default_reference_audio
 from edge.models.signing import verify_bundle
 from edge.util.oom import volunteer_for_oom_killer
 
@@ -40,8 +47,13 @@ def verify_in_subprocess(
     trusted_keys: str | Path | None,
     allow_unsigned: bool,
     timeout_s: float = 120.0,
+    memory_mb: float | None = 2048.0,
 ) -> VerifiedBundle:
-    """Run :func:`verify_bundle_here` in a fresh interpreter; a crash there is a rejection."""
+    """Run :func:`verify_bundle_here` in a fresh interpreter; a crash there is a rejection.
+
+    The child runs under ``timeout_s`` and an address-space limit of ``memory_mb`` (RLIMIT_AS),
+    so a model or frontend that would exhaust the device's memory fails there, not in the daemon.
+    """
     cmd = [sys.executable, "-m", "edge.models.verify", str(bundle_dir)]
     if trusted_keys is not None:
         cmd += ["--trusted-keys", str(trusted_keys)]
@@ -52,7 +64,8 @@ def verify_in_subprocess(
     repo = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = repo + os.pathsep + env.get("PYTHONPATH", "") if env.get("PYTHONPATH") else repo
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=env)
+        limit = functools.partial(_limit_memory, int(memory_mb * 1e6)) if memory_mb else None
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=env, preexec_fn=limit)
     except subprocess.TimeoutExpired:
         raise SonotrapError(
             f"bundle {bundle_dir} did not finish its self-test within {timeout_s:.0f} s; "
@@ -90,8 +103,34 @@ def verify_bundle_here(bundle_dir: str | Path, trusted_keys: str | Path | None, 
                 "sign it with 'sonotrap bundle sign' (or set update.allow_unsigned = true)"
             )
         key_id = verify_bundle(bundle_dir, trusted_keys)
+    else:
+        check_listed_files(bundle_dir, read_manifest_data(bundle_dir))
     b = load_bundle(bundle_dir, self_test=True)  # manifest, sha256, I/O shapes, reference outputs
+    run_pipeline_check(b)
     return VerifiedBundle(name=b.name, version=b.version, labels=list(b.labels), key_id=key_id)
+
+
+def run_pipeline_check(b: ModelBundle) -> None:
+    """The real thing the daemon will run: the bundle's frontend on reference audio, then the model.
+
+    The stored self-test feeds the model a stored spectrogram; only running the frontend with the
+    manifest's parameters shows that they are usable (memory, time) before the daemon tries.
+    """
+    try:
+        images = compute_batch(default_reference_audio(b.frontend), b.frontend.sample_rate, b.frontend)
+        sess = b.checked_session or b.create_session(1)
+        out = np.asarray(sess.run(None, {b.manifest.input_name: images.astype(np.float32)})[0])
+    except MemoryError:
+        raise SonotrapError("the bundle's frontend or model needs more memory than update.verify_memory_mb allows") from None
+    if out.shape != (len(images), len(b.labels)) or not np.all(np.isfinite(out)) or out.min() < 0 or out.max() > 1:
+        raise SonotrapError(
+            f"the model's output on reference audio has shape {out.shape} or values outside [0, 1]; rebuild the bundle"
+        )
+
+
+def _limit_memory(max_bytes: int) -> None:
+    """In the verifying child, before exec: cap its address space (a hostile model hits MemoryError)."""
+    resource.setrlimit(resource.RLIMIT_AS, (max_bytes, max_bytes))
 
 
 def read_identity(bundle_dir: Path) -> VerifiedBundle:

@@ -12,8 +12,7 @@ nothing measurable. ``outbox.synchronous = "normal"`` is there for slow SD cards
 Bounded: at most ``max_messages`` rows; beyond that the *oldest* rows are deleted and
 counted in ``dropped`` (persisted in the same transaction, reported in status).
 
-In-flight bookkeeping is the publisher's and lives in memory only, so after a restart every
-row is pending again and is re-sent oldest-first.
+In-flight bookkeeping is the publisher's (memory only): after a restart every row is re-sent.
 
 Disk full, read-only or I/O error: the outbox logs one clear error, moves its rows into an
 in-memory SQLite database and keeps going (``mode == "memory"``, ``error`` says why); every
@@ -27,8 +26,8 @@ A damaged file (corrupted page, truncated, not SQLite at all) is never run in me
 fatal: it is moved aside as ``outbox.sqlite.corrupt-<stamp>`` (kept for manual salvage), its
 readable rows are copied into a fresh file (``edge.mqtt.salvage``) and ``recovered`` says what
 happened (the publisher turns it into an event; it is also in ``stats``).
-
-Thread-safe: one connection guarded by a lock; every call is short.
+Thread-safe: one connection guarded by a lock; every call is short.  File level:
+:mod:`edge.mqtt.outbox_db`.
 """
 
 from __future__ import annotations
@@ -42,20 +41,10 @@ from pathlib import Path
 
 from edge.config import OutboxConfig
 from edge.errors import SonotrapError
+from edge.mqtt.outbox_db import as_bytes, open_checked, open_db, read_dropped, rollback
 from edge.mqtt.salvage import copy_rows, is_corruption, move_aside, read_rows
 
 log = logging.getLogger("sonotrap.mqtt")
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS outbox (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    topic TEXT NOT NULL,
-    payload BLOB NOT NULL,
-    qos INTEGER NOT NULL DEFAULT 1,
-    created REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
-"""
 
 SYNCHRONOUS = ("normal", "full")
 
@@ -94,17 +83,17 @@ class Outbox:
         self._disk_high = 0
         self.recovered: dict | None = None  # set when a damaged file was moved aside
         if self.path is None:
-            self._conn = self._open(":memory:")
+            self._conn = open_db(self.synchronous, ":memory:")
             self._mode = "memory"
         else:
             try:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
-                self._conn = self._open_checked()
+                self._conn = open_checked(self.path, self.synchronous)
                 self._mode = "disk"
             except (OSError, sqlite3.Error) as err:
                 self._conn, self._mode = self._open_fallback(err)
         self._depth = self._conn.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
-        self._dropped = self._read_dropped(self._conn)
+        self._dropped = read_dropped(self._conn)
         row = self._conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'outbox'").fetchone()
         self._last_id = int(row[0]) if row else 0
         # newest id committed to the file; in memory mode, rows above it exist only in memory
@@ -145,7 +134,7 @@ class Outbox:
                     raise
                 self._on_disk_error(err, f"cannot read {self.path} ({err})")
                 rows = self._conn.execute(sql, (after_id, limit)).fetchall()
-        return [OutboxRow(r[0], r[1], _bytes(r[2]), r[3], r[4]) for r in rows]
+        return [OutboxRow(r[0], r[1], as_bytes(r[2]), r[3], r[4]) for r in rows]
 
     def ack(self, row_id: int) -> bool:
         """Delete a row the broker acknowledged; False if it was already gone (dropped)."""
@@ -239,18 +228,6 @@ class Outbox:
 
     # ---------------------------------------------------------------- internals
 
-    def _open_checked(self) -> sqlite3.Connection:
-        """Open the file and make sure SQLite can read all of it (a damaged page raises)."""
-        conn = self._open(str(self.path))
-        try:
-            result = [r[0] for r in conn.execute("PRAGMA quick_check").fetchall()]
-            if result != ["ok"]:
-                raise sqlite3.DatabaseError(f"database disk image is malformed: {'; '.join(result[:3])}")
-        except BaseException:
-            conn.close()
-            raise
-        return conn
-
     def _open_fallback(self, err: BaseException) -> tuple[sqlite3.Connection, str]:
         """The file could not be opened: recover a damaged one, else run in memory (salvaged)."""
         if isinstance(err, sqlite3.Error) and is_corruption(err):
@@ -259,7 +236,7 @@ class Outbox:
             except (OSError, sqlite3.Error) as again:
                 err = again
         self._fail(f"cannot open {self.path} ({err})")
-        self._conn = self._open(":memory:")
+        self._conn = open_db(self.synchronous, ":memory:")
         self._salvage()
         return self._conn, "memory"
 
@@ -268,15 +245,11 @@ class Outbox:
         assert self.path is not None
         aside = move_aside(self.path)
         got = read_rows(aside)
-        conn = self._open(str(self.path))
-        rows = [(r[0], r[1], sqlite3.Binary(_bytes(r[2])), r[3], r[4]) for r in got.rows[-self.max_messages:]]
+        conn = open_db(self.synchronous, str(self.path))
+        rows = [(r[0], r[1], sqlite3.Binary(as_bytes(r[2])), r[3], r[4]) for r in got.rows[-self.max_messages:]]
         copy_rows(conn, rows, got.dropped, got.last_id)
-        self.recovered = {
-            "error": str(err),
-            "moved_to": str(aside),
-            "recovered_rows": len(rows),
-            "unreadable": got.error,
-        }
+        self.recovered = {"error": str(err), "moved_to": str(aside), "recovered_rows": len(rows),
+                          "unreadable": got.error}
         log.error(
             "outbox: %s is damaged (%s); moved it to %s and recovered %d pending message(s) into a fresh "
             "file%s", self.path, err, aside, len(rows), f" ({got.error})" if got.error else "")
@@ -294,22 +267,6 @@ class Outbox:
 
     def _recovered_seq(self) -> int:
         row = self._conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'outbox'").fetchone()
-        return int(row[0]) if row else 0
-
-    def _open(self, target: str) -> sqlite3.Connection:
-        conn = sqlite3.connect(target, check_same_thread=False, isolation_level=None, timeout=5.0)
-        if target != ":memory:":
-            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-            if str(mode).lower() != "wal":
-                conn.close()
-                raise sqlite3.OperationalError(f"journal_mode is {mode}, WAL not available")
-            conn.execute(f"PRAGMA synchronous={self.synchronous.upper()}")
-        conn.executescript(_SCHEMA)
-        return conn
-
-    @staticmethod
-    def _read_dropped(conn: sqlite3.Connection) -> int:
-        row = conn.execute("SELECT value FROM meta WHERE key = 'dropped'").fetchone()
         return int(row[0]) if row else 0
 
     def _put(self, topic: str, payload: bytes, qos: int) -> int:
@@ -334,7 +291,7 @@ class Outbox:
             )
             conn.execute("COMMIT")
         except BaseException:
-            _rollback(conn)
+            rollback(conn)
             raise
         if dropped_now:
             self._dropped += dropped_now
@@ -364,7 +321,7 @@ class Outbox:
         got = read_rows(self.path)
         if got.error:
             log.error("outbox: cannot read all pending messages in %s either (%s)", self.path, got.error)
-        rows = [(r[0], r[1], sqlite3.Binary(_bytes(r[2])), r[3], r[4]) for r in got.rows]
+        rows = [(r[0], r[1], sqlite3.Binary(as_bytes(r[2])), r[3], r[4]) for r in got.rows]
         copy_rows(self._conn, rows, got.dropped, got.last_id)
         self._disk_high = max((r[0] for r in rows), default=0)  # these are still in the file
         log.warning("outbox: %d pending message(s) from %s are now held in memory", len(rows), self.path)
@@ -380,7 +337,7 @@ class Outbox:
                 n += conn.execute(f"DELETE FROM outbox WHERE id IN ({marks})", chunk).rowcount
             conn.execute("COMMIT")
         except BaseException:
-            _rollback(conn)
+            rollback(conn)
             raise
         self._depth -= n
         return n
@@ -398,10 +355,10 @@ class Outbox:
     def _to_memory(self, what: str) -> None:
         """Disk write failed: copy what we can read into memory and continue there."""
         self._fail(what)
-        mem = self._open(":memory:")
+        mem = open_db(self.synchronous, ":memory:")
         try:
             rows = self._conn.execute("SELECT id, topic, payload, qos, created FROM outbox").fetchall()
-            dropped = self._read_dropped(self._conn)
+            dropped = read_dropped(self._conn)
         except sqlite3.Error as err:
             log.error("outbox: cannot read %s either (%s); pending messages there wait for a restart",
                       self.path, err)
@@ -421,7 +378,7 @@ class Outbox:
             return
         self._next_retry = time.monotonic() + self.retry_s
         try:
-            disk = self._open(str(self.path))
+            disk = open_db(self.synchronous, str(self.path))
             rows = self._conn.execute("SELECT id, topic, payload, qos, created FROM outbox").fetchall()
             disk.execute("BEGIN IMMEDIATE")
             try:
@@ -429,7 +386,7 @@ class Outbox:
                 copy_rows(disk, rows, self._dropped, self._last_id, transaction=False)
                 disk.execute("COMMIT")
             except BaseException:
-                _rollback(disk)
+                rollback(disk)
                 disk.close()
                 raise
         except (OSError, sqlite3.Error) as err:
@@ -441,14 +398,3 @@ class Outbox:
         self._error = None
         self._disk_high = self._last_id
         log.warning("outbox: back on disk at %s with %d pending messages", self.path, len(rows))
-
-
-def _bytes(value) -> bytes:
-    return value.encode("utf-8") if isinstance(value, str) else bytes(value)
-
-
-def _rollback(conn: sqlite3.Connection) -> None:
-    try:
-        conn.execute("ROLLBACK")
-    except sqlite3.Error:
-        pass

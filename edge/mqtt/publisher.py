@@ -38,6 +38,7 @@ from edge.mqtt.connection import (
     refusal_hint,
 )
 from edge.mqtt.discovery import Announced
+from edge.mqtt.dispatch import Dispatcher
 from edge.mqtt.outbox import Outbox
 from edge.mqtt.payloads import encode, event_payload, offline_payload, status_fields, status_payload
 from edge.util.jsonio import json_safe
@@ -70,7 +71,6 @@ class Publisher:
         self._lock = threading.Lock()  # our own state only; never held while calling paho
         self._wake = threading.Event()
         self._acks: queue.SimpleQueue = queue.SimpleQueue()  # from paho's thread to the sender
-        self._callbacks: queue.SimpleQueue = queue.SimpleQueue()
         self._stopping = threading.Event()
         self._status_due = threading.Event()
         self._connected_status = threading.Event()  # a (re)connect: status within the grace period
@@ -83,19 +83,12 @@ class Publisher:
         self._refused = False
         self._next_delay = cfg.reconnect_min_s
         self._rng = random.Random()
-        self._stats = {
-            "published": 0,
-            "rejected": 0,
-            "connects": 0,
-            "failed_attempts": 0,
-            "disconnects": 0,
-            "lost": 0,
-        }
+        self._stats = dict.fromkeys(("published", "rejected", "connects", "failed_attempts", "disconnects", "lost"), 0)
         self._last_error: str | None = None
         self._last_sent_monotonic: float | None = None
         self._started_at = time.monotonic()
         self._sender: threading.Thread | None = None
-        self._dispatcher: threading.Thread | None = None
+        self._dispatcher = Dispatcher()
         self._client = self._make_client()
 
     # ------------------------------------------------------------------ public API
@@ -115,7 +108,6 @@ class Publisher:
             self.publish_event("outbox_recovered", self.outbox.recovered)
         self._sender = threading.Thread(target=self._sender_main, name="mqtt-sender", daemon=True)
         self._sender.start()
-        self._dispatcher = threading.Thread(target=self._dispatch_main, name="mqtt-callbacks", daemon=True)
         self._dispatcher.start()
 
     def publish_detection(self, payload: dict) -> int | None:
@@ -178,9 +170,7 @@ class Publisher:
         stopper.start()
         stopper.join(max(1.0, deadline - time.monotonic()))
         self._connected.clear()
-        self._callbacks.put(None)
-        if self._dispatcher is not None:
-            self._dispatcher.join(1.0)
+        self._dispatcher.stop(1.0)
         self.outbox.close()  # logs how many undelivered messages are on disk and how many are lost
 
     def stats(self) -> dict:
@@ -307,7 +297,7 @@ class Publisher:
         with self._lock:
             cb = self._subs.get(message.topic)
         if cb is not None:
-            self._callbacks.put((cb, message.topic, bytes(message.payload)))
+            self._dispatcher.put(cb, message.topic, bytes(message.payload))
 
     def _error(self, text: str) -> None:
         with self._lock:
@@ -433,18 +423,3 @@ class Publisher:
         for topic, payload in msgs:
             self._client.publish(topic, encode(payload) if payload is not None else b"", qos=1, retain=True)
         self._discovery.commit()
-
-    # ------------------------------------------------------------------ callback thread
-
-    def _dispatch_main(self) -> None:
-        while True:
-            item = self._callbacks.get()
-            if item is None:
-                return
-            cb, topic, payload = item
-            try:
-                cb(topic, payload)
-            except Exception:  # noqa: BLE001
-                log.exception("mqtt: handler for %s failed", topic)
-
-

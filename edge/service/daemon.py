@@ -7,16 +7,14 @@ watchdog — from this loop only, so a stuck pipeline stops the pings and system
 the service. When inference falls behind, pending hops are classified together (up to
 ``model.max_batch``) and the backlog is reported in the status.
 
-Model hot swap (SIGHUP or :meth:`Daemon.request_model_swap`): the new session is built and
-self-tested off the loop, then switched in between two hops; audio keeps flowing and no hop
-is skipped. A failed load keeps the old model and publishes ``model_update_failed``.
+Model hot swap (SIGHUP or ``request_model_swap``) is :mod:`edge.service.hotswap`; the status
+body is :mod:`edge.service.status`; signals are :mod:`edge.service.signals`.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
-import os
 import signal
 import threading
 import time
@@ -25,7 +23,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from edge import __version__
 from edge.config import Config
 from edge.contracts import AudioSource, DetectionSink, ModelRuntime
 from edge.errors import SonotrapError
@@ -33,13 +30,13 @@ from edge.inference.detector import DetectionEvent, Detector
 from edge.inference.pipeline import HopPipeline, HopResult
 from edge.inference.runtime import Classifier
 from edge.models.bundle import ModelBundle, load_bundle
-from edge.models.update.status import update_status_summary
-from edge.mqtt.payloads import FileOffset
+from edge.mqtt.payloads import FileOffset, MessageContext, detection_payload
 from edge.service.clips import ClipWriter
 from edge.service.hotswap import HotSwap, model_bundle_path
 from edge.service.sdnotify import Notifier
+from edge.service.signals import install_signal_handlers
 from edge.service.sinks import JsonLinesSink
-from edge.service.status import write_status
+from edge.service.status import daemon_status, ensure_writable, status_line, write_status
 from edge.util.identity import device_id
 
 log = logging.getLogger("sonotrap.daemon")
@@ -47,15 +44,6 @@ log = logging.getLogger("sonotrap.daemon")
 STATUS_FILE_INTERVAL_S = 2.0  # status.json refresh (the updater's health check reads it)
 SD_STATUS_INTERVAL_S = 10.0
 READ_TIMEOUT_S = 0.2  # longest the loop waits for audio before doing housekeeping
-
-
-def _payload(event: DetectionEvent, dev: str, bundle: ModelBundle, hop_s: float,
-             offset: FileOffset | None = None) -> dict[str, Any]:
-    """The versioned detection payload (``edge.mqtt.payloads``); identical for MQTT and --jsonl."""
-    from edge.mqtt.payloads import MessageContext, detection_payload
-
-    ctx = MessageContext(dev, bundle.name, bundle.version, hop_s, bundle.frontend.window_s)
-    return detection_payload(event, ctx, offset=offset)
 
 
 class Daemon(HotSwap):
@@ -113,6 +101,7 @@ class Daemon(HotSwap):
         self.last_hop_epoch: float | None = None
         self.last_error: str | None = None
         self.exit_code = 0
+        self._draining = False  # shutdown: finish every queued block
         self._ready = False
         self._anchor = (0, 0.0)  # (absolute sample, epoch) of the newest block's first sample
         self._received: deque[tuple[int, float]] = deque(maxlen=256)  # (block end sample, monotonic)
@@ -122,48 +111,22 @@ class Daemon(HotSwap):
 
     # ------------------------------------------------------------------ public API
 
+    def status(self) -> dict[str, Any]:
+        """Everything an operator (or the updater's health check) wants to know, JSON-ready."""
+        return daemon_status(self)
+
+    def _sd_status(self) -> str:
+        return status_line(self)
+
     def request_stop(self) -> None:
         """Ask the loop to shut down cleanly (thread- and signal-safe)."""
         self._stop.set()
-
-    def status(self) -> dict[str, Any]:
-        """Everything an operator (or the updater's health check) wants to know, JSON-ready."""
-        bundle = self.classifier.bundle if self.classifier else self.bundle
-        audio = self._safe(self.source.stats) if self.source is not None else None
-        outbox = self._safe(self.publisher.stats) if self.publisher is not None else None
-        lat = self.classifier.latency_ms() if self.classifier else {"p50": None, "p99": None}
-        pipe = self.pipeline
-        return {
-            "state": self.state,
-            "device": self.device,
-            "pid": os.getpid(),
-            "sonotrap_version": __version__,
-            "model": {"name": bundle.name, "version": bundle.version, "path": str(bundle.path)} if bundle else None,
-            "started_epoch": round(self.started_epoch, 3),
-            "uptime_s": round(time.monotonic() - self.started_mono, 1),
-            "audio": audio,
-            "inference_ms": lat,
-            "hop_s": pipe.hop_s if pipe else self.cfg.model.hop_s,
-            "window_s": bundle.frontend.window_s if bundle else None,
-            "backlog_hops": self.backlog_hops,
-            "max_backlog_hops": self.max_backlog_hops,
-            "skipped_hops": pipe.skipped if pipe else 0,
-            "gated_hops": pipe.gated if pipe else 0,  # hops that skipped the model (quiet/inactive)
-            "hops": pipe.processed if pipe else 0,
-            "batches": self.batches,
-            "last_hop_epoch": round(self.last_hop_epoch, 3) if self.last_hop_epoch else None,
-            "detections": self.detections,
-            "outbox": outbox,
-            "clips": self.clips.stats() if self.clips else None,
-            "last_error": self.last_error,
-            "models": self._safe(lambda: update_status_summary(self.state_dir)),  # store + last update
-        }
 
     # ------------------------------------------------------------------ run
 
     def run(self) -> int:
         """Start everything, process until stopped or the stream ends, shut down cleanly."""
-        restore = self._signals()
+        restore = install_signal_handlers(self) if self._install_signals else []
         try:
             try:
                 self._start()
@@ -180,7 +143,7 @@ class Daemon(HotSwap):
         return self.exit_code
 
     def _start(self) -> None:
-        self._prepare_state_dir()
+        ensure_writable(self.state_dir)
         if self.bundle is None:
             self.bundle = load_bundle(model_bundle_path(self.cfg))
         self.classifier = self.runtime_factory(self.bundle, self.cfg.model.threads)
@@ -205,18 +168,6 @@ class Daemon(HotSwap):
             self.bundle.name, self.bundle.version, len(self.bundle.labels),
             self.cfg.audio.source, rate, self.cfg.model.hop_s, self.bundle.frontend.window_s,
         )
-
-    def _prepare_state_dir(self) -> None:
-        try:
-            self.state_dir.mkdir(parents=True, exist_ok=True)
-            probe = self.state_dir / ".write-test"
-            probe.write_text("ok")
-            probe.unlink()
-        except OSError as err:
-            raise SonotrapError(
-                f"state directory {self.state_dir} is not writable ({err.strerror or err}); "
-                "pass --state-dir or fix its permissions"
-            ) from None
 
     def _loop(self) -> None:
         assert self.source is not None
@@ -345,7 +296,6 @@ class Daemon(HotSwap):
                 break
         return done
 
-    _draining = False
 
     def _file_offset(self, ev: DetectionEvent) -> FileOffset | None:
         """Where ``ev`` lies in the replayed file (same hop arithmetic as the clips)."""
@@ -364,7 +314,8 @@ class Daemon(HotSwap):
         pipe = self.pipeline
         assert pipe is not None
         bundle = pipe.classifier.bundle
-        payload = _payload(ev, self.device, bundle, pipe.hop_s, self._file_offset(ev))
+        ctx = MessageContext(self.device, bundle.name, bundle.version, pipe.hop_s, bundle.frontend.window_s)
+        payload = detection_payload(ev, ctx, offset=self._file_offset(ev))  # the same for MQTT and every sink
         self.messages += 1
         if ev.state == "ended":
             self.detections += 1
@@ -426,8 +377,6 @@ class Daemon(HotSwap):
             self._safe(sink.close)
         self._hops_jsonl.close()
 
-    # ------------------------------------------------------------------ helpers
-
     def _event(self, kind: str, data: dict) -> None:
         """Daemon/audio events -> ``.../events`` (and the log)."""
         if kind in ("audio_error",):
@@ -440,34 +389,6 @@ class Daemon(HotSwap):
             write_status(self.state_dir, self.status())
         except OSError as err:
             log.warning("cannot write status.json in %s: %s", self.state_dir, err)
-
-    def _sd_status(self) -> str:
-        b = self.classifier.bundle if self.classifier else None
-        model = f"{b.name} {b.version}" if b else "no model"
-        pipe = self.pipeline
-        hops = pipe.processed if pipe else 0
-        depth = ""
-        if self.publisher is not None:
-            stats = self._safe(self.publisher.stats) or {}
-            depth = f", outbox {stats.get('outbox_depth', '?')}"
-        return f"{self.state}: {model}, {hops} hops, {self.detections} detections, backlog {self.backlog_hops}{depth}"
-
-    def _signals(self) -> list[tuple[signal.Signals, Any]]:
-        if not self._install_signals or threading.current_thread() is not threading.main_thread():
-            return []
-        restore: list[tuple[signal.Signals, Any]] = []
-
-        def stop(signum, _frame):
-            log.info("received %s, shutting down", signal.Signals(signum).name)
-            self.request_stop()
-
-        def hup(_signum, _frame):
-            log.info("received SIGHUP, reloading the model")
-            threading.Thread(target=self.reload_model, name="model-reload", daemon=True).start()
-
-        for sig, handler in ((signal.SIGTERM, stop), (signal.SIGINT, stop), (signal.SIGHUP, hup)):
-            restore.append((sig, signal.signal(sig, handler)))
-        return restore
 
     @staticmethod
     def _safe(fn: Callable[[], Any]) -> Any:

@@ -94,6 +94,9 @@ class Request:
 class Faults:
     cut_after: dict[str, int] = field(default_factory=dict)  # path -> bytes; one-shot each
     delay_s: float = 0.0
+    redirect: dict[str, str] = field(default_factory=dict)  # path -> Location (302)
+    trickle_s: float = 0.0  # send the body one byte at a time, this far apart
+    trickle_headers_s: float = 0.0  # send endless header lines, this far apart
 
 
 class BundleServer:
@@ -119,6 +122,21 @@ class BundleServer:
                 if server.faults.delay_s:
                     time.sleep(server.faults.delay_s)
                 rel = self.path.split("?", 1)[0].lstrip("/")
+                if server.faults.trickle_headers_s:
+                    self.wfile.write(b"HTTP/1.1 200 OK\r\n")
+                    for _ in range(10_000):
+                        self.wfile.write(b"X-Pad: a\r\n")
+                        self.wfile.flush()
+                        time.sleep(server.faults.trickle_headers_s)
+                    return
+                target = server.faults.redirect.get("/" + rel)
+                if target is not None:
+                    req.status = 302
+                    self.send_response(302)
+                    self.send_header("Location", target)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 f = (server.root / rel).resolve()
                 if not str(f).startswith(str(server.root.resolve())) or not f.is_file():
                     req.status = 404
@@ -151,6 +169,12 @@ class BundleServer:
                     self.wfile.write(body[:cut])
                     self.wfile.flush()
                     self.close_connection = True
+                    return
+                if server.faults.trickle_s:
+                    for i in range(len(body)):
+                        self.wfile.write(body[i:i + 1])
+                        self.wfile.flush()
+                        time.sleep(server.faults.trickle_s)
                     return
                 self.wfile.write(body)
 

@@ -13,7 +13,13 @@ Sources (``--source`` or the ``[update]`` config), in :mod:`.sources`:
 
   (``url`` may be relative to the index) plus the bundles themselves;
 * an MQTT command on ``<prefix>/<device>/cmd/update`` (:mod:`.commands`) naming a version
-  (looked up in the configured source) or a URL (only under ``update.allowed_base_urls``).
+  (looked up in the configured source) or a URL (only under ``update.allowed_base_urls``),
+  obeyed only when signed by a trusted fleet key, addressed to the device and fresh
+  (:mod:`.command_auth`, checked in :mod:`.attach`; ``sonotrap command sign`` makes one).
+
+An older version than ``current`` is refused unless the operator allows it
+(``update.allow_downgrade`` or ``sonotrap update --allow-downgrade``). A daemon start whose
+``current`` does not load falls back to ``previous`` (:mod:`.startup`).
 
 The procedure (:mod:`.procedure`) never leaves the device without a working model: the new
 bundle is downloaded (:mod:`.download`), verified (sha256, ed25519 signature against the

@@ -7,10 +7,18 @@ live in one place.
 from __future__ import annotations
 
 import json
+import re
 
 from edge.errors import SonotrapError
 
 COMMAND_FIELDS = ("version", "url", "sha256", "size", "channel")
+MAX_FIELD_CHARS = 1024
+_SHA256 = re.compile(r"[0-9a-fA-F]{64}")
+
+
+def _short(v: object) -> str:
+    """A bounded description of a bad value: its type, never its (possibly huge) content."""
+    return f"a {type(v).__name__}"
 
 
 def parse_command(payload: bytes) -> dict:
@@ -29,8 +37,16 @@ def parse_command(payload: bytes) -> dict:
     if isinstance(data, str):
         return {"url": data} if "://" in data else {"version": data}
     if not isinstance(data, dict):
-        raise SonotrapError(f"cmd/update payload {text[:80]!r} must be a JSON object, a version or a URL")
+        raise SonotrapError(f"cmd/update payload ({_short(data)}) must be a JSON object, a version or a URL")
     out = {k: data[k] for k in COMMAND_FIELDS if data.get(k) is not None}
+    for k, v in out.items():
+        if k == "size":
+            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+                raise SonotrapError(f"cmd/update field 'size' must be a non-negative integer (bytes), not {_short(v)}")
+        elif not isinstance(v, str) or not v or len(v) > MAX_FIELD_CHARS:
+            raise SonotrapError(f"cmd/update field {k!r} must be a non-empty string of at most {MAX_FIELD_CHARS} characters")
+    if "sha256" in out and not _SHA256.fullmatch(out["sha256"]):
+        raise SonotrapError("cmd/update field 'sha256' must be 64 hexadecimal digits")
     if data.get("action") == "rollback":
         out["rollback"] = True
     return out or {"check": True}

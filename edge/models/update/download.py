@@ -8,12 +8,16 @@ reads of the updater go through this module, so limits and deadlines have one pl
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import logging
 import os
 import shutil
+import socket
+import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -26,16 +30,137 @@ log = logging.getLogger("sonotrap.update")
 _CHUNK = 1 << 16
 
 
-def fetch_bytes(url: str, *, max_bytes: int, timeout: float = 30.0, what: str = "update index") -> bytes:
-    """The body of ``url`` (at most ``max_bytes``); SonotrapError naming ``what`` otherwise."""
+DEFAULT_DEADLINE_S = 600.0
+
+
+def url_allowed(url: str, allowed: list[str]) -> bool:
+    """True when ``url`` lies under one of the allowed base URLs, judged after normalisation.
+
+    Same scheme, host and port, no user info, and a path that -- percent-decoded -- has no
+    ``.``/``..`` segments and starts with the base's path: ``%2e%2e`` cannot climb out.
+    """
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
-            body = resp.read(max_bytes + 1)
-    except (urllib.error.URLError, OSError) as err:
+        u = urllib.parse.urlsplit(url)
+        host, port = (u.hostname or "").lower(), u.port
+    except ValueError:
+        return False
+    path = urllib.parse.unquote(u.path)
+    if u.scheme not in ("http", "https") or u.username is not None or not host:
+        return False
+    if any(seg in (".", "..") for seg in path.split("/")) or "\\" in path or "\0" in path:
+        return False
+    for base in allowed:
+        b = urllib.parse.urlsplit(base)
+        prefix = b.path if b.path.endswith("/") else b.path + "/"
+        same = (u.scheme, host, port) == (b.scheme, (b.hostname or "").lower(), b.port)
+        if same and (path.startswith(prefix) or path == b.path):
+            return True
+    return False
+
+
+class _CheckedRedirect(urllib.request.HTTPRedirectHandler):
+    """Follows a redirect only to a location that passes :func:`url_allowed`."""
+
+    def __init__(self, allowed: list[str] | None) -> None:
+        self.allowed = allowed
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):  # noqa: ANN001 (stdlib signature)
+        newurl = urllib.parse.urljoin(req.full_url, newurl)
+        if self.allowed is not None and not url_allowed(newurl, self.allowed):
+            raise SonotrapError(
+                f"{req.full_url} redirects to {newurl[:200]}, outside update.url / update.allowed_base_urls; refused"
+            )
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+class _Watchdog:
+    """Shuts the sockets of one fetch down at its deadline, whatever read is blocked.
+
+    Per-read timeouts do not bound a server that sends one byte (of headers or body) every
+    few seconds; closing the socket from a timer does, in every phase of the request.
+    """
+
+    def __init__(self, deadline: float) -> None:
+        self.socks: list[socket.socket] = []
+        self.fired = False
+        self._timer = threading.Timer(max(0.0, deadline - time.monotonic()), self._fire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _fire(self) -> None:
+        self.fired = True
+        for sock in self.socks:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def cancel(self) -> None:
+        self._timer.cancel()
+
+    def handlers(self) -> list[urllib.request.BaseHandler]:
+        watch = self
+
+        class Http(urllib.request.HTTPHandler):
+            def http_open(self, req):  # noqa: ANN001 (stdlib signature)
+                return self.do_open(watch._conn(http.client.HTTPConnection), req)
+
+        class Https(urllib.request.HTTPSHandler):
+            def https_open(self, req):  # noqa: ANN001 (stdlib signature)
+                return self.do_open(watch._conn(http.client.HTTPSConnection), req, context=self._context)
+
+        return [Http(), Https()]
+
+    def _conn(self, base: type) -> type:
+        watch = self
+
+        class Conn(base):  # type: ignore[misc, valid-type]
+            def connect(self) -> None:
+                super().connect()
+                watch.socks.append(self.sock)
+                if watch.fired:
+                    watch._fire()
+
+        return Conn
+
+
+def _open(req: urllib.request.Request | str, timeout: float, allowed: list[str] | None, watchdog: _Watchdog):
+    url = req.full_url if isinstance(req, urllib.request.Request) else req
+    if allowed is not None and not url_allowed(url, allowed):
+        raise SonotrapError(f"{url[:200]} is outside update.url / update.allowed_base_urls; refused")
+    return urllib.request.build_opener(_CheckedRedirect(allowed), *watchdog.handlers()).open(req, timeout=timeout)
+
+
+def _remaining(deadline: float, url: str) -> float:
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise SonotrapError(f"{url[:200]} did not finish within update.deadline_s; the server is too slow or stalls")
+    return left
+
+
+def fetch_bytes(url: str, *, max_bytes: int, timeout: float = 30.0, what: str = "update index",
+                deadline_s: float = DEFAULT_DEADLINE_S, allowed: list[str] | None = None) -> bytes:
+    """The body of ``url`` (at most ``max_bytes``, within ``deadline_s``); SonotrapError otherwise."""
+    deadline = time.monotonic() + deadline_s
+    chunks: list[bytes] = []
+    total = 0
+    watchdog = _Watchdog(deadline)
+    try:
+        with _open(url, min(timeout, deadline_s), allowed, watchdog) as resp:
+            while True:
+                _remaining(deadline, url)
+                chunk = resp.read1(_CHUNK)
+                if not chunk:
+                    break
+                total += len(chunk)
+                if total > max_bytes:
+                    raise SonotrapError(f"{what} {url} is larger than {max_bytes / 1e6:.0f} MB; it is not a sonotrap index")
+                chunks.append(chunk)
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as err:
+        _remaining(deadline, url)  # the watchdog cut it: say so
         raise SonotrapError(f"{what} {url} cannot be fetched ({http_reason(err)}); check the network and update.url") from None
-    if len(body) > max_bytes:
-        raise SonotrapError(f"{what} {url} is larger than {max_bytes / 1e6:.0f} MB; it is not a sonotrap index")
-    return body
+    finally:
+        watchdog.cancel()
+    _remaining(deadline, url)  # a cut connection can look like a short, complete body
+    return b"".join(chunks)
 
 
 def download(
@@ -48,6 +173,8 @@ def download(
     timeout: float = 30.0,
     attempts: int = 3,
     on_progress: Callable[[int], None] | None = None,
+    deadline_s: float = DEFAULT_DEADLINE_S,
+    allowed: list[str] | None = None,
 ) -> Path:
     """Download ``url`` to ``dest``, resuming ``dest.part`` with an HTTP Range request.
 
@@ -62,22 +189,40 @@ def download(
         )
     part = dest.with_name(dest.name + ".part")
     dest.parent.mkdir(parents=True, exist_ok=True)
-    last_err: Exception | None = None
-    for attempt in range(attempts):
-        try:
-            _download_once(url, part, max_bytes=max_bytes, expected_size=expected_size, timeout=timeout, on_progress=on_progress)
-            last_err = None
-            break
-        except SonotrapError:
-            raise
-        except (urllib.error.URLError, OSError, http.client.HTTPException) as err:
-            last_err = err
-            log.warning("download of %s interrupted (%s); resuming (attempt %d)", url, http_reason(err), attempt + 2)
-            time.sleep(min(5.0, 0.2 * 2**attempt))
+    deadline = time.monotonic() + deadline_s  # all attempts together
+    watchdog = _Watchdog(deadline)
+    try:
+        last_err = _attempts(url, part, attempts, max_bytes=max_bytes, expected_size=expected_size, timeout=timeout,
+                             on_progress=on_progress, deadline=deadline, allowed=allowed, watchdog=watchdog)
+    finally:
+        watchdog.cancel()
+    _remaining(deadline, url)
     if last_err is not None:
         raise SonotrapError(
             f"download of {url} failed ({http_reason(last_err)}); the partial file is kept and resumed next time"
         )
+    return _finish(url, part, dest, expected_size, sha256)
+
+
+def _attempts(url: str, part: Path, attempts: int, **kw) -> Exception | None:
+    """Up to ``attempts`` tries of :func:`_download_once`; the last network error, or None."""
+    last_err: Exception | None = None
+    for attempt in range(attempts):
+        try:
+            _download_once(url, part, **kw)
+            return None
+        except SonotrapError:
+            raise
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as err:
+            _remaining(kw["deadline"], url)
+            last_err = err
+            log.warning("download of %s interrupted (%s); resuming (attempt %d)", url, http_reason(err), attempt + 2)
+            time.sleep(min(5.0, 0.2 * 2**attempt))
+    return last_err
+
+
+def _finish(url: str, part: Path, dest: Path, expected_size: int | None, sha256: str | None) -> Path:
+    """Size and sha256 checks of the complete ``.part`` file, then its rename to ``dest``."""
     size = part.stat().st_size
     if expected_size is not None and size != expected_size:
         part.unlink()
@@ -95,7 +240,8 @@ def download(
 
 
 def _download_once(
-    url: str, part: Path, *, max_bytes: int, expected_size: int | None, timeout: float, on_progress
+    url: str, part: Path, *, max_bytes: int, expected_size: int | None, timeout: float, on_progress,
+    deadline: float, allowed: list[str] | None, watchdog: _Watchdog,
 ) -> None:
     have = part.stat().st_size if part.exists() else 0
     if expected_size is not None and have == expected_size:
@@ -108,7 +254,7 @@ def _download_once(
         headers["Range"] = f"bytes={have}-"
     req = urllib.request.Request(url, headers=headers)
     try:
-        resp = urllib.request.urlopen(req, timeout=timeout)
+        resp = _open(req, min(timeout, _remaining(deadline, url)), allowed, watchdog)
     except urllib.error.HTTPError as err:
         if err.code == 416 and have:  # nothing more to send: the partial file is complete (or bogus)
             if expected_size is None:
@@ -134,7 +280,8 @@ def _download_once(
         with open(part, mode) as fh:
             total = have
             while True:
-                chunk = resp.read(_CHUNK)
+                _remaining(deadline, url)
+                chunk = resp.read1(_CHUNK)
                 if not chunk:
                     break
                 total += len(chunk)

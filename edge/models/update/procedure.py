@@ -25,7 +25,14 @@ from edge.models.store import ModelStore, StoredModel, store_root
 from edge.models.update.commands import parse_command
 from edge.models.update.daemon_control import DaemonHandle, SignalDaemon, wait_healthy
 from edge.models.update.download import check_free_space, download
-from edge.models.update.sources import Offer, find_offer, resolve_source, url_allowed
+from edge.models.update.sources import (
+    Offer,
+    check_local_bundle,
+    find_offer,
+    resolve_source,
+    source_base,
+    url_allowed,
+)
 from edge.models.update.status import UpdateResult, UpdateStatus
 from edge.service.status import Health
 from edge.util.hashing import sha256_file
@@ -89,7 +96,8 @@ class Updater:
         """The offer to install, or None when the device is up to date (or it failed before)."""
         src = resolve_source(self.cfg, source)
         offer = find_offer(src, channel=channel or self.cfg.update.channel, version=version,
-                           timeout=self.cfg.update.http_timeout_s)
+                           timeout=self.cfg.update.http_timeout_s, deadline_s=self.cfg.update.deadline_s,
+                           allowed=self.cfg.update.allowed_base_urls)
         if offer is None:
             if version is not None:
                 raise SonotrapError(f"version {version} is not offered by {src}; check the index")
@@ -133,7 +141,8 @@ class Updater:
             return self._finish(UpdateResult("up-to-date", version=self._current_version()), record=False)
         return self.apply(offer, explicit="version" in cmd)
 
-    def update(self, source: str | None = None, channel: str | None = None, version: str | None = None) -> UpdateResult:
+    def update(self, source: str | None = None, channel: str | None = None, version: str | None = None,
+               allow_downgrade: bool = False) -> UpdateResult:
         """Check and, if there is something newer (or the requested version), apply it."""
         try:
             offer = self.check(source, channel, version)
@@ -143,12 +152,16 @@ class Updater:
         if offer is None:
             log.info("model is up to date (%s)", self._current_version())
             return self._finish(UpdateResult("up-to-date", version=self._current_version()), record=False)
-        return self.apply(offer, explicit=version is not None)
+        return self.apply(offer, explicit=version is not None, allow_downgrade=allow_downgrade)
 
-    def apply(self, offer: Offer, explicit: bool = False) -> UpdateResult:
-        """Download, verify, install, switch, hot-swap, health-check; roll back on failure."""
+    def apply(self, offer: Offer, explicit: bool = False, allow_downgrade: bool = False) -> UpdateResult:
+        """Download, verify, install, switch, hot-swap, health-check; roll back on failure.
+
+        An older version than the current one is refused unless ``allow_downgrade`` (an
+        operator's local command) or ``update.allow_downgrade`` says otherwise.
+        """
         with self._lock:
-            return self._apply(offer, explicit)
+            return self._apply(offer, explicit, allow_downgrade)
 
     def rollback(self) -> UpdateResult:
         """Operator/command rollback: previous model becomes current and is hot-swapped in."""
@@ -178,10 +191,25 @@ class Updater:
 
     # -- internals
 
-    def _apply(self, offer: Offer, explicit: bool) -> UpdateResult:
+    def _downgrade_refusal(self, version: str, allow_downgrade: bool) -> str | None:
+        """Why installing ``version`` is refused as a downgrade (None when it is allowed)."""
+        cur = self.store.current()
+        if not version or cur is None or allow_downgrade or self.cfg.update.allow_downgrade:
+            return None
+        if version_key(version) >= version_key(cur.version):
+            return None
+        return (f"version {version} is older than the running {cur.version}; downgrades need "
+                "update.allow_downgrade = true or 'sonotrap update --allow-downgrade' on the device")
+
+    def _apply(self, offer: Offer, explicit: bool, allow_downgrade: bool = False) -> UpdateResult:
         cur = self.store.current()
         res = UpdateResult("failed", version=offer.version or None, previous=cur.version if cur else None,
                            source=offer.location)
+        refusal = self._downgrade_refusal(offer.version, allow_downgrade)
+        if refusal:
+            res.result, res.reason = "rejected", refusal
+            self.report("update_rejected", version=offer.version, reason=refusal, current=res.previous)
+            return self._finish(res)
         self.report("update_started", version=offer.version, url=offer.location, current=res.previous,
                     explicit=explicit)
         downloads = self.state_dir / "downloads"
@@ -195,16 +223,19 @@ class Updater:
                 path = download(
                     offer.location, downloads / f"{name[:32]}.tar.gz", max_bytes=max_bytes,
                     expected_size=offer.size, sha256=offer.sha256, timeout=self.cfg.update.http_timeout_s,
+                    deadline_s=self.cfg.update.deadline_s, allowed=self._allowed_urls(offer),
                 )
                 self.report("update_downloaded", version=offer.version, bytes=path.stat().st_size)
             else:
-                path = Path(offer.location)
+                folder = offer.source[len("local:"):] if offer.source.startswith("local:") else Path(offer.location).parent
+                path = check_local_bundle(offer.location, folder, max_bytes)
                 if offer.sha256 and path.is_file() and sha256_file(path) != offer.sha256:
                     raise SonotrapError(f"{path} fails its sha256 check against the index; copy it again")
             res.steps.append("download")
             stored = self.store.install(
                 path, trusted_keys=self.trusted_keys, allow_unsigned=self.cfg.update.allow_unsigned,
                 label=offer.location, timeout_s=self.cfg.update.verify_timeout_s,
+                memory_mb=self.cfg.update.verify_memory_mb,
             )
             res.steps.append("verify")
             if offer.is_remote:
@@ -222,6 +253,11 @@ class Updater:
             res.result, res.reason = "rejected", reason
             self.report("update_rejected", version=offer.version, reason=reason)
             self._remember_failure(offer, reason)
+            return self._finish(res)
+        refusal = self._downgrade_refusal(stored.version, allow_downgrade)
+        if refusal:  # the index or command named no version, or another one
+            res.result, res.reason = "rejected", refusal
+            self.report("update_rejected", version=stored.version, reason=refusal, current=res.previous)
             return self._finish(res)
         self.report("update_verified", version=stored.version, key_id=stored.key_id)
         if cur is not None and cur.dirname == stored.dirname:
@@ -266,8 +302,18 @@ class Updater:
             self.daemon.swap()
         except (SonotrapError, OSError) as err:
             return False, f"could not signal the daemon ({err})"
+        except Exception as err:  # e.g. MemoryError building the new session: never leave it current
+            log.exception("hot swap to %s failed", version)
+            return False, f"the daemon could not load {version} ({type(err).__name__}: {str(err)[:200]})"
         self.report("model_swap_requested", version=version)
         return wait_healthy(self.daemon.status, version, since, self.cfg.update.health_timeout_s)
+
+    def _allowed_urls(self, offer: Offer) -> list[str]:
+        """Where a bundle (and any redirect) may come from: the allow-list, plus an index's own base."""
+        allowed = list(self.cfg.update.allowed_base_urls)
+        if offer.source.startswith(("http://", "https://")):
+            allowed.append(source_base(offer.source))
+        return allowed
 
     def _current_version(self) -> str | None:
         cur = self.store.current()

@@ -71,6 +71,12 @@ class UpdateStatus:
         if doc.get("failed", {}).pop(version, None) is not None:
             self._write(doc)
 
+    def set_commands(self, counts: dict) -> None:
+        """The MQTT command counters (accepted, refused, last refusal) shown in the status."""
+        doc = self.doc()
+        doc["commands"] = {**doc.get("commands", {}), **counts}
+        self._write(doc)
+
     def finish(self, res: UpdateResult, cur: StoredModel | None, prev: StoredModel | None, record: bool = True) -> None:
         """Record the store's versions and (``record``) the attempt, also in the history file."""
         doc = self.doc()
@@ -103,9 +109,11 @@ def update_status_summary(state_dir: str | Path) -> dict:
     """
     store = ModelStore(store_root(state_dir))
     cur, prev = store.current(), store.previous()
-    last = UpdateStatus(state_dir).doc().get("last_update") or {}
+    doc = UpdateStatus(state_dir).doc()
+    last = doc.get("last_update") or {}
     return {
         "current": cur.version if cur else None,
         "previous": prev.version if prev else None,
         "last_update": {k: last.get(k) for k in ("result", "version", "previous", "reason", "time")} if last else None,
+        "commands": doc.get("commands"),
     }

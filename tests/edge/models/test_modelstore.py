@@ -104,6 +104,7 @@ def test_rejected_bundles_never_enter_the_store(tmp_path, keys):
     from edge.util.hashing import sha256_file
 
     m["model_sha256"] = sha256_file(crash / "model.onnx")
+    m["files"]["model.onnx"] = {"size": (crash / "model.onnx").stat().st_size, "sha256": m["model_sha256"]}
     (crash / "manifest.json").write_text(json.dumps(m))
     sign_bundle(crash, keys.private)
     with pytest.raises(SonotrapError, match="does not load in onnxruntime"):

@@ -118,7 +118,15 @@ def test_local_directory_source_with_and_without_index(env):
     assert up.check(source=f"local:{srv}").version == "1.3.0"  # the index's channel wins
     res = up.update(source=f"local:{srv}")
     assert res.result == "installed" and env["store"].current().version == "1.3.0"
-    assert up.update(source=f"local:{srv}", version="1.2.0").result == "installed"  # explicit downgrade
+    # a downgrade needs the operator's explicit permission (flag or update.allow_downgrade)
+    res = up.update(source=f"local:{srv}", version="1.2.0")
+    assert res.result == "rejected" and "older than the running 1.3.0" in res.reason
+    assert env["store"].current().version == "1.3.0"
+    assert up.update(source=f"local:{srv}", version="1.2.0", allow_downgrade=True).result == "installed"
+    assert env["store"].current().version == "1.2.0"
+    up.cfg.update.allow_downgrade = True
+    assert up.update(source=f"local:{srv}", version="1.10.0-beta").result == "installed"
+    assert up.update(source=f"local:{srv}", version="1.3.0").result == "installed"  # the setting allows it
     with pytest.raises(SonotrapError, match="no channel 'nightly'"):
         up.check(source=f"local:{srv}", channel="nightly")
 

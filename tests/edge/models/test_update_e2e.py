@@ -18,6 +18,7 @@ import sys
 
 import pytest
 
+from edge.models.update.command_auth import sign_command
 from tests.support.broker import Subscriber
 from tests.support.daemon_helpers import LOW, read_jsonl, write_tones
 from tests.support.paths import REPO
@@ -80,14 +81,15 @@ health_timeout_s = 30.0
             try:
                 sub.wait_for(lambda ms: "1.0.0" in _versions(ms), timeout=40)
 
-                # 1) MQTT command naming a URL outside the allowed base: refused, nothing fetched
+                # 1) signed MQTT command naming a URL outside the allowed base: refused, nothing fetched
                 sub.client.publish(f"sonotrap/{DEVICE}/cmd/update",
-                                   json.dumps({"url": "http://203.0.113.9/evil.tar.gz"}), qos=1)
+                                   sign_command(key, DEVICE, {"url": "http://203.0.113.9/evil.tar.gz"}), qos=1)
                 sub.wait_for(lambda ms: "update_rejected" in _events(ms), timeout=30)
 
                 # 2) MQTT command naming 1.1.0 by URL: handled inside the daemon (in-process swap)
                 sub.client.publish(f"sonotrap/{DEVICE}/cmd/update",
-                                   json.dumps({"url": server.url + v11.archive.name, "sha256": v11.sha256}), qos=1)
+                                   sign_command(key, DEVICE, {"url": server.url + v11.archive.name,
+                                                              "sha256": v11.sha256}), qos=1)
                 sub.wait_for(lambda ms: "update_succeeded" in _events(ms), timeout=60)
                 sub.wait_for(lambda ms: "1.1.0" in _versions(ms), timeout=30)
 
@@ -114,7 +116,7 @@ health_timeout_s = 30.0
 
                 sub.wait_for(status_ok, timeout=40)
                 # "check now": 1.2.0 is still on offer, but the operator rolled it back -> not re-applied
-                sub.client.publish(f"sonotrap/{DEVICE}/cmd/update", b"", qos=1)
+                sub.client.publish(f"sonotrap/{DEVICE}/cmd/update", sign_command(key, DEVICE, {}), qos=1)
                 sub.wait_for(lambda ms: "update_up_to_date" in _events(ms), timeout=30)
                 models = json.loads((dev["state"] / "status.json").read_text())["models"]
                 assert models["last_update"]["result"] == "updated" and models["current"] == "1.1.0"

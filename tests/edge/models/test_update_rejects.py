@@ -55,6 +55,7 @@ def _crashing_model(d: Path) -> None:
     (d / "model.onnx").write_bytes(b"\x08\x07this is not an onnx protobuf" * 50)
     m = json.loads((d / "manifest.json").read_text())
     m["model_sha256"] = sha256_file(d / "model.onnx")
+    m["files"]["model.onnx"] = {"size": (d / "model.onnx").stat().st_size, "sha256": m["model_sha256"]}
     (d / "manifest.json").write_text(json.dumps(m))
 
 

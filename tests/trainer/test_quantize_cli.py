@@ -17,7 +17,7 @@ from tests.support.synth_windows import make_windows, save_npz  # noqa: E402
 
 def test_cli_quantize_resnet50_checkpoint_to_bundle(tmp_path, capsys, monkeypatch):
     """End to end on a (random-init) ResNet50 checkpoint: export, parity, quantize, verify, bundle, tar."""
-    from tests.test_export import write_checkpoint
+    from tests.trainer.test_export import write_checkpoint
     from trainer.model import build_model
 
     monkeypatch.setenv("SONOTRAP_CACHE_DIR", str(tmp_path / "cache"))

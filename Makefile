@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 SOURCE ?=
 export SOURCE
 
-.PHONY: demo test lint bench system-deps demo-model bench-model
+.PHONY: demo test lint bench system-deps demo-model bench-model arm64-check
 
 # `make demo` installs a regular copy, as from a wheel (an editable install of this flat layout
 # makes setuptools print a warning block), reinstalled when the edge code or the demo model
@@ -50,3 +50,8 @@ demo-model: $(VENV)/.dev-installed
 ## make bench-model CHECKPOINT=run/best.pt FP32=run/demo-export/model_fp32.onnx: PyTorch vs ONNX FP32 vs INT8
 bench-model: $(VENV)/.dev-installed
 	$(PY) bench/bench_model.py $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT)) $(if $(FP32),--fp32 $(FP32))
+
+## sudo make arm64-check: the edge install + demo model on arm64 Debian under qemu, compared with this host
+## (cached arm64 root in ARM64_ROOT; slow under emulation; not part of make test). See docs/arm64.md
+arm64-check: $(VENV)/.edge-installed
+	HOST_PY=$(abspath $(PY)) scripts/arm64-check

@@ -12,13 +12,13 @@ import dataclasses
 import os
 import tempfile
 import tomllib
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edge.bounds import at_least, bad, check_bounds, choice, positive, warn_about_secrets
 from edge.errors import SonotrapError
+from edge.tomlconfig import from_dict, set_value
 
 DEFAULT_CONFIG_PATH = Path("/etc/sonotrap/config.toml")
 
@@ -64,26 +64,26 @@ class AudioConfig:
     device_timeout_s: float = 0.0  # device missing this long -> error and exit (0 = retry forever)
 
     def validate(self) -> None:
-        _choice("audio.source", self.source, ("mic", "file", "stdin"))
-        _choice("audio.stdin_format", self.stdin_format, ("s16le", "f32le"))
-        _positive("audio.block_s", self.block_s)
-        _positive("audio.queue_s", self.queue_s)
-        _at_least("audio.channels", self.channels, 1)
-        _at_least("audio.channel", self.channel, 0)
+        choice("audio.source", self.source, ("mic", "file", "stdin"))
+        choice("audio.stdin_format", self.stdin_format, ("s16le", "f32le"))
+        positive("audio.block_s", self.block_s)
+        positive("audio.queue_s", self.queue_s)
+        at_least("audio.channels", self.channels, 1)
+        at_least("audio.channel", self.channel, 0)
         if self.source == "mic" and self.channel >= self.channels:
-            _bad("audio.channel", f"{self.channel} must be in 0..channels-1 ({self.channels - 1})")
+            bad("audio.channel", f"{self.channel} must be in 0..channels-1 ({self.channels - 1})")
         if self.source == "stdin" and self.channel >= self.stdin_channels:
-            _bad("audio.channel", f"{self.channel} must be in 0..stdin_channels-1 ({self.stdin_channels - 1})")
+            bad("audio.channel", f"{self.channel} must be in 0..stdin_channels-1 ({self.stdin_channels - 1})")
         if self.sample_rate is not None:
-            _at_least("audio.sample_rate", self.sample_rate, 1000)
-        _at_least("audio.stdin_rate", self.stdin_rate, 1000)
-        _at_least("audio.stdin_channels", self.stdin_channels, 1)
-        _at_least("audio.silence_timeout_s", self.silence_timeout_s, 0)
-        _at_least("audio.device_timeout_s", self.device_timeout_s, 0)
+            at_least("audio.sample_rate", self.sample_rate, 1000)
+        at_least("audio.stdin_rate", self.stdin_rate, 1000)
+        at_least("audio.stdin_channels", self.stdin_channels, 1)
+        at_least("audio.silence_timeout_s", self.silence_timeout_s, 0)
+        at_least("audio.device_timeout_s", self.device_timeout_s, 0)
         if self.source == "file" and not self.file:
-            _bad("audio.file", "is required when audio.source = 'file'")
+            bad("audio.file", "is required when audio.source = 'file'")
         if self.retry_initial_s <= 0 or self.retry_max_s < self.retry_initial_s:
-            _bad("audio.retry_initial_s", "needs 0 < retry_initial_s <= retry_max_s")
+            bad("audio.retry_initial_s", "needs 0 < retry_initial_s <= retry_max_s")
 
 
 @dataclass
@@ -96,9 +96,9 @@ class ModelConfig:
     max_batch: int = 8  # catch-up batch size when inference falls behind
 
     def validate(self) -> None:
-        _at_least("model.threads", self.threads, 1)
-        _positive("model.hop_s", self.hop_s)
-        _at_least("model.max_batch", self.max_batch, 1)
+        at_least("model.threads", self.threads, 1)
+        positive("model.hop_s", self.hop_s)
+        at_least("model.max_batch", self.max_batch, 1)
 
 
 @dataclass
@@ -113,16 +113,47 @@ class DetectorConfig:
     min_hops: int = 1  # events shorter than this are dropped
     min_report_interval_s: float = 0.0  # per-label minimum time between published events
     publish_started: bool = False  # also publish a "started" message at the first hit
+    max_event_s: float = 10.0  # continuous calling is reported in events of at most this length (0 = no limit)
+    # Labels the bundle ships disabled (precision not reachable on validation) are published
+    # only when named here, or with "all".
+    enable_labels: list[str] | str = field(default_factory=list)
 
     def validate(self) -> None:
+        if isinstance(self.enable_labels, str) and self.enable_labels != "all":
+            bad("detector.enable_labels", f"{self.enable_labels!r} must be a list of label codes or \"all\"")
         for label, value in self.thresholds.items():
             if not 0.0 <= value <= 1.0:
-                _bad(f"detector.thresholds.{label}", f"{value} must be within 0..1")
+                bad(f"detector.thresholds.{label}", f"{value} must be within 0..1")
         if self.default_threshold is not None and not 0 <= self.default_threshold <= 1:
-            _bad("detector.default_threshold", f"{self.default_threshold} must be within 0..1")
-        _at_least("detector.max_gap_hops", self.max_gap_hops, 0)
-        _at_least("detector.min_hops", self.min_hops, 1)
-        _at_least("detector.min_report_interval_s", self.min_report_interval_s, 0)
+            bad("detector.default_threshold", f"{self.default_threshold} must be within 0..1")
+        at_least("detector.max_gap_hops", self.max_gap_hops, 0)
+        at_least("detector.min_hops", self.min_hops, 1)
+        at_least("detector.min_report_interval_s", self.min_report_interval_s, 0)
+        at_least("detector.max_event_s", self.max_event_s, 0)
+
+
+@dataclass
+class GateConfig:
+    """Which hops skip the model. Hops below the model's absolute level floor (its frontend's
+    ``floor_db``: silence, DC, sub-LSB noise) never run it; the activity gate additionally
+    skips hops with nothing above the running noise floor (off by default)."""
+
+    activity: bool = False  # skip hops with no band energy above the running noise floor
+    threshold_db: float = 6.0  # a hop is active when a band rises this far above its floor
+    bands: int = 16  # mel bands are pooled into this many groups
+    smooth_s: float = 0.05  # time smoothing of the band energies
+    floor_quantile: float = 0.2  # a window's noise estimate: this quantile over time, per band
+    floor_rise_db_per_s: float = 1.0  # how fast the running floor may rise (it falls at once)
+    hold_s: float = 1.0  # keep running the model this long after the last active hop
+
+    def validate(self) -> None:
+        positive("gate.threshold_db", self.threshold_db)
+        at_least("gate.bands", self.bands, 1)
+        at_least("gate.smooth_s", self.smooth_s, 0)
+        if not 0.0 <= self.floor_quantile < 1.0:
+            bad("gate.floor_quantile", f"{self.floor_quantile} must be within 0..1 (exclusive)")
+        at_least("gate.floor_rise_db_per_s", self.floor_rise_db_per_s, 0)
+        at_least("gate.hold_s", self.hold_s, 0)
 
 
 @dataclass
@@ -156,29 +187,29 @@ class MqttConfig:
 
     def validate(self) -> None:
         if not 1 <= self.port <= 65535:
-            _bad("mqtt.port", f"{self.port} must be within 1..65535")
-        _choice("mqtt.protocol", self.protocol, ("3.1.1", "5"))
+            bad("mqtt.port", f"{self.port} must be within 1..65535")
+        choice("mqtt.protocol", self.protocol, ("3.1.1", "5"))
         if not self.prefix or any(c in self.prefix for c in "#+"):
-            _bad("mqtt.prefix", f"{self.prefix!r} must be non-empty without '#' or '+'")
+            bad("mqtt.prefix", f"{self.prefix!r} must be non-empty without '#' or '+'")
         if self.password and self.password_file:
-            _bad("mqtt.password_file", "set either mqtt.password or mqtt.password_file, not both")
+            bad("mqtt.password_file", "set either mqtt.password or mqtt.password_file, not both")
         if bool(self.cert_file) != bool(self.key_file):
-            _bad("mqtt.cert_file", "client cert_file and key_file must be given together")
-        _at_least("mqtt.keepalive_s", self.keepalive_s, 5)
+            bad("mqtt.cert_file", "client cert_file and key_file must be given together")
+        at_least("mqtt.keepalive_s", self.keepalive_s, 5)
         if self.reconnect_min_s <= 0 or self.reconnect_max_s < self.reconnect_min_s:
-            _bad("mqtt.reconnect_min_s", "needs 0 < reconnect_min_s <= reconnect_max_s")
+            bad("mqtt.reconnect_min_s", "needs 0 < reconnect_min_s <= reconnect_max_s")
         if (self.password or self.password_file) and not self.username:
-            _bad("mqtt.username", "is required when mqtt.password or mqtt.password_file is set")
+            bad("mqtt.username", "is required when mqtt.password or mqtt.password_file is set")
         if (self.ca_file or self.cert_file or self.tls_insecure) and not self.tls:
-            _bad("mqtt.tls", "must be true when ca_file, cert_file or tls_insecure is set")
-        _positive("mqtt.status_interval_s", self.status_interval_s)
-        _at_least("mqtt.max_inflight", self.max_inflight, 1)
-        _at_least("mqtt.session_expiry_s", self.session_expiry_s, 0)
-        _positive("mqtt.connect_timeout_s", self.connect_timeout_s)
+            bad("mqtt.tls", "must be true when ca_file, cert_file or tls_insecure is set")
+        positive("mqtt.status_interval_s", self.status_interval_s)
+        at_least("mqtt.max_inflight", self.max_inflight, 1)
+        at_least("mqtt.session_expiry_s", self.session_expiry_s, 0)
+        positive("mqtt.connect_timeout_s", self.connect_timeout_s)
         if not self.discovery_prefix or any(c in self.discovery_prefix for c in "#+"):
-            _bad("mqtt.discovery_prefix", f"{self.discovery_prefix!r} must be non-empty without '#' or '+'")
+            bad("mqtt.discovery_prefix", f"{self.discovery_prefix!r} must be non-empty without '#' or '+'")
         if self.device_id is not None and (not self.device_id or any(c in self.device_id for c in "#+/")):
-            _bad("mqtt.device_id", f"{self.device_id!r} must be non-empty without '#', '+' or '/'")
+            bad("mqtt.device_id", f"{self.device_id!r} must be non-empty without '#', '+' or '/'")
 
 
 @dataclass
@@ -191,9 +222,9 @@ class OutboxConfig:
     retry_s: float = 60.0  # after a disk error (full, read-only): how often to try the disk again
 
     def validate(self) -> None:
-        _at_least("outbox.max_messages", self.max_messages, 1)
-        _choice("outbox.synchronous", self.synchronous, ("normal", "full"))
-        _positive("outbox.retry_s", self.retry_s)
+        at_least("outbox.max_messages", self.max_messages, 1)
+        choice("outbox.synchronous", self.synchronous, ("normal", "full"))
+        positive("outbox.retry_s", self.retry_s)
 
 
 @dataclass
@@ -207,9 +238,9 @@ class ClipsConfig:
     quota_mb: float = 500.0
 
     def validate(self) -> None:
-        _at_least("clips.pre_s", self.pre_s, 0)
-        _at_least("clips.post_s", self.post_s, 0)
-        _positive("clips.quota_mb", self.quota_mb)
+        at_least("clips.pre_s", self.pre_s, 0)
+        at_least("clips.post_s", self.post_s, 0)
+        positive("clips.quota_mb", self.quota_mb)
 
 
 @dataclass
@@ -232,19 +263,19 @@ class UpdateConfig:
 
     def validate(self) -> None:
         if not self.channel or any(c in self.channel for c in "/#+ "):
-            _bad("update.channel", f"{self.channel!r} must be a non-empty name like 'stable'")
+            bad("update.channel", f"{self.channel!r} must be a non-empty name like 'stable'")
         if self.url is not None and not self.url.startswith(("http://", "https://")):
-            _bad("update.url", f"{self.url!r} must start with http:// or https://")
+            bad("update.url", f"{self.url!r} must start with http:// or https://")
         for i, base in enumerate(self.allowed_base_urls):
             if not base.startswith(("http://", "https://")):
-                _bad(f"update.allowed_base_urls[{i}]", f"{base!r} must start with http:// or https://")
-        _at_least("update.keep_versions", self.keep_versions, 1)
-        _positive("update.max_download_mb", self.max_download_mb)
-        _at_least("update.min_free_mb", self.min_free_mb, 0)
-        _positive("update.health_timeout_s", self.health_timeout_s)
-        _at_least("update.jitter_s", self.jitter_s, 0)
-        _positive("update.http_timeout_s", self.http_timeout_s)
-        _positive("update.verify_timeout_s", self.verify_timeout_s)
+                bad(f"update.allowed_base_urls[{i}]", f"{base!r} must start with http:// or https://")
+        at_least("update.keep_versions", self.keep_versions, 1)
+        positive("update.max_download_mb", self.max_download_mb)
+        at_least("update.min_free_mb", self.min_free_mb, 0)
+        positive("update.health_timeout_s", self.health_timeout_s)
+        at_least("update.jitter_s", self.jitter_s, 0)
+        positive("update.http_timeout_s", self.http_timeout_s)
+        positive("update.verify_timeout_s", self.verify_timeout_s)
 
 
 @dataclass
@@ -256,17 +287,19 @@ class Config:
     audio: AudioConfig = field(default_factory=AudioConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     detector: DetectorConfig = field(default_factory=DetectorConfig)
+    gate: GateConfig = field(default_factory=GateConfig)
     mqtt: MqttConfig = field(default_factory=MqttConfig)
     outbox: OutboxConfig = field(default_factory=OutboxConfig)
     clips: ClipsConfig = field(default_factory=ClipsConfig)
     update: UpdateConfig = field(default_factory=UpdateConfig)
 
     def validate(self) -> None:
-        _choice("log_level", self.log_level.upper(), ("DEBUG", "INFO", "WARNING", "ERROR"))
+        choice("log_level", self.log_level.upper(), ("DEBUG", "INFO", "WARNING", "ERROR"))
         for f in dataclasses.fields(self):
             section = getattr(self, f.name)
-            if dataclasses.is_dataclass(section):
-                section.validate()
+            if dataclasses.is_dataclass(section) and not isinstance(section, type):
+                section.validate()  # type: ignore[attr-defined]  # every section dataclass has validate()
+        check_bounds(self)  # every number its range, every string its character set
 
 
 # ---------------------------------------------------------------- loading
@@ -293,119 +326,18 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
     if overrides:
         apply_overrides(cfg, overrides)
     cfg.validate()
+    warn_about_secrets(cfg, path)
     return cfg
-
-
-def from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
-    """Build dataclass ``cls`` from ``data``, rejecting unknown keys and wrong types."""
-    if not isinstance(data, dict):
-        _bad(where or "config", f"must be a table, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    for key in data:
-        if key not in names:
-            _bad(_join(where, key), f"is not a known setting (known: {', '.join(sorted(names))})")
-    kwargs = {}
-    for key, value in data.items():
-        hint = hints[key]
-        if dataclasses.is_dataclass(hint):
-            kwargs[key] = from_dict(hint, value, _join(where, key))
-        else:
-            kwargs[key] = _coerce(_join(where, key), value, hint)
-    return cls(**kwargs)
 
 
 def apply_overrides(cfg: Config, overrides: list[str]) -> None:
     """Apply ``section.key=value`` strings (value parsed as TOML, else taken as a string)."""
     for item in overrides:
         if "=" not in item:
-            _bad(item, "override must look like section.key=value")
+            bad(item, "override must look like section.key=value")
         dotted, raw = item.split("=", 1)
         try:
             value = tomllib.loads(f"v = {raw}")["v"]
         except tomllib.TOMLDecodeError:
             value = raw
         set_value(cfg, dotted.strip(), value)
-
-
-def set_value(cfg: Config, dotted: str, value: Any) -> None:
-    """Set one setting by dotted name with the same checks as the file loader."""
-    *path, key = dotted.split(".")
-    target: Any = cfg
-    for part in path:
-        if not dataclasses.is_dataclass(target) or not hasattr(target, part):
-            _bad(dotted, "is not a known setting")
-        target = getattr(target, part)
-    if not dataclasses.is_dataclass(target) or key not in {f.name for f in dataclasses.fields(target)}:
-        _bad(dotted, "is not a known setting")
-    hint = typing.get_type_hints(type(target))[key]
-    setattr(target, key, _coerce(dotted, value, hint))
-
-
-def _coerce(name: str, value: Any, hint: Any) -> Any:
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(name, value, arg)
-            except SonotrapError as err:
-                errors.append(str(err))
-        _bad(name, f"{value!r} has the wrong type (expected {_type_name(hint)})")
-    if origin is list:
-        if not isinstance(value, list):
-            _bad(name, f"{value!r} must be a list")
-        return [_coerce(f"{name}[{i}]", v, args[0]) for i, v in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict):
-            _bad(name, f"{value!r} must be a table")
-        return {str(k): _coerce(f"{name}.{k}", v, args[1]) for k, v in value.items()}
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-        _bad(name, f"{value!r} must be true or false")
-    if hint is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        _bad(name, f"{value!r} must be an integer")
-    if hint is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        _bad(name, f"{value!r} must be a number")
-    if hint is str:
-        if isinstance(value, str):
-            return value
-        _bad(name, f"{value!r} must be a string")
-    return value
-
-
-def _type_name(hint: Any) -> str:
-    return str(hint).replace("typing.", "").replace("NoneType", "None")
-
-
-def _join(where: str, key: str) -> str:
-    return f"{where}.{key}" if where else key
-
-
-def _bad(name: str, reason: str) -> typing.NoReturn:
-    raise SonotrapError(f"config: {name} {reason}")
-
-
-def _choice(name: str, value: Any, allowed: tuple[Any, ...]) -> None:
-    if value not in allowed:
-        _bad(name, f"{value!r} must be one of {', '.join(map(repr, allowed))}")
-
-
-def _positive(name: str, value: float) -> None:
-    if not value > 0:
-        _bad(name, f"{value!r} must be > 0")
-
-
-def _at_least(name: str, value: float, low: float) -> None:
-    if value < low:
-        _bad(name, f"{value!r} must be >= {low}")

@@ -18,16 +18,13 @@ MAX_LINES = 400
 # not grow (by more than GROWTH lines); take an entry out once the module is split (the test
 # says when).
 OVERSIZED = {
-    "edge/mqtt/publisher.py": 584,
-    "edge/service/daemon.py": 547,
-    "trainer/train.py": 507,
+    "edge/mqtt/publisher.py": 450,
+    "edge/service/daemon.py": 478,
 }
 GROWTH = 20
 
 # Import circles that exist today (each as its sorted module set). Fix, then delete the entry.
-KNOWN_CIRCLES: list[set[str]] = [
-    {"trainer.dataset", "trainer.pseudo", "trainer.train"},
-]
+KNOWN_CIRCLES: list[set[str]] = []
 
 
 def _modules() -> dict[str, Path]:

@@ -114,7 +114,8 @@ def test_fresh_venv_install_reaches_a_first_detection_as_a_normal_user(wheel, sh
         home = root / "home"
         home.mkdir()
         env = {"PATH": f"{venv / 'bin'}:/usr/bin:/bin", "HOME": str(home), "LANG": "C.UTF-8"}
-        cmd = _as_user(["sonotrap", "run", "--file", str(soundscape), "--fast", "--no-mqtt", "--jsonl", "-"], home, env)
+        cmd = _as_user(["sonotrap", "run", "--file", str(soundscape), "--fast", "--no-mqtt", "--jsonl", "-",
+                        "--enable-labels", "all"], home, env)  # the README's command for the demo model
         r = _run(cmd, env=env, cwd=str(home))
         assert r.returncode == 0, r.stdout + r.stderr
         assert _warnings(r.stderr) == [], r.stderr

@@ -30,7 +30,7 @@ import soundfile as sf
 
 from edge.errors import SonotrapError
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("sonotrap.trainer")
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".aiff", ".aif", ".mp3", ".opus", ".w64", ".caf")
 NEGATIVE_FOLDERS = ("negative", "negatives", "background", "noise", "_negative", "_background")

@@ -25,9 +25,12 @@ from edge.models.bundle import write_bundle
 from edge.models.manifest import Label, Manifest
 from edge.util.hashing import sha256_file
 from edge.util.jsonio import json_safe
+from trainer.birdnet import TEACHER_INFO
 from trainer.species import SPECIES_FILE, label_fields, read_species
 
-log = logging.getLogger(__name__)
+TEACHERS = {"birdnet": TEACHER_INFO}  # what a manifest records about a distillation teacher
+
+log = logging.getLogger("sonotrap.trainer")
 
 
 @dataclass
@@ -55,6 +58,8 @@ class BundleInfo:
             "training_args": _plain(args),
             "training_data": _plain(data),
         }
+        if args.get("teacher") in TEACHERS:
+            prov["teacher"] = dict(TEACHERS[args["teacher"]])
         for key in ("git_commit", "created", "epoch", "best_epoch", "torch_version"):
             if key in ckpt.extra:
                 prov[key] = _plain(ckpt.extra[key])
@@ -114,7 +119,8 @@ def build_bundle(
     manifest = Manifest(
         name=info.name,
         version=info.version,
-        labels=[Label(c, info.label_names.get(c, c), **info.species.get(c, {})) for c in info.labels],
+        labels=[Label.from_dict({"code": c, "name": info.label_names.get(c, c), **info.species.get(c, {})})
+                for c in info.labels],
         thresholds=thresholds,
         frontend=info.frontend.to_dict(),
         model_sha256="",
@@ -166,8 +172,16 @@ def bundle_from_checkpoint(
     fp32_path: str | Path | None = None,
     work_dir: str | Path | None = None,
     min_threshold: float = DEFAULT_MIN_THRESHOLD,
+    target_precision: float = 0.9,
+    operating_points: bool = True,
 ) -> tuple[Path, dict[str, Any]]:
     """Export -> parity -> quantize (calibrated on train windows) -> verify -> INT8 bundle.
+
+    When the validation source is a run directory, the INT8 bundle's operating points are
+    then set the way the daemon will use them: its validation recordings go through the edge
+    pipeline, per-label thresholds and enabled flags come from
+    :func:`trainer.edge_eval.set_operating_points`, and the user's view on the test split is
+    stored in the manifest metrics (``user_view``).
 
     Raises SonotrapError (and writes no bundle) when parity or the AP-drop bound fails.
     Returns the bundle directory and a report dict (also stored in the manifest metrics).
@@ -230,6 +244,22 @@ def bundle_from_checkpoint(
     out = build_bundle(int8, info, out_dir, quantization=quant, metrics=metrics,
                        reference_images=_pick_reference(val.images, probs), archive=archive,
                        min_threshold=min_threshold)
+    if operating_points and (validation_source / "dataset.json").is_file():
+        from trainer.edge_eval import set_operating_points, split_from_run
+        from trainer.rundata import load_run_data
+
+        run = load_run_data(validation_source, data_root)
+        test = split_from_run(run, "test")
+        _, view = set_operating_points(out, split_from_run(run, "val"), target_precision,
+                                       report=("test", test) if test.files else None)
+        if view is not None:
+            metrics["user_view"] = view["headline"] | {"split": "test"}
+        if archive is not None:
+            from edge.models.bundle import write_archive
+
+            write_archive(out, archive)  # the manifest changed
+    elif operating_points:
+        log.info("validation windows are not a run directory: window-level thresholds kept, every label enabled")
     (work / "report.json").write_text(json.dumps(_plain(metrics), indent=2) + "\n")
     return out, metrics
 

@@ -6,7 +6,8 @@ run with a different number of loader workers, sees the same augmented examples.
 
 Augmentations: time shift (jitter around the anchoring call, window relabelled), random
 gain, background mix-in from negative windows of the same split, SpecAugment-style time
-and frequency masks on the image.
+and frequency masks on the image, and (``synthetic_negatives``) a fraction of items replaced
+by silence/noise windows with every label known absent (:mod:`trainer.negatives`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import torch
 from torch.utils.data import Dataset
 
 from edge.inference.frontend import FrontendConfig, compute, resample, to_image
+from trainer.negatives import negative_image
 from trainer.pseudo import merge
 from trainer.rundata import AudioCache, RunData, cut, window_image
 from trainer.windows import Window, jitter_start, to_arrays, window_targets
@@ -34,6 +36,7 @@ class AugmentConfig:
     time_mask_frac: float = 0.08  # max width of each mask, fraction of the image width
     freq_masks: int = 2
     freq_mask_frac: float = 0.08
+    synthetic_negatives: float = 0.0  # chance an item becomes silence/noise, all labels absent
 
 
 class WindowDataset(Dataset):
@@ -75,6 +78,9 @@ class WindowDataset(Dataset):
             image = window_image(self.cache, self.run.path(w.file), w.start_s, w.end_s - w.start_s, self.cfg)
             return torch.from_numpy(image), torch.from_numpy(self.targets[i]), torch.from_numpy(self.known[i]), i
         rng = np.random.default_rng((self.seed, self.epoch, i))
+        if self.aug.synthetic_negatives > 0 and rng.random() < self.aug.synthetic_negatives:
+            k = len(self.run.labels)
+            return (torch.from_numpy(negative_image(rng, self.cfg)), torch.zeros(k), torch.ones(k, dtype=torch.bool), i)
         image, targets, known = self.augmented(w, rng)
         if self.pseudo is not None:  # the jittered window keeps its pseudo labels
             targets, known = merge(targets, known, self.pseudo[0][i], self.pseudo[1][i])

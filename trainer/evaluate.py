@@ -28,13 +28,13 @@ from trainer.engine import evaluate, validation_thresholds
 from trainer.metrics import pr_curve, threshold_dicts
 from trainer.rundata import RunData, load_run_data
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("sonotrap.trainer")
 
 
 def evaluate_checkpoint(
     checkpoint: str | Path, split: str, out: str | Path, target_precision: float = 0.9,
     batch_size: int = 32, workers: int = 0, data_root: str | Path | None = None, device: str = "cpu",
-    progress: bool = False, write_thresholds: bool = True,
+    progress: bool = False, write_thresholds: bool = True, user_view: bool = True,
 ) -> dict[str, Any]:
     """Score ``split`` with validation-chosen thresholds; write the report into ``out``."""
     if split not in ("train", "val", "test"):
@@ -67,6 +67,9 @@ def evaluate_checkpoint(
     }
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    if user_view:  # what the daemon would publish: FP32 model, edge pipeline, thresholds from val
+
+        report["user_view"] = checkpoint_user_view(ckpt_path, run, split, target_precision, out / "edge")
     (out / "metrics.json").write_text(json.dumps(json_safe(report), indent=1) + "\n", encoding="utf-8")
     (out / "summary.md").write_text(summary_markdown(report), encoding="utf-8")
     np.savez_compressed(out / "scores.npz", probs=ev.probs, targets=ev.targets, known=ev.known)
@@ -216,3 +219,22 @@ def plot_confusion(path: Path, probs, targets, known, labels, thresholds) -> Non
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
+
+
+def checkpoint_user_view(checkpoint: str | Path, run, split: str, target_precision: float,
+                         work_dir: str | Path) -> dict[str, Any]:
+    """The FP32 model of a checkpoint through the edge pipeline, operating points from validation."""
+    from trainer.bundle_builder import BundleInfo, build_bundle
+    from trainer.checkpoint import load_checkpoint, model_from_checkpoint
+    from trainer.edge_eval import set_operating_points, split_from_run
+    from trainer.export import export_onnx
+
+    work = Path(work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    ckpt = load_checkpoint(checkpoint)
+    fp32 = export_onnx(model_from_checkpoint(ckpt), work / "model_fp32.onnx", ckpt.frontend.image_shape)
+    bdir = build_bundle(fp32, BundleInfo.from_checkpoint(ckpt), work / "fp32-bundle")
+    _, view = set_operating_points(bdir, split_from_run(run, "val"), target_precision,
+                                   report=(split, split_from_run(run, split)))
+    assert view is not None  # a report was asked for
+    return view

@@ -18,7 +18,7 @@ import numpy as np
 
 from edge.errors import SonotrapError
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("sonotrap.trainer")
 
 DEFAULT_OPSET = 17
 PARITY_TOLERANCE = 1e-4

@@ -19,7 +19,7 @@ from trainer.species import SPECIES_FILE, read_species, species_names, write_spe
 from trainer.split import SPLITS, read_split, split_recordings, write_split
 from trainer.windows import WindowConfig, make_windows, write_windows
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("sonotrap.trainer")
 
 
 @dataclass

@@ -27,7 +27,7 @@ from trainer.pseudo import PSEUDO_FILE, check_bounds, implausible, pseudo_label,
 from trainer.rundata import copy_run_data, load_run_data
 from trainer.train import SUMMARY_FILE, train
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("sonotrap.trainer")
 
 ROUNDS_FILE = "pseudo_rounds.json"
 INIT_FILE = "init_weights.pt"  # the previous round's best weights: this round's starting point

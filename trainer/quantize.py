@@ -8,7 +8,10 @@ noise do not match spectrograms.
 
 Default settings (reasons in ``models/README.md``): QDQ, weights QInt8 symmetric per channel,
 activations QUInt8 (asymmetric; ReLU outputs use all 256 levels), no reduce-range, MinMax
-calibration on 256 training windows. Verification compares FP32 and INT8 on validation
+calibration on 256 training windows. The classifier head (the final Gemm/MatMul, its bias
+Add and the Sigmoid) stays in float: a quantized sigmoid output can only take 256 values
+(multiples of 1/255), too coarse for thresholds and ranking, and the head is a negligible
+share of the compute. Verification compares FP32 and INT8 on validation
 windows (macro-AP, per-class AP drop, top-label agreement) and fails when the macro-AP drop
 exceeds the bound.
 """
@@ -27,7 +30,7 @@ import numpy as np
 from edge.errors import SonotrapError
 from trainer.metrics import evaluate_scores
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("sonotrap.trainer")
 
 METHODS = ("minmax", "entropy", "percentile")
 ACTIVATION_TYPES = ("uint8", "int8")
@@ -224,6 +227,35 @@ class _Reader:
         self.set_range(0, len(self.batches))
 
 
+HEAD_OPS = ("Sigmoid", "Add", "Gemm", "MatMul")
+
+
+def head_nodes(graph) -> list:
+    """The output's producer chain of Sigmoid / bias Add / Gemm|MatMul (the classifier head)."""
+    producer = {o: n for n in graph.node for o in n.output}
+    out: list = []
+    node = producer.get(graph.output[0].name)
+    while node is not None and node.op_type in HEAD_OPS and len(out) < 3:
+        out.append(node)
+        if node.op_type in ("Gemm", "MatMul"):
+            break
+        node = next((producer[i] for i in node.input if i in producer), None)
+    return out
+
+
+def name_head_nodes(model_path: Path) -> list[str]:
+    """Names of the head nodes of ``model_path`` (unnamed ones get a name, saved in place)."""
+    import onnx
+
+    model = onnx.load(str(model_path))
+    nodes = head_nodes(model.graph)
+    if any(not n.name for n in nodes):
+        for i, n in enumerate(nodes):
+            n.name = n.name or f"sonotrap_head_{i}_{n.op_type}"
+        onnx.save(model, str(model_path))
+    return [n.name for n in nodes]
+
+
 def quantize_model(fp32_path: str | Path, out_path: str | Path, calibration: np.ndarray, settings: QuantSettings) -> Path:
     """quant_pre_process + quantize_static (QDQ, per-channel) calibrated on ``calibration`` images."""
     import onnx
@@ -244,6 +276,7 @@ def quantize_model(fp32_path: str | Path, out_path: str | Path, calibration: np.
     with tempfile.TemporaryDirectory(prefix="sonotrap-quant-") as tmp:
         pre = Path(tmp) / "pre.onnx"
         quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=False)
+        head = name_head_nodes(pre)
         reader = _Reader(np.asarray(calibration, dtype=np.float32), input_name, settings.batch_size)
         extra = {
             "WeightSymmetric": True,
@@ -263,6 +296,7 @@ def quantize_model(fp32_path: str | Path, out_path: str | Path, calibration: np.
             weight_type=qtype[settings.weight_type],
             calibrate_method=methods[settings.method],
             extra_options=extra,
+            nodes_to_exclude=head,
         )
     onnx.checker.check_model(str(out_path))
     return out_path

@@ -63,7 +63,7 @@ from trainer.pseudo import load_pseudo
 from trainer.rundata import DATASET_FILE, SPLIT_FILE, RunData, load_run_data
 from trainer.schedule import Budget, lr_lambda
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("sonotrap.trainer")
 
 PROBLEMS_FILE = "input_problems.txt"  # one line per skipped input row/file
 SUMMARY_FILE = "train_summary.json"
@@ -80,6 +80,7 @@ class TrainArgs:
     warmup_epochs: float = 1.0
     min_lr_ratio: float = 0.01
     weights: str = "imagenet"
+    teacher: str | None = None  # distilled from this teacher first (trainer.distill); recorded for the manifest
     freeze_epochs: int = 0
     loss: str = "bce"  # bce | focal
     focal_gamma: float = 2.0

@@ -37,7 +37,7 @@ from trainer.annotations import (
     read_table,
 )
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("sonotrap.trainer")
 
 ARBIMON_COLUMNS = ("species", "x1", "x2", "validated")
 GENERIC_COLUMNS = ("file", "start_s", "end_s", "label", "present")

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from edge.audio.base import AudioBlock, AudioSource, EventSink
+from edge.bounds import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE
 from edge.config import AudioConfig
 from edge.errors import SonotrapError
 
@@ -56,17 +57,23 @@ class FileSource(AudioSource):
         if not self.path.is_file():
             raise SonotrapError(f"audio file {self.path} does not exist; check audio.file / the path given")
         try:
-            self._sf = sf.SoundFile(str(self.path))
+            f = sf.SoundFile(str(self.path))
         except (sf.LibsndfileError, RuntimeError, OSError) as err:
             raise SonotrapError(
                 f"audio file {self.path} cannot be read ({_one_line(err)}); "
                 "use a WAV/FLAC/OGG/MP3 file libsndfile can decode"
             ) from None
-        f = self._sf
+        self._sf = f
         if self.cfg.channel >= f.channels:
             raise SonotrapError(
                 f"audio file {self.path} has {f.channels} channel(s); audio.channel = {self.cfg.channel} "
                 f"is out of range (use 0..{f.channels - 1})"
+            )
+        if not MIN_SAMPLE_RATE <= f.samplerate <= MAX_SAMPLE_RATE:
+            f.close()
+            raise SonotrapError(
+                f"audio file {self.path} has a sample rate of {f.samplerate} Hz; sonotrap needs "
+                f"{MIN_SAMPLE_RATE}..{MAX_SAMPLE_RATE} Hz (resample the recording, e.g. to 32000 Hz)"
             )
         self.sample_rate = int(f.samplerate)
         self._declared_frames = int(f.frames)
@@ -74,7 +81,7 @@ class FileSource(AudioSource):
         if m and f.format in ("WAV", "WAVEX", "RF64"):
             self._short_by = f"data chunk declares {m.group(1)} bytes, only {m.group(2)} present"
         if self._declared_frames <= 0 and not self._short_by:
-            self._sf.close()
+            f.close()
             raise SonotrapError(f"audio file {self.path} contains no audio frames; check the recording")
         self._block = max(1, round(self.cfg.block_s * self.sample_rate))
         self._anchor_wall = time.time()

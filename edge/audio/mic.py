@@ -25,6 +25,7 @@ import logging
 import math
 import threading
 import time
+from typing import Any
 
 from edge.audio.base import AudioBlock, AudioSource, EventSink
 from edge.audio.devices import (
@@ -47,7 +48,7 @@ PA_INVALID_RATE = -9997
 
 
 def _pa_code(err: Exception) -> int | None:
-    args = getattr(err, "args", ())
+    args: tuple[Any, ...] = tuple(getattr(err, "args", ()))
     return args[1] if len(args) > 1 and isinstance(args[1], int) else None
 
 

@@ -27,7 +27,7 @@ from edge.errors import SonotrapError
 
 log = logging.getLogger("sonotrap.audio")
 
-FORMATS = {"s16le": (np.dtype("<i2"), 1.0 / 32768.0), "f32le": (np.dtype("<f4"), 1.0)}
+FORMATS: dict[str, tuple[np.dtype, float]] = {"s16le": (np.dtype("<i2"), 1.0 / 32768.0), "f32le": (np.dtype("<f4"), 1.0)}
 
 
 class StdinSource(AudioSource):

@@ -97,5 +97,19 @@ def _print_summary(s: dict, b) -> None:
         print(f"  metrics {k}: {_metrics_line(v)}")
     if s["quantization"]:
         print("  quantization: " + ", ".join(f"{k}={v}" for k, v in s["quantization"].items() if not isinstance(v, dict | list)))
-    print(f"  labels ({s['labels']}): " + ", ".join(f"{c} ({b.names[c]}, t={b.thresholds.get(c, 0.5):.2f})" for c in b.labels[:12])
+    enabled, disabled = s["enabled_labels"], s["disabled_labels"]
+
+    def _one(c: str) -> str:
+        state = "disabled" if c in disabled else (
+            f"expected precision {enabled[c]:.2f}" if enabled.get(c) is not None else "enabled")
+        return f"{c} ({b.names[c]}, t={b.thresholds.get(c, 0.5):.2f}, {state})"
+
+    print(f"  labels ({s['labels']}): " + ", ".join(_one(c) for c in b.labels[:12])
           + (" ..." if len(b.labels) > 12 else ""))
+    print(f"  enabled by default ({len(enabled)}): " + (", ".join(
+        c + (f" (expected precision {p:.2f})" if p is not None else "") for c, p in enabled.items())
+        or "none"))
+    if disabled:
+        print(f"  disabled ({len(disabled)}; published only when named in detector.enable_labels; reasons in --json): "
+              + ", ".join(c + (f" (p={d['expected_precision']:.2f})" if d["expected_precision"] is not None else "")
+                          for c, d in disabled.items()))

@@ -85,7 +85,7 @@ def check_broker(cfg: Config, timeout: float) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from edge.inference.detector import resolve_thresholds
+    from edge.inference.detector import Detector, resolve_thresholds
     from edge.inference.runtime import Classifier
     from edge.models.bundle import load_bundle
     from edge.service.daemon import model_bundle_path
@@ -111,11 +111,12 @@ def run(args: argparse.Namespace) -> int:
         ms = (time.perf_counter() - t0) * 1000
         rep.ok("model", f"{bundle.name} {bundle.version} at {bundle.path}: {len(bundle.labels)} labels, "
                         f"self-test passed, one window in {ms:.0f} ms with {cfg.model.threads} thread(s)")
-        active = [lab for lab in bundle.labels
-                  if (not cfg.detector.include or lab in cfg.detector.include) and lab not in cfg.detector.exclude]
+        active = Detector.for_bundle(bundle, cfg.detector).active_labels
         thr = sorted(set(thresholds[lab] for lab in active))
         rep.note("detector", f"{len(active)} of {len(bundle.labels)} labels active, thresholds "
-                             f"{thr[0]:.2f}..{thr[-1]:.2f}" if thr else "no labels active (check detector.include/exclude)")
+                             f"{thr[0]:.2f}..{thr[-1]:.2f}" if thr else
+                 "no labels active (the model ships its labels disabled as unreliable, or detector.include/"
+                 "exclude leave none; see detector.enable_labels)")
     except SonotrapError as err:
         rep.bad("model", str(err))
 

@@ -10,6 +10,7 @@ import argparse
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
 from edge.config import DEFAULT_CONFIG_PATH, Config, load_config
 from edge.errors import SonotrapError
@@ -27,6 +28,8 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, metavar="N", help="onnxruntime threads (model.threads)")
     parser.add_argument("--hop", type=float, metavar="SECONDS", help="seconds between windows (model.hop_s)")
     parser.add_argument("--state-dir", metavar="DIR", help="status.json, outbox and clips go here (state_dir)")
+    parser.add_argument("--enable-labels", metavar="all|A,B",
+                        help="also publish labels the bundle ships disabled as unreliable (detector.enable_labels)")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -59,7 +62,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
     if path is None and DEFAULT_CONFIG_PATH.is_file():
         path = DEFAULT_CONFIG_PATH
     overrides = list(getattr(args, "overrides", []) or [])
-    flag = {}
+    flag: dict[str, Any] = {}
     if getattr(args, "model", None):
         flag["model.bundle"] = str(Path(args.model).expanduser())
     for attr, key in (("threads", "model.threads"), ("hop", "model.hop_s"), ("state_dir", "state_dir"),
@@ -71,6 +74,9 @@ def config_from_args(args: argparse.Namespace) -> Config:
     if getattr(args, "file", None):
         flag["audio.file"] = str(Path(args.file).expanduser())
         flag.setdefault("audio.source", "file")
+    enable = getattr(args, "enable_labels", None)
+    if enable is not None:
+        flag["detector.enable_labels"] = enable if enable == "all" else [x.strip() for x in enable.split(",") if x.strip()]
     device = getattr(args, "device", None)
     if device is not None:
         flag["audio.device"] = int(device) if device.isdigit() else device
@@ -85,7 +91,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         if port:
             flag["mqtt.port"] = int(port)
         flag["mqtt.enabled"] = True
-    overrides += [f"{k}={_toml(v)}" for k, v in flag.items()]
+    overrides += [f"{k}={json.dumps(v) if isinstance(v, list) else _toml(v)}" for k, v in flag.items()]
     return load_config(path, overrides)
 
 

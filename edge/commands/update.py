@@ -25,7 +25,7 @@ def add_common(parser: argparse.ArgumentParser) -> None:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_common(parser)
     parser.add_argument("--check", action="store_true", help="only say whether an update is available")
-    parser.add_argument("--source", metavar="local:DIR|URL",
+    parser.add_argument("--source", dest="update_source", metavar="local:DIR|URL",
                         help="where to look (default: update.url, else update.local_dir)")
     parser.add_argument("--channel", metavar="NAME", help="index channel to follow (update.channel)")
     parser.add_argument("--version", dest="model_version", metavar="VERSION",
@@ -49,12 +49,12 @@ def run(args: argparse.Namespace) -> int:
     from edge.models.update.procedure import Updater
 
     cfg = load(args)
-    if args.if_configured and not (args.source or cfg.update.url or cfg.update.local_dir):
+    if args.if_configured and not (args.update_source or cfg.update.url or cfg.update.local_dir):
         log.info("no update source configured (update.url / update.local_dir); nothing to do")
         return 0
     if args.check:
         up = Updater(cfg, config_path=args.config)
-        offer = up.check(args.source, args.channel, args.model_version)
+        offer = up.check(args.update_source, args.channel, args.model_version)
         cur = up.store.current()
         result = {"current": cur.version if cur else None, "available": offer.version if offer else None,
                   "url": offer.location if offer else None}
@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         up = Updater(cfg, report=events, config_path=args.config)
         up.jitter(0.0 if args.no_jitter else args.jitter)
-        res = up.update(args.source, args.channel, args.model_version)
+        res = up.update(args.update_source, args.channel, args.model_version)
     finally:
         events.close()
     if args.json:

@@ -2,14 +2,25 @@
 
 A call usually spans several overlapping windows, so consecutive hops above a label's
 threshold merge into ONE event (start of the first window above threshold, end of the last,
-peak and mean score, hop count). Short dips are tolerated (``max_gap_hops``), blips shorter
-than ``min_hops`` are dropped, and a label is not re-reported within
+peak and mean score, hop count). Short dips are tolerated (``max_gap_hops``), and an event
+stays open as long as a new window still overlaps it, so one label never has two
+overlapping events (windows are longer than hops: two hits three hops apart share audio).
+The price is latency: an event ends at most one window length after its last hit, and
+calls repeated faster than that (continuous song) would make one endless event, so an event
+is cut after ``max_event_s`` and the next one starts where it ended. Blips
+shorter than ``min_hops`` are dropped, and a label is not re-reported within
 ``min_report_interval_s`` of the end of its previous report. An event is emitted when it
 ends; optionally a ``started`` message with the same id is emitted as soon as it qualifies.
+
+Labels the bundle ships disabled (their threshold cannot be trusted to reach the target
+precision) are never scored into events unless the operator names them in
+``detector.enable_labels`` (or sets it to ``"all"``): the decision is made here, once, for
+the daemon and ``analyze`` alike.
 """
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -18,6 +29,8 @@ import numpy as np
 
 from edge.config import DetectorConfig
 from edge.errors import SonotrapError
+
+log = logging.getLogger("sonotrap.detector")
 
 
 @dataclass
@@ -73,6 +86,7 @@ def resolve_thresholds(
         ("detector.thresholds", list(cfg.thresholds)),
         ("detector.include", cfg.include),
         ("detector.exclude", cfg.exclude),
+        ("detector.enable_labels", [] if isinstance(cfg.enable_labels, str) else cfg.enable_labels),
     ):
         unknown = [n for n in names if n not in known]
         if unknown:
@@ -87,6 +101,13 @@ def resolve_thresholds(
     return out
 
 
+def enabled_labels(manifest_labels: Sequence, cfg: DetectorConfig) -> set[str]:
+    """Labels enabled by the bundle, plus those the operator enables (``"all"``: every label)."""
+    if cfg.enable_labels == "all":
+        return {lab.code for lab in manifest_labels}
+    return {lab.code for lab in manifest_labels if getattr(lab, "enabled", True)} | set(cfg.enable_labels)
+
+
 @dataclass
 class Detector:
     """Stateful event builder; feed it one hop at a time with :meth:`update`."""
@@ -96,12 +117,14 @@ class Detector:
     thresholds: dict[str, float]
     cfg: DetectorConfig = field(default_factory=DetectorConfig)
     new_id: Callable[[], str] = field(default=lambda: uuid.uuid4().hex)
+    enabled: set[str] | None = None  # None = every label; else only these become events
 
     def __post_init__(self) -> None:
         self._active = [
             (i, lab)
             for i, lab in enumerate(self.labels)
             if (not self.cfg.include or lab in self.cfg.include) and lab not in self.cfg.exclude
+            and (self.enabled is None or lab in self.enabled)
         ]
         self._open: dict[str, _Open] = {}
         self._last_reported_end: dict[str, float] = {}
@@ -109,9 +132,23 @@ class Detector:
 
     @classmethod
     def for_bundle(cls, bundle, cfg: DetectorConfig) -> Detector:
-        """A detector using ``bundle``'s labels and thresholds with ``cfg``'s overrides."""
+        """A detector using ``bundle``'s labels, thresholds and enabled flags with ``cfg``'s overrides."""
         thr = resolve_thresholds(bundle.labels, bundle.manifest.thresholds, cfg)
-        return cls(labels=list(bundle.labels), names=dict(bundle.names), thresholds=thr, cfg=cfg)
+        enabled = enabled_labels(bundle.manifest.labels, cfg)
+        off = [lab for lab in bundle.labels if lab not in enabled]
+        if off:
+            level = logging.WARNING if len(off) == len(bundle.labels) else logging.INFO
+            log.log(level, "%d of %d labels are disabled by the model (precision not reliable on validation), "
+                    "so %s; publish them with --enable-labels all|A,B (detector.enable_labels): %s",
+                    len(off), len(bundle.labels),
+                    "nothing will be published" if len(off) == len(bundle.labels) else "those are not published",
+                    ", ".join(off[:8]) + (" ..." if len(off) > 8 else ""))
+        return cls(labels=list(bundle.labels), names=dict(bundle.names), thresholds=thr, cfg=cfg, enabled=enabled)
+
+    @property
+    def active_labels(self) -> list[str]:
+        """The labels this detector can report."""
+        return [lab for _, lab in self._active]
 
     @property
     def open_labels(self) -> list[str]:
@@ -123,17 +160,21 @@ class Detector:
         ``hop`` is the hop index (consecutive hops differ by 1; a larger jump counts as
         that many missed hops for gap tolerance).
         """
-        scores = np.asarray(scores, dtype=np.float64)
+        values = np.asarray(scores, dtype=np.float64)
         out: list[DetectionEvent] = []
         for i, label in self._active:
-            score = float(scores[i])
+            score = float(values[i])
             ev = self._open.get(label)
             if score >= self.thresholds[label]:
-                if ev is not None and hop - ev.last_hop - 1 > self.cfg.max_gap_hops:
-                    out.extend(self._close(label))
-                    ev = None
+                start = window_start
+                if ev is not None:
+                    capped = self.cfg.max_event_s > 0 and window_end - ev.start > self.cfg.max_event_s
+                    if capped or self._ended(ev, hop, window_start):
+                        out.extend(self._close(label))
+                        start = max(window_start, ev.end)  # a capped event's successor must not overlap it
+                        ev = None
                 if ev is None:
-                    ev = _Open(self.new_id(), window_start, window_end, hop, hop, score, 0.0, 0)
+                    ev = _Open(self.new_id(), start, window_end, hop, hop, score, 0.0, 0)
                     ev.suppressed = (
                         self.cfg.min_report_interval_s > 0
                         and label in self._last_reported_end
@@ -154,9 +195,16 @@ class Detector:
                     ev.started_sent = True
                     self.stats.started += 1
                     out.append(self._event(label, ev, "started"))
-            elif ev is not None and hop - ev.last_hop > self.cfg.max_gap_hops:
+            elif ev is not None and self._ended(ev, hop + 1, window_start):
                 out.extend(self._close(label))
         return out
+
+    def _ended(self, ev: _Open, hop: int, window_start: float) -> bool:
+        """True once the gap since the last hit is too long AND this window no longer overlaps it.
+
+        ``hop`` is the next hop that could still be a hit (the current one for a hit).
+        """
+        return hop - ev.last_hop - 1 > self.cfg.max_gap_hops and window_start >= ev.end
 
     def flush(self) -> list[DetectionEvent]:
         """End every open event (shutdown, model swap, end of file)."""

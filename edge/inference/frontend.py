@@ -5,12 +5,20 @@ manifest), so the image a model was trained on and the image it sees in the fiel
 disagree. numpy only, so the edge never needs torch (nor scipy's 80 MB import).
 
 Pipeline for one window of raw audio at any sample rate:
-downmix -> resample to ``sample_rate`` -> pad/crop to ``window_s`` -> framed STFT (Hann)
--> power -> mel filterbank over [fmin, fmax] -> dB relative to the window's own maximum
-(gain invariant: field audio often peaks below 1% of full scale) -> clip to ``top_db`` ->
-scale to [0, 1] -> replicate to 3 channels -> ImageNet mean/std (the ResNet50 was
-pretrained on such images). Output: float32 ``(3, n_mels, n_frames)``, low frequencies at
-row 0.
+downmix -> resample to ``sample_rate`` -> remove the window's DC offset -> pad/crop to
+``window_s`` -> framed STFT (Hann) -> power -> mel filterbank over [fmin, fmax] -> dB
+relative to the window's own maximum (gain invariant: field audio often peaks below 1% of
+full scale), but never relative to less than the absolute ``floor_db`` -> clip to
+``top_db`` -> scale to [0, 1] -> replicate to 3 channels -> ImageNet mean/std (the ResNet50
+was pretrained on such images). Output: float32 ``(3, n_mels, n_frames)``, low frequencies
+at row 0.
+
+Why the floor: pure gain normalisation turns digital silence, a DC offset or sub-LSB noise
+into a full-contrast image the model happily classifies. Below ``floor_db`` a window is
+blank (all zeros before normalisation), and the pipeline does not even run the model on it
+(:func:`level_db`, used by ``edge.inference.gate``). Levels are in dB relative to
+full-scale white noise: white noise of RMS -90 dBFS reads about -90 dB in every mel band
+(its window peak, the maximum over cells, reads about 10 dB higher).
 """
 
 from __future__ import annotations
@@ -44,6 +52,7 @@ class FrontendConfig:
     fmin: float = 50.0
     fmax: float = 15000.0
     top_db: float = 80.0
+    floor_db: float = -100.0  # absolute level floor (dB re full-scale white noise per mel band)
     channels: int = 3
     normalization: str = "imagenet"
     version: int = FRONTEND_VERSION
@@ -65,6 +74,8 @@ class FrontendConfig:
             problems.append("n_mels and n_frames must be >= 1 and channels 1 or 3")
         if self.top_db <= 0:
             problems.append(f"top_db={self.top_db} must be > 0")
+        if not -200.0 <= self.floor_db <= 0.0:
+            problems.append(f"floor_db={self.floor_db} must be within -200..0 dB")
         if self.normalization not in _NORMALIZATIONS:
             problems.append(f"normalization={self.normalization!r} is not one of {_NORMALIZATIONS}")
         if self.version != FRONTEND_VERSION:
@@ -200,18 +211,40 @@ def fit_window(audio: np.ndarray, cfg: FrontendConfig) -> np.ndarray:
 
 
 def mel_power(audio: np.ndarray, cfg: FrontendConfig) -> np.ndarray:
-    """Mel power spectrogram ``(n_mels, n_frames)`` of model-rate mono audio."""
-    x = fit_window(audio, cfg)
+    """Mel power spectrogram ``(n_mels, n_frames)`` of model-rate mono audio, DC removed.
+
+    The window's mean is subtracted first: a DC offset leaks through the Hann window into
+    the lowest mel bands and would otherwise pass the level floor as a loud "sound".
+    """
+    x = fit_window(audio - np.float32(audio.mean()) if audio.size else audio, cfg)
     frames = np.lib.stride_tricks.sliding_window_view(x, cfg.n_fft)[:: cfg.hop_length]
     spec = np.fft.rfft(frames * _hann(cfg.n_fft), axis=1)
     power = (spec.real**2 + spec.imag**2).astype(np.float32)
     return mel_filterbank(cfg) @ power.T
 
 
+@lru_cache(maxsize=8)
+def _full_scale(n_fft: int) -> float:
+    """Mel power of full-scale (RMS 1) white noise: the 0 dB reference of :func:`level_db`."""
+    return float(np.sum(_hann(n_fft).astype(np.float64) ** 2))
+
+
+def to_db(mel: np.ndarray | float, cfg: FrontendConfig) -> np.ndarray:
+    """Mel power in dB relative to full-scale white noise (-inf-safe: floored at -300 dB)."""
+    return 10.0 * np.log10(np.maximum(np.asarray(mel, dtype=np.float64) / _full_scale(cfg.n_fft), 1e-30))
+
+
+def level_db(mel: np.ndarray, cfg: FrontendConfig) -> float:
+    """A window's level: its loudest mel cell in dB; below ``cfg.floor_db`` the image is blank."""
+    peak = float(mel.max()) if mel.size else 0.0
+    return float(to_db(peak, cfg)) if np.isfinite(peak) else -300.0
+
+
 def normalize(mel: np.ndarray, cfg: FrontendConfig) -> np.ndarray:
-    """dB relative to the window maximum, clipped to ``top_db``, scaled to [0, 1]."""
+    """dB relative to the window maximum (or the absolute floor, whichever is higher),
+    clipped to ``top_db``, scaled to [0, 1]; a window below the floor is all zeros."""
     peak = float(mel.max())
-    if not np.isfinite(peak) or peak <= 0.0:
+    if not np.isfinite(peak) or level_db(mel, cfg) < cfg.floor_db:
         return np.zeros_like(mel, dtype=np.float32)
     floor = peak * 10.0 ** (-cfg.top_db / 10.0)
     db = 10.0 * np.log10(np.maximum(mel, floor) / peak)
@@ -228,16 +261,29 @@ def to_image(unit: np.ndarray, cfg: FrontendConfig) -> np.ndarray:
     return np.ascontiguousarray(img, dtype=np.float32)
 
 
+def analyse(audio: np.ndarray, sample_rate: int, cfg: FrontendConfig) -> np.ndarray:
+    """Raw audio window (any rate, mono or multi-channel) -> mel power ``(n_mels, n_frames)``.
+
+    The first half of :func:`compute`; the pipeline's gates look at this before deciding
+    whether the model runs on the window.
+    """
+    mono = to_mono(audio)
+    if not np.all(np.isfinite(mono)):
+        mono = np.nan_to_num(mono, nan=0.0, posinf=0.0, neginf=0.0)
+    return mel_power(resample(mono, int(sample_rate), cfg.sample_rate), cfg)
+
+
+def image_of(mel: np.ndarray, cfg: FrontendConfig) -> np.ndarray:
+    """Mel power from :func:`analyse` -> model input ``(C, H, W)``."""
+    return to_image(normalize(mel, cfg), cfg)
+
+
 def compute(audio: np.ndarray, sample_rate: int, cfg: FrontendConfig) -> np.ndarray:
     """Raw audio window (any rate, mono or multi-channel) -> model input ``(C, H, W)``.
 
     This is the function both the trainer's dataset and the edge daemon call.
     """
-    mono = to_mono(audio)
-    if not np.all(np.isfinite(mono)):
-        mono = np.nan_to_num(mono, nan=0.0, posinf=0.0, neginf=0.0)
-    at_rate = resample(mono, int(sample_rate), cfg.sample_rate)
-    return to_image(normalize(mel_power(at_rate, cfg), cfg), cfg)
+    return image_of(analyse(audio, sample_rate, cfg), cfg)
 
 
 def compute_batch(windows: list[np.ndarray], sample_rate: int, cfg: FrontendConfig) -> np.ndarray:

@@ -4,7 +4,8 @@ Audio samples go into a ring buffer; hop k's window ends at absolute sample
 ``k * hop_samples`` (schedule in samples, never wall clock). Every complete pending hop is
 run through the shared frontend and the classifier, several at once when processing fell
 behind, and its scores go to the detector. Both commands therefore produce the same
-detections for the same audio.
+detections for the same audio. Between frontend and classifier, :mod:`edge.inference.gate`
+decides per hop whether the model runs at all; a gated hop gets all-zero scores.
 """
 
 from __future__ import annotations
@@ -15,9 +16,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from edge.config import GateConfig
 from edge.contracts import ModelRuntime
 from edge.inference.detector import DetectionEvent, Detector
-from edge.inference.frontend import compute
+from edge.inference.frontend import analyse, image_of
+from edge.inference.gate import ACTIVE, Gate
 from edge.inference.ringbuffer import RingBuffer
 
 
@@ -30,6 +33,7 @@ class HopResult:
     scores: np.ndarray  # (K,) probabilities
     events: list[DetectionEvent] = field(default_factory=list)
     model_version: str = ""
+    gated: bool = False  # the model did not run on this hop (quiet or inactive): scores are 0
 
 
 class HopPipeline:
@@ -44,6 +48,7 @@ class HopPipeline:
         max_batch: int = 8,
         time_of: Callable[[int], float] | None = None,
         slack_s: float = 2.0,
+        gate: GateConfig | None = None,
     ) -> None:
         self.sample_rate = int(sample_rate)
         self.hop_samples = max(1, int(round(hop_s * self.sample_rate)))
@@ -53,11 +58,14 @@ class HopPipeline:
         self.time_of = time_of or (lambda s: s / self.sample_rate)
         self.classifier = classifier
         self.detector = detector
+        self.gate_cfg = gate or GateConfig()
+        self.gate = Gate(self.gate_cfg, classifier.bundle.frontend, self.hop_s)
         self.window_samples = 0
-        self.ring: RingBuffer | None = None
+        self.ring: RingBuffer  # sized by _set_window (again when a swapped model has another window)
         self.next_hop = 0
-        self.processed = 0
-        self.skipped = 0
+        self.processed = 0  # hops through the pipeline (gated or not)
+        self.skipped = 0  # hops lost because processing fell behind
+        self.gated = 0  # hops that skipped the model (see edge.inference.gate)
         self._set_window()
         self.next_hop = self.first_hop
 
@@ -68,9 +76,12 @@ class HopPipeline:
 
     def _set_window(self) -> None:
         fe = self.classifier.bundle.frontend
+        if self.gate.fe != fe:  # a swapped model with another frontend: its own noise floor
+            self.gate = Gate(self.gate_cfg, fe, self.hop_s)
         self.window_samples = int(round(fe.window_s * self.sample_rate))
         capacity = self.window_samples + (self.max_batch + 1) * self.hop_samples + int(self.slack_s * self.sample_rate)
-        self.ring = RingBuffer(capacity) if self.ring is None else self.ring.resized(capacity)
+        old: RingBuffer | None = getattr(self, "ring", None)
+        self.ring = RingBuffer(capacity) if old is None else old.resized(capacity)
 
     @property
     def total(self) -> int:
@@ -123,17 +134,22 @@ class HopPipeline:
         self, hops: list[int], windows: list[np.ndarray], span: tuple[int, int] | None = None
     ) -> list[HopResult]:
         fe = self.classifier.bundle.frontend
-        images = np.stack([compute(w, self.sample_rate, fe) for w in windows])
-        probs = self.classifier.predict(images)
+        mels = [analyse(w, self.sample_rate, fe) for w in windows]
+        run = [self.gate.decide(m) == ACTIVE for m in mels]
+        probs: np.ndarray = np.zeros((len(hops), len(self.classifier.bundle.labels)), dtype=np.float32)
+        if any(run):
+            probs[np.flatnonzero(run)] = self.classifier.predict(
+                np.stack([image_of(m, fe) for m, r in zip(mels, run, strict=True) if r]))
         version = self.classifier.bundle.version
         out = []
-        for k, scores in zip(hops, probs, strict=True):
+        for k, scores, ran in zip(hops, probs, run, strict=True):
             start, end = span or (k * self.hop_samples - self.window_samples, k * self.hop_samples)
             t_start, t_end = self.time_of(start), self.time_of(end)
             events = self.detector.update(k, t_start, t_end, scores)
-            out.append(HopResult(k, end, t_start, t_end, scores, events, version))
+            out.append(HopResult(k, end, t_start, t_end, scores, events, version, gated=not ran))
         self.next_hop = hops[-1] + 1
         self.processed += len(hops)
+        self.gated += len(run) - sum(run)
         return out
 
     def flush(self) -> list[DetectionEvent]:

@@ -64,6 +64,11 @@ class ModelBundle:
         return dict(self.manifest.thresholds)
 
     @property
+    def enabled_labels(self) -> list[str]:
+        """Labels published by default (the others need ``detector.enable_labels``)."""
+        return [lab.code for lab in self.manifest.labels if lab.enabled]
+
+    @property
     def version(self) -> str:
         return self.manifest.version
 
@@ -189,5 +194,13 @@ def describe(bundle: ModelBundle) -> dict[str, Any]:
             k: {kk: vv for kk, vv in v.items() if not isinstance(vv, dict | list)}
             for k, v in m.metrics.items() if isinstance(v, dict)
         },
+        "enabled_labels": {
+            lab.code: lab.expected_precision for lab in m.labels if lab.enabled
+        },
+        "disabled_labels": {
+            lab.code: {"expected_precision": lab.expected_precision, "reason": lab.disabled_reason}
+            for lab in m.labels if not lab.enabled
+        },
         "quantization": m.quantization,
     }
+

@@ -35,6 +35,13 @@ class Label:
     scientific_name: str = ""  # from the training's species table, when it had one
     common_name: str = ""
     group: str = ""  # bird, insect, frog, ...
+    # Operating point measured on validation recordings: a label whose threshold cannot be
+    # trusted to reach the target precision on new recordings ships disabled (the detector
+    # publishes it only when the operator enables it), with the measured figure and the reason.
+    enabled: bool = True
+    expected_precision: float | None = None
+    expected_recall: float | None = None
+    disabled_reason: str | None = None
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Label:
@@ -149,6 +156,9 @@ def parse_manifest(data: dict[str, Any], where: str | Path) -> Manifest:
             f"(this is {__version__}); upgrade sonotrap"
         )
     codes = [lab.code for lab in manifest.labels]
+    badflag = [lab.code for lab in manifest.labels if not isinstance(lab.enabled, bool)]
+    if badflag:
+        raise SonotrapError(f"manifest {where} label {badflag[0]!r} has a non-boolean 'enabled'; rebuild the bundle")
     if not codes or len(set(codes)) != len(codes):
         raise SonotrapError(f"manifest {where} has no labels or duplicate label codes; rebuild the bundle")
     bad = {k: v for k, v in manifest.thresholds.items() if k not in codes or not isinstance(v, int | float) or not 0.0 < v < 1.0}

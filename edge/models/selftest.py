@@ -98,7 +98,7 @@ def compute_reference(
     """Run the model on reference inputs (default: synthetic windows) and return the manifest entry."""
     if images is None:
         images = np.stack([compute(w, cfg.sample_rate, cfg) for w in default_reference_audio(cfg)])
-    entry = {"input": encode_reference_inputs(np.asarray(images), cfg)}
+    entry: dict[str, Any] = {"input": encode_reference_inputs(np.asarray(images), cfg)}
     x = decode_reference_inputs(entry["input"], cfg)
     sess = create_session(Path(model_path), 1)
     out = sess.run(None, {input_name: x})[0]

@@ -17,6 +17,7 @@ archive, can never take the daemon or the updater down with it. Archives are unp
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import fcntl
 import json
@@ -210,14 +211,14 @@ class ModelStore:
         assert now is not None and cur is not None
         return cur, now
 
-    def prune(self) -> list[str]:
+    def prune(self) -> builtins.list[str]:
         """Delete old versions beyond ``keep_versions`` (never current or previous)."""
         with self._lock():
             return self._prune()
 
     # ------------------------------------------------------------ internals
 
-    def _prune(self) -> list[str]:
+    def _prune(self) -> builtins.list[str]:
         models = self.list()
         keep = {m.dirname for m in models if m.current or m.previous}
         by_age = sorted(models, key=lambda m: m.installed_at, reverse=True)

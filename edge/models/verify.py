@@ -21,6 +21,7 @@ from edge.errors import SonotrapError
 from edge.models.bundle import load_bundle
 from edge.models.manifest import SIGNATURE_FILE, read_manifest_data
 from edge.models.signing import verify_bundle
+from edge.util.oom import volunteer_for_oom_killer
 
 
 @dataclass
@@ -113,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--trusted-keys")
     parser.add_argument("--allow-unsigned", action="store_true")
     args = parser.parse_args(argv)
+    volunteer_for_oom_killer()  # a model that eats memory kills this child, never the daemon
     try:
         info = verify_bundle_here(args.bundle, args.trusted_keys, args.allow_unsigned)
     except SonotrapError as err:

@@ -8,6 +8,7 @@ connect timeouts and the paho API version are decided once. Nothing else imports
 from __future__ import annotations
 
 import random
+import socket
 import ssl
 import threading
 import time
@@ -50,6 +51,24 @@ class Client(mqtt.Client):
         except OSError as err:
             self.last_connect_error = err
             raise
+
+
+def refusal_hint(reason_code: Any) -> str:
+    """What to check when the broker answers CONNECT with a failure code."""
+    if getattr(reason_code, "value", None) in (4, 5, 134, 135):  # bad user name or password / not authorized
+        return "; check mqtt.username and mqtt.password / password_file"
+    return ""
+
+
+def connect_error_hint(err: BaseException | None) -> str:
+    """What to check when the TCP/TLS connection itself fails."""
+    if isinstance(err, ssl.SSLCertVerificationError):
+        return "; check mqtt.ca_file (and mqtt.tls_insecure for a host name mismatch)"
+    if isinstance(err, ssl.SSLError):
+        return "; check mqtt.tls, mqtt.port and the client certificate"
+    if isinstance(err, socket.gaierror):
+        return "; check mqtt.host"
+    return "; is the broker running and mqtt.host/port right?"
 
 
 def new_client(cfg: MqttConfig, client_id: str, *, persistent_session: bool = False) -> Client:

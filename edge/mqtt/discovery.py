@@ -19,12 +19,15 @@ the small record helpers: the publisher sends what :func:`discovery_messages` re
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 from pathlib import Path
 from typing import Any
 
 from edge import __version__
+
+log = logging.getLogger("sonotrap.mqtt")
 
 RECORD_FILE = "homeassistant.json"
 ORIGIN = {"name": "sonotrap", "sw_version": __version__, "support_url": "https://github.com/sonotrap/sonotrap"}
@@ -173,3 +176,39 @@ def write_record(path: Path, topics: set[str]) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps({"topics": sorted(topics)}, indent=1) + "\n", encoding="utf-8")
     os.replace(tmp, path)
+
+
+class Announced:
+    """Which Home Assistant config topics this device has announced, kept across restarts.
+
+    :meth:`plan` returns the messages for the current labels (new configs, and empty retained
+    payloads that remove configs of labels no longer there); :meth:`commit` records the set
+    once they were handed to the broker. Without a record file the set lives in memory only.
+    """
+
+    def __init__(self, prefix: str, device: str, record: Path | None) -> None:
+        self.prefix = prefix
+        self.device = device
+        self.record = record
+        self._announced: set[str] | None = None  # None = not yet read from the record
+        self._planned: set[str] = set()
+
+    def plan(self, labels: dict[str, str], *, detections_topic: str, status_topic: str) -> list[tuple[str, Any]]:
+        previous = self._announced
+        if previous is None and self.record is not None:
+            previous = read_record(self.record)
+        msgs, self._planned = discovery_messages(
+            self.prefix, self.device, labels,
+            detections_topic=detections_topic, status_topic=status_topic, previous=previous,
+        )
+        return msgs
+
+    def commit(self) -> None:
+        self._announced = self._planned
+        if self.record is None:
+            return
+        try:
+            write_record(self.record, self._planned)
+        except OSError as err:
+            log.warning("mqtt: cannot record the Home Assistant configs in %s (%s); configs of labels "
+                        "a later model drops may stay in Home Assistant", self.record, err.strerror or err)

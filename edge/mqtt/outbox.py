@@ -12,16 +12,22 @@ nothing measurable. ``outbox.synchronous = "normal"`` is there for slow SD cards
 Bounded: at most ``max_messages`` rows; beyond that the *oldest* rows are deleted and
 counted in ``dropped`` (persisted in the same transaction, reported in status).
 
-In-flight bookkeeping is the publisher's and lives in memory only, so after a restart every
-row is pending again and is re-sent oldest-first.
+In-flight bookkeeping is the publisher's (memory only): after a restart every row is re-sent.
 
 Disk full, read-only or I/O error: the outbox logs one clear error, moves its rows into an
 in-memory SQLite database and keeps going (``mode == "memory"``, ``error`` says why); every
-``retry_s`` it tries to write everything back to disk and returns to ``mode == "disk"``.
-Rows held only in memory are lost if the process dies meanwhile; rows acked meanwhile may be
-sent again after a restart (at-least-once, dedup by ``id``).
+``retry_s`` (and once more at ``close``) it tries to write everything back to disk and returns
+to ``mode == "disk"``. It never claims more than is true: ``stats()["unpersisted"]`` counts the
+pending rows that exist only in memory (lost if the process dies), and ``close`` logs how many
+rows are on disk for the next start and how many are lost. Rows acked meanwhile may be sent
+again after a restart (at-least-once, dedup by ``id``).
 
-Thread-safe: one connection guarded by a lock; every call is short.
+A damaged file (corrupted page, truncated, not SQLite at all) is never run in memory and never
+fatal: it is moved aside as ``outbox.sqlite.corrupt-<stamp>`` (kept for manual salvage), its
+readable rows are copied into a fresh file (``edge.mqtt.salvage``) and ``recovered`` says what
+happened (the publisher turns it into an event; it is also in ``stats``).
+Thread-safe: one connection guarded by a lock; every call is short.  File level:
+:mod:`edge.mqtt.outbox_db`.
 """
 
 from __future__ import annotations
@@ -35,19 +41,10 @@ from pathlib import Path
 
 from edge.config import OutboxConfig
 from edge.errors import SonotrapError
+from edge.mqtt.outbox_db import as_bytes, open_checked, open_db, read_dropped, rollback
+from edge.mqtt.salvage import copy_rows, is_corruption, move_aside, read_rows
 
-log = logging.getLogger(__name__)
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS outbox (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    topic TEXT NOT NULL,
-    payload BLOB NOT NULL,
-    qos INTEGER NOT NULL DEFAULT 1,
-    created REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
-"""
+log = logging.getLogger("sonotrap.mqtt")
 
 SYNCHRONOUS = ("normal", "full")
 
@@ -83,27 +80,25 @@ class Outbox:
         self._error: str | None = None
         self._next_retry = 0.0
         self._closed = False
+        self._disk_high = 0
+        self.recovered: dict | None = None  # set when a damaged file was moved aside
         if self.path is None:
-            self._conn = self._open(":memory:")
+            self._conn = open_db(self.synchronous, ":memory:")
             self._mode = "memory"
         else:
             try:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
-                self._conn = self._open(str(self.path))
+                self._conn = open_checked(self.path, self.synchronous)
                 self._mode = "disk"
             except (OSError, sqlite3.Error) as err:
-                if isinstance(err, sqlite3.DatabaseError) and "not a database" in str(err):
-                    raise SonotrapError(
-                        f"outbox {self.path} is not an SQLite database ({err}); move it away or set outbox.path"
-                    ) from None
-                self._fail(f"cannot open {self.path} ({err})")
-                self._conn = self._open(":memory:")
-                self._mode = "memory"
-                self._salvage()
+                self._conn, self._mode = self._open_fallback(err)
         self._depth = self._conn.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
-        self._dropped = self._read_dropped(self._conn)
+        self._dropped = read_dropped(self._conn)
         row = self._conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'outbox'").fetchone()
         self._last_id = int(row[0]) if row else 0
+        # newest id committed to the file; in memory mode, rows above it exist only in memory
+        if self._mode == "disk":
+            self._disk_high = self._last_id
 
     @classmethod
     def from_config(cls, cfg: OutboxConfig, state_dir: str | Path) -> Outbox:
@@ -118,31 +113,40 @@ class Outbox:
         with self._lock:
             self._maybe_back_to_disk()
             try:
-                return self._put(topic, payload, qos)
+                row_id = self._put(topic, payload, qos)
             except sqlite3.Error as err:
                 if self._mode != "disk":
                     raise
-                self._to_memory(f"cannot write {self.path} ({err})")
-                return self._put(topic, payload, qos)
+                self._on_disk_error(err, f"cannot write {self.path} ({err})")
+                row_id = self._put(topic, payload, qos)
+            if self._mode == "disk":
+                self._disk_high = row_id
+            return row_id
 
     def pending(self, after_id: int = 0, limit: int = 100) -> list[OutboxRow]:
         """Up to ``limit`` rows with ``id > after_id``, oldest first."""
+        sql = "SELECT id, topic, payload, qos, created FROM outbox WHERE id > ? ORDER BY id LIMIT ?"
         with self._lock:
-            rows = self._conn.execute(
-                "SELECT id, topic, payload, qos, created FROM outbox WHERE id > ? ORDER BY id LIMIT ?",
-                (after_id, limit),
-            ).fetchall()
-        return [OutboxRow(r[0], r[1], bytes(r[2]), r[3], r[4]) for r in rows]
+            try:
+                rows = self._conn.execute(sql, (after_id, limit)).fetchall()
+            except sqlite3.Error as err:
+                if self._mode != "disk":
+                    raise
+                self._on_disk_error(err, f"cannot read {self.path} ({err})")
+                rows = self._conn.execute(sql, (after_id, limit)).fetchall()
+        return [OutboxRow(r[0], r[1], as_bytes(r[2]), r[3], r[4]) for r in rows]
 
     def ack(self, row_id: int) -> bool:
         """Delete a row the broker acknowledged; False if it was already gone (dropped)."""
         with self._lock:
+            if self._closed:
+                return False
             try:
                 return self._delete(row_id)
             except sqlite3.Error as err:
                 if self._mode != "disk":
                     raise
-                self._to_memory(f"cannot delete from {self.path} ({err})")
+                self._on_disk_error(err, f"cannot delete from {self.path} ({err})")
                 return self._delete(row_id)
 
     def ack_many(self, row_ids: list[int]) -> int:
@@ -150,12 +154,14 @@ class Outbox:
         if not row_ids:
             return 0
         with self._lock:
+            if self._closed:
+                return 0
             try:
                 return self._delete_many(row_ids)
             except sqlite3.Error as err:
                 if self._mode != "disk":
                     raise
-                self._to_memory(f"cannot delete from {self.path} ({err})")
+                self._on_disk_error(err, f"cannot delete from {self.path} ({err})")
                 return self._delete_many(row_ids)
 
     def depth(self) -> int:
@@ -173,39 +179,94 @@ class Outbox:
         """``disk`` (durable) or ``memory`` (disk failed; see ``error``)."""
         return self._mode
 
-    def stats(self) -> dict:
+    def unpersisted(self) -> int:
+        """Pending rows that exist only in memory (lost if the process dies now)."""
         with self._lock:
-            return {
+            if self._mode == "disk" or self._closed:
+                return 0
+            if self.path is None:
+                return self._depth
+            return self._conn.execute("SELECT COUNT(*) FROM outbox WHERE id > ?", (self._disk_high,)).fetchone()[0]
+
+    def stats(self) -> dict:
+        unpersisted = self.unpersisted()
+        with self._lock:
+            out = {
                 "depth": self._depth,
+                "unpersisted": unpersisted,
                 "dropped": self._dropped,
                 "max_messages": self.max_messages,
                 "mode": self._mode,
                 "error": self._error,
                 "path": str(self.path) if self.path else None,
             }
+            if self.recovered is not None:
+                out["recovered"] = dict(self.recovered)
+            return out
 
-    def close(self) -> None:
+    def close(self) -> tuple[int, int]:
+        """Last try to get memory-only rows onto disk, then close; logs and returns the truth:
+        ``(pending rows on disk for the next start, pending rows lost with this process)``."""
         with self._lock:
-            if not self._closed:
-                self._closed = True
-                self._conn.close()
+            if self._closed:
+                return 0, 0
+            if self._mode == "memory":
+                self._next_retry = 0.0
+                self._maybe_back_to_disk()
+            lost = self.unpersisted()
+            kept = self._depth - lost if self.path is not None else 0
+            lost = lost if self.path is not None else self._depth
+            self._closed = True
+            self._conn.close()
+        if lost:
+            log.error(
+                "outbox: %d undelivered message(s) are on disk and are sent on the next start; %d held only "
+                "in memory are lost (%s)", kept, lost, self._error or "no outbox file")
+        elif kept:
+            log.info("outbox: %d undelivered message(s) are on disk and are sent on the next start", kept)
+        return kept, lost
 
     # ---------------------------------------------------------------- internals
 
-    def _open(self, target: str) -> sqlite3.Connection:
-        conn = sqlite3.connect(target, check_same_thread=False, isolation_level=None, timeout=5.0)
-        if target != ":memory:":
-            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-            if str(mode).lower() != "wal":
-                conn.close()
-                raise sqlite3.OperationalError(f"journal_mode is {mode}, WAL not available")
-            conn.execute(f"PRAGMA synchronous={self.synchronous.upper()}")
-        conn.executescript(_SCHEMA)
+    def _open_fallback(self, err: BaseException) -> tuple[sqlite3.Connection, str]:
+        """The file could not be opened: recover a damaged one, else run in memory (salvaged)."""
+        if isinstance(err, sqlite3.Error) and is_corruption(err):
+            try:
+                return self._recover(err), "disk"
+            except (OSError, sqlite3.Error) as again:
+                err = again
+        self._fail(f"cannot open {self.path} ({err})")
+        self._conn = open_db(self.synchronous, ":memory:")
+        self._salvage()
+        return self._conn, "memory"
+
+    def _recover(self, err: BaseException) -> sqlite3.Connection:
+        """Move a damaged file aside, copy its readable rows into a fresh file, say so."""
+        assert self.path is not None
+        aside = move_aside(self.path)
+        got = read_rows(aside)
+        conn = open_db(self.synchronous, str(self.path))
+        rows = [(r[0], r[1], sqlite3.Binary(as_bytes(r[2])), r[3], r[4]) for r in got.rows[-self.max_messages:]]
+        copy_rows(conn, rows, got.dropped, got.last_id)
+        self.recovered = {"error": str(err), "moved_to": str(aside), "recovered_rows": len(rows),
+                          "unreadable": got.error}
+        log.error(
+            "outbox: %s is damaged (%s); moved it to %s and recovered %d pending message(s) into a fresh "
+            "file%s", self.path, err, aside, len(rows), f" ({got.error})" if got.error else "")
         return conn
 
-    @staticmethod
-    def _read_dropped(conn: sqlite3.Connection) -> int:
-        row = conn.execute("SELECT value FROM meta WHERE key = 'dropped'").fetchone()
+    def _on_disk_error(self, err: sqlite3.Error, what: str) -> None:
+        """A disk write/read failed: a damaged file is replaced, anything else goes to memory."""
+        if is_corruption(err):
+            self._conn.close()
+            self._conn = self._recover(err)
+            self._depth = self._conn.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
+            self._disk_high = self._last_id = max(self._last_id, self._recovered_seq())
+            return
+        self._to_memory(what)
+
+    def _recovered_seq(self) -> int:
+        row = self._conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'outbox'").fetchone()
         return int(row[0]) if row else 0
 
     def _put(self, topic: str, payload: bytes, qos: int) -> int:
@@ -230,7 +291,7 @@ class Outbox:
             )
             conn.execute("COMMIT")
         except BaseException:
-            _rollback(conn)
+            rollback(conn)
             raise
         if dropped_now:
             self._dropped += dropped_now
@@ -242,6 +303,7 @@ class Outbox:
                 self._dropped,
             )
         self._depth += 1
+        assert cur.lastrowid is not None  # an INSERT always sets it
         self._last_id = int(cur.lastrowid)
         return self._last_id
 
@@ -256,18 +318,12 @@ class Outbox:
         """Copy the pending rows of an unwritable outbox file into memory (read-only open)."""
         if self.path is None or not self.path.is_file():
             return
-        try:
-            ro = sqlite3.connect(f"file:{self.path}?immutable=1", uri=True)
-            try:
-                rows = ro.execute("SELECT id, topic, payload, qos, created FROM outbox ORDER BY id").fetchall()
-                dropped = self._read_dropped(ro)
-                seq = ro.execute("SELECT seq FROM sqlite_sequence WHERE name = 'outbox'").fetchone()
-            finally:
-                ro.close()
-        except sqlite3.Error as err:
-            log.error("outbox: cannot read the pending messages in %s either (%s)", self.path, err)
-            return
-        _copy_rows(self._conn, rows, dropped, int(seq[0]) if seq else 0)
+        got = read_rows(self.path)
+        if got.error:
+            log.error("outbox: cannot read all pending messages in %s either (%s)", self.path, got.error)
+        rows = [(r[0], r[1], sqlite3.Binary(as_bytes(r[2])), r[3], r[4]) for r in got.rows]
+        copy_rows(self._conn, rows, got.dropped, got.last_id)
+        self._disk_high = max((r[0] for r in rows), default=0)  # these are still in the file
         log.warning("outbox: %d pending message(s) from %s are now held in memory", len(rows), self.path)
 
     def _delete_many(self, row_ids: list[int]) -> int:
@@ -281,7 +337,7 @@ class Outbox:
                 n += conn.execute(f"DELETE FROM outbox WHERE id IN ({marks})", chunk).rowcount
             conn.execute("COMMIT")
         except BaseException:
-            _rollback(conn)
+            rollback(conn)
             raise
         self._depth -= n
         return n
@@ -299,15 +355,15 @@ class Outbox:
     def _to_memory(self, what: str) -> None:
         """Disk write failed: copy what we can read into memory and continue there."""
         self._fail(what)
-        mem = self._open(":memory:")
+        mem = open_db(self.synchronous, ":memory:")
         try:
             rows = self._conn.execute("SELECT id, topic, payload, qos, created FROM outbox").fetchall()
-            dropped = self._read_dropped(self._conn)
+            dropped = read_dropped(self._conn)
         except sqlite3.Error as err:
             log.error("outbox: cannot read %s either (%s); pending messages there wait for a restart",
                       self.path, err)
             rows, dropped = [], self._dropped
-        _copy_rows(mem, rows, dropped, self._last_id)
+        copy_rows(mem, rows, dropped, self._last_id)
         try:
             self._conn.close()
         except sqlite3.Error:
@@ -322,15 +378,15 @@ class Outbox:
             return
         self._next_retry = time.monotonic() + self.retry_s
         try:
-            disk = self._open(str(self.path))
+            disk = open_db(self.synchronous, str(self.path))
             rows = self._conn.execute("SELECT id, topic, payload, qos, created FROM outbox").fetchall()
             disk.execute("BEGIN IMMEDIATE")
             try:
                 disk.execute("DELETE FROM outbox")
-                _copy_rows(disk, rows, self._dropped, self._last_id, transaction=False)
+                copy_rows(disk, rows, self._dropped, self._last_id, transaction=False)
                 disk.execute("COMMIT")
             except BaseException:
-                _rollback(disk)
+                rollback(disk)
                 disk.close()
                 raise
         except (OSError, sqlite3.Error) as err:
@@ -340,27 +396,5 @@ class Outbox:
         self._conn = disk
         self._mode = "disk"
         self._error = None
+        self._disk_high = self._last_id
         log.warning("outbox: back on disk at %s with %d pending messages", self.path, len(rows))
-
-
-def _copy_rows(conn: sqlite3.Connection, rows: list, dropped: int, last_id: int, transaction: bool = True) -> None:
-    """Insert rows keeping their ids, the id sequence (ids are never reused, so in-flight ids
-    stay valid) and the dropped counter."""
-    if transaction:
-        conn.execute("BEGIN")
-    conn.executemany("INSERT INTO outbox(id, topic, payload, qos, created) VALUES (?, ?, ?, ?, ?)", rows)
-    conn.execute(
-        "INSERT INTO meta(key, value) VALUES('dropped', ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-        (dropped,),
-    )
-    conn.execute("DELETE FROM sqlite_sequence WHERE name = 'outbox'")
-    conn.execute("INSERT INTO sqlite_sequence(name, seq) VALUES ('outbox', ?)", (last_id,))
-    if transaction:
-        conn.execute("COMMIT")
-
-
-def _rollback(conn: sqlite3.Connection) -> None:
-    try:
-        conn.execute("ROLLBACK")
-    except sqlite3.Error:
-        pass

@@ -130,3 +130,24 @@ def event_payload(device: str, kind: str, data: dict[str, Any], now: float | Non
 def encode(payload: dict[str, Any]) -> bytes:
     """Compact UTF-8 JSON, as sent on the wire."""
     return json.dumps(payload, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
+
+
+def status_fields(daemon_fields: dict[str, Any], stats: dict[str, Any]) -> dict[str, Any]:
+    """The online status body: the daemon's fields plus the publisher's outbox and MQTT counters.
+
+    The top-level ``state`` of a status message is online/offline, so the daemon's own state
+    moves to ``daemon_state``; outbox problems appear only while there are any.
+    """
+    fields = dict(daemon_fields)
+    if "state" in fields:
+        fields["daemon_state"] = fields.pop("state")
+    fields.setdefault("outbox_depth", stats["outbox_depth"])
+    fields.setdefault("outbox_dropped", stats["dropped"])
+    fields.setdefault("outbox_mode", stats["outbox_mode"])
+    for key in ("outbox_error", "outbox_unpersisted", "outbox_recovered"):
+        if stats.get(key):
+            fields.setdefault(key, stats[key])
+    fields.setdefault(
+        "mqtt", {"published": stats["published"], "reconnects": stats["reconnects"], "inflight": stats["inflight"]},
+    )
+    return fields

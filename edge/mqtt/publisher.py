@@ -21,8 +21,6 @@ from __future__ import annotations
 import logging
 import queue
 import random
-import socket
-import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -30,13 +28,21 @@ from pathlib import Path
 from typing import Any
 
 from edge.config import MqttConfig
-from edge.mqtt.connection import PUBLISH_QUEUED, Client, backoff_delay, connect_async, new_client
-from edge.mqtt.discovery import discovery_messages, read_record, write_record
+from edge.mqtt.connection import (
+    PUBLISH_QUEUED,
+    Client,
+    backoff_delay,
+    connect_async,
+    connect_error_hint,
+    new_client,
+    refusal_hint,
+)
+from edge.mqtt.discovery import Announced
 from edge.mqtt.outbox import Outbox
-from edge.mqtt.payloads import encode, event_payload, offline_payload, status_payload
+from edge.mqtt.payloads import encode, event_payload, offline_payload, status_fields, status_payload
 from edge.util.jsonio import json_safe
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("sonotrap.mqtt")
 # After a (re)connect the retained status waits this long for the daemon's own "ready" status,
 # so a listener sees one status line at start-up, not one per trigger.
 CONNECT_STATUS_GRACE_S = 1.0
@@ -60,7 +66,7 @@ class Publisher:
         self._status_provider: Callable[[], dict] | None = None
         self._subs: dict[str, Callable[[str, bytes], None]] = {}
         self._discovery_labels: dict[str, str] | None = None
-        self._discovered: set[str] | None = None  # config topics announced; None = read the record
+        self._discovery = Announced(cfg.discovery_prefix, device_id, ha_record)
         self._lock = threading.Lock()  # our own state only; never held while calling paho
         self._wake = threading.Event()
         self._acks: queue.SimpleQueue = queue.SimpleQueue()  # from paho's thread to the sender
@@ -105,6 +111,8 @@ class Publisher:
         self._set_retry_delay()
         log.info("mqtt: connecting to %s:%d as %s (device %s)", cfg.host, cfg.port, self.client_id, self.device)
         self._client.loop_start()
+        if self.outbox.recovered is not None:
+            self.publish_event("outbox_recovered", self.outbox.recovered)
         self._sender = threading.Thread(target=self._sender_main, name="mqtt-sender", daemon=True)
         self._sender.start()
         self._dispatcher = threading.Thread(target=self._dispatch_main, name="mqtt-callbacks", daemon=True)
@@ -152,9 +160,6 @@ class Publisher:
         while self._connected.is_set() and self.outbox.depth() > 0 and time.monotonic() < deadline:
             self._wake.set()
             time.sleep(0.02)
-        left = self.outbox.depth()
-        if left:
-            log.info("mqtt: stopping with %d message(s) still in the outbox; they are sent on next start", left)
         self._stopping.set()
         self._wake.set()
         if self._sender is not None:
@@ -176,6 +181,7 @@ class Publisher:
         self._callbacks.put(None)
         if self._dispatcher is not None:
             self._dispatcher.join(1.0)
+        self.outbox.close()  # logs how many undelivered messages are on disk and how many are lost
 
     def stats(self) -> dict:
         """Counters for status and tests; ``last_error`` says why we are not connected."""
@@ -187,6 +193,8 @@ class Publisher:
                 "dropped": ob["dropped"],
                 "outbox_mode": ob["mode"],
                 "outbox_error": ob["error"],
+                "outbox_unpersisted": ob["unpersisted"],
+                "outbox_recovered": ob.get("recovered"),
                 "inflight": len(self._inflight),
                 "reconnects": max(0, self._stats["connects"] - 1),
                 "last_error": self._last_error,
@@ -226,7 +234,8 @@ class Publisher:
     def _set_retry_delay(self) -> None:
         delay = backoff_delay(self._attempt, self.cfg.reconnect_min_s, self.cfg.reconnect_max_s, self._rng)
         self._attempt += 1
-        self._client.reconnect_delay_set(delay, delay)
+        # paho annotates int seconds but schedules with floats; sub-second delays matter in tests
+        self._client.reconnect_delay_set(delay, delay)  # type: ignore[arg-type]
         self._next_delay = delay
 
     # ------------------------------------------------------------------ paho callbacks (paho's thread)
@@ -237,9 +246,7 @@ class Publisher:
             with self._lock:
                 self._stats["failed_attempts"] += 1
             self._set_retry_delay()
-            hint = ""
-            if reason_code.value in (4, 5, 134, 135):  # bad user name or password / not authorized
-                hint = "; check mqtt.username and mqtt.password / password_file"
+            hint = refusal_hint(reason_code)
             self._error(f"broker {self.cfg.host}:{self.cfg.port} refused the connection ({reason_code}){hint}")
             return
         with self._lock:
@@ -269,14 +276,7 @@ class Publisher:
         err = client.last_connect_error
         self._set_retry_delay()
         reason = f"{type(err).__name__}: {err}" if err else "unknown error"
-        hint = "; is the broker running and mqtt.host/port right?"
-        if isinstance(err, ssl.SSLCertVerificationError):
-            hint = "; check mqtt.ca_file (and mqtt.tls_insecure for a host name mismatch)"
-        elif isinstance(err, ssl.SSLError):
-            hint = "; check mqtt.tls, mqtt.port and the client certificate"
-        elif isinstance(err, socket.gaierror):
-            hint = "; check mqtt.host"
-        self._error(f"cannot connect to {self.cfg.host}:{self.cfg.port} ({reason}){hint}")
+        self._error(f"cannot connect to {self.cfg.host}:{self.cfg.port} ({reason}){connect_error_hint(err)}")
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         was = self._connected.is_set()
@@ -419,18 +419,7 @@ class Publisher:
                 fields.update(self._status_provider() or {})
             except Exception:  # noqa: BLE001
                 log.exception("mqtt: status provider failed")
-        if "state" in fields:  # top-level "state" is online/offline; keep the daemon's own
-            fields["daemon_state"] = fields.pop("state")
-        st = self.stats()
-        fields.setdefault("outbox_depth", st["outbox_depth"])
-        fields.setdefault("outbox_dropped", st["dropped"])
-        fields.setdefault("outbox_mode", st["outbox_mode"])
-        if st["outbox_error"]:
-            fields.setdefault("outbox_error", st["outbox_error"])
-        fields.setdefault(
-            "mqtt",
-            {"published": st["published"], "reconnects": st["reconnects"], "inflight": st["inflight"]},
-        )
+        fields = status_fields(fields, self.stats())
         try:
             data = encode(status_payload(self.device, "online", fields))
         except (TypeError, ValueError):
@@ -440,26 +429,10 @@ class Publisher:
     def _send_discovery(self) -> None:
         with self._lock:
             labels = dict(self._discovery_labels or {})
-        previous = self._discovered
-        if previous is None and self.ha_record is not None:
-            previous = read_record(self.ha_record)
-        msgs, keep = discovery_messages(
-            self.cfg.discovery_prefix,
-            self.device,
-            labels,
-            detections_topic=self.detections_topic,
-            status_topic=self.status_topic,
-            previous=previous,
-        )
+        msgs = self._discovery.plan(labels, detections_topic=self.detections_topic, status_topic=self.status_topic)
         for topic, payload in msgs:
             self._client.publish(topic, encode(payload) if payload is not None else b"", qos=1, retain=True)
-        self._discovered = keep
-        if self.ha_record is not None:
-            try:
-                write_record(self.ha_record, keep)
-            except OSError as err:
-                log.warning("mqtt: cannot record the Home Assistant configs in %s (%s); configs of labels "
-                            "a later model drops may stay in Home Assistant", self.ha_record, err.strerror or err)
+        self._discovery.commit()
 
     # ------------------------------------------------------------------ callback thread
 

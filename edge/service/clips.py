@@ -22,7 +22,7 @@ from edge.config import ClipsConfig
 from edge.inference.detector import DetectionEvent
 from edge.inference.ringbuffer import RingBuffer
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("sonotrap.service")
 
 MAX_EVENT_S = 30.0  # longer events get a clip of their first MAX_EVENT_S seconds
 
@@ -67,7 +67,8 @@ class ClipWriter:
 
     def poll(self, final: bool = False) -> list[Path]:
         """Write every clip whose post-roll is recorded (all of them when ``final``)."""
-        done, keep = [], []
+        done: list[_Pending] = []
+        keep: list[_Pending] = []
         for p in self._pending:
             (done if final or p.end <= self.history.total else keep).append(p)
         self._pending = keep

@@ -32,11 +32,11 @@ from edge.errors import SonotrapError
 from edge.inference.detector import DetectionEvent, Detector
 from edge.inference.pipeline import HopPipeline, HopResult
 from edge.inference.runtime import Classifier
-from edge.models.bundle import DEFAULT_BUNDLE, ModelBundle, load_bundle
-from edge.models.store import CURRENT, store_root
+from edge.models.bundle import ModelBundle, load_bundle
 from edge.models.update.status import update_status_summary
 from edge.mqtt.payloads import FileOffset
 from edge.service.clips import ClipWriter
+from edge.service.hotswap import HotSwap, model_bundle_path
 from edge.service.sdnotify import Notifier
 from edge.service.sinks import JsonLinesSink
 from edge.service.status import write_status
@@ -49,15 +49,6 @@ SD_STATUS_INTERVAL_S = 10.0
 READ_TIMEOUT_S = 0.2  # longest the loop waits for audio before doing housekeeping
 
 
-def model_bundle_path(cfg: Config) -> Path:
-    """``model.bundle``; unset: the device's model store (``<state_dir>/models/current``) once
-    an update or ``sonotrap model install`` has filled it, else the shipped demo model."""
-    if cfg.model.bundle:
-        return Path(cfg.model.bundle)
-    current = store_root(cfg.state_dir) / CURRENT
-    return current if current.exists() else DEFAULT_BUNDLE
-
-
 def _payload(event: DetectionEvent, dev: str, bundle: ModelBundle, hop_s: float,
              offset: FileOffset | None = None) -> dict[str, Any]:
     """The versioned detection payload (``edge.mqtt.payloads``); identical for MQTT and --jsonl."""
@@ -67,7 +58,7 @@ def _payload(event: DetectionEvent, dev: str, bundle: ModelBundle, hop_s: float,
     return detection_payload(event, ctx, offset=offset)
 
 
-class Daemon:
+class Daemon(HotSwap):
     """Runs the detector until stopped; see the module docstring."""
 
     def __init__(
@@ -135,40 +126,6 @@ class Daemon:
         """Ask the loop to shut down cleanly (thread- and signal-safe)."""
         self._stop.set()
 
-    def request_model_swap(self, bundle: ModelBundle) -> None:
-        """Prepare ``bundle`` (session + self-test + detector) here; the loop switches between hops.
-
-        Raises :class:`SonotrapError` (old model untouched) if the bundle cannot run.
-        """
-        classifier = self.runtime_factory(bundle, self.cfg.model.threads)
-        classifier.self_test()
-        detector = Detector.for_bundle(bundle, self.cfg.detector)
-        with self._swap_lock:
-            self._pending_swap = (classifier, detector)
-
-    def reload_model(self) -> None:
-        """SIGHUP: re-load ``model.bundle`` (e.g. the ``current`` symlink) and hot-swap it."""
-        path = model_bundle_path(self.cfg)
-        if not self._reload_lock.acquire(blocking=False):
-            log.info("model reload already in progress; ignoring")
-            return
-        try:
-            self.notifier.reloading()
-            bundle = load_bundle(path.resolve())
-            self.request_model_swap(bundle)
-            log.info("model %s %s loaded; switching at the next hop", bundle.name, bundle.version)
-        except SonotrapError as err:
-            self.last_error = str(err)
-            old = self.classifier.bundle if self.classifier else None
-            log.error("model reload failed, keeping %s %s: %s", old and old.name, old and old.version, err)
-            self._event("model_update_failed", {
-                "bundle": str(path), "error": str(err),
-                "kept": {"name": old.name, "version": old.version} if old else None,
-            })
-            self.notifier.ready(self._sd_status())
-        finally:
-            self._reload_lock.release()
-
     def status(self) -> dict[str, Any]:
         """Everything an operator (or the updater's health check) wants to know, JSON-ready."""
         bundle = self.classifier.bundle if self.classifier else self.bundle
@@ -191,6 +148,7 @@ class Daemon:
             "backlog_hops": self.backlog_hops,
             "max_backlog_hops": self.max_backlog_hops,
             "skipped_hops": pipe.skipped if pipe else 0,
+            "gated_hops": pipe.gated if pipe else 0,  # hops that skipped the model (quiet/inactive)
             "hops": pipe.processed if pipe else 0,
             "batches": self.batches,
             "last_hop_epoch": round(self.last_hop_epoch, 3) if self.last_hop_epoch else None,
@@ -324,7 +282,7 @@ class Daemon:
         assert self.classifier is not None and self._detector is not None
         self.pipeline = HopPipeline(
             self.classifier, self._detector, rate, self.cfg.model.hop_s, self.cfg.model.max_batch,
-            time_of=self._epoch_of,
+            time_of=self._epoch_of, gate=self.cfg.gate,
         )
         self._received.clear()
         if self.cfg.clips.enabled:
@@ -371,7 +329,7 @@ class Daemon:
             for r in results:
                 self._hops_jsonl.write({
                     "hop": r.hop, "t_end": round(r.t_end, 4), "sample_end": r.sample_end,
-                    "model_version": r.model_version,
+                    "model_version": r.model_version, "gated": r.gated,
                     "scores": {lab: round(float(p), 5) for lab, p in zip(pipe.classifier.labels, r.scores, strict=True)},
                 })
                 for ev in r.events:
@@ -424,40 +382,6 @@ class Daemon:
                 log.error("could not queue detection %s: %s", ev.id, err)
         if self.on_published is not None:
             self.on_published(payload, received)
-
-    def _apply_swap(self) -> None:
-        with self._swap_lock:
-            pending, self._pending_swap = self._pending_swap, None
-        if pending is None:
-            return
-        classifier, detector = pending
-        assert self.classifier is not None
-        old = self.classifier.bundle
-        current = self.pipeline.detector if self.pipeline is not None else self._detector
-        assert current is not None
-        if detector.labels == current.labels:
-            # Same labels: keep open events running across the swap, adopt new thresholds.
-            current.thresholds = detector.thresholds
-            detector = current
-        if self.pipeline is not None:
-            for ev in self.pipeline.swap(classifier, detector):
-                self._emit(ev, None)
-        self._detector = detector
-        self.classifier = classifier
-        self.bundle = classifier.bundle
-        new = classifier.bundle
-        log.info("model switched: %s %s -> %s %s", old.name, old.version, new.name, new.version)
-        self._event("model_changed", {
-            "from": {"name": old.name, "version": old.version},
-            "to": {"name": new.name, "version": new.version, "path": str(new.path)},
-            "at_hop": self.pipeline.next_hop if self.pipeline else None,
-        })
-        self._write_status()
-        if self.publisher is not None:
-            self._safe(self.publisher.publish_status)
-        if self.publisher is not None and hasattr(self.publisher, "announce_discovery"):
-            self._safe(lambda: self.publisher.announce_discovery(dict(new.names)))
-        self.notifier.ready(self._sd_status())  # ends RELOADING=1
 
     # ------------------------------------------------------------------ shutdown
 

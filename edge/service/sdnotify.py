@@ -17,7 +17,7 @@ import logging
 import os
 import socket
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("sonotrap.service")
 
 
 _PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
@@ -88,7 +88,7 @@ class Notifier:
             return None
 
     def notify(self, *lines: str) -> bool:
-        if self._sock is None:
+        if self._sock is None or self._address is None:
             return False
         try:
             self._sock.sendto("\n".join(lines).encode(), self._address)

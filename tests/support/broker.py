@@ -1,7 +1,7 @@
 """A real Mosquitto broker for tests, and a real paho subscriber that records what arrives.
 
 ``Mosquitto`` writes its own ``mosquitto.conf`` in a temp dir: a plain listener on a free
-port, optionally a password file (``mosquitto_passwd``), a TLS listener with a CA, server and
+port, optionally a password file (``mosquitto_passwd``) and an ACL file, a TLS listener with a CA, server and
 client certificate generated with ``cryptography``, and optional persistence. ``stop()`` and
 ``start()`` again reuse the SAME port (outage tests). Fixtures: ``mosquitto`` (plain,
 anonymous) and ``mosquitto_factory(**kwargs)``, registered in tests/conftest.py.
@@ -163,6 +163,7 @@ class Mosquitto:
         require_client_cert: bool = False,
         persistence: bool = False,
         port: int | None = None,
+        acl_file: Path | None = None,
     ) -> None:
         self.dir = Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -192,6 +193,8 @@ class Mosquitto:
             lines += ["allow_anonymous false", f"password_file {pwfile}"]
         else:
             lines += ["allow_anonymous true"]
+        if acl_file is not None:
+            lines += [f"acl_file {acl_file}"]
         if persistence:
             (self.dir / "data").mkdir(exist_ok=True)
             lines += ["persistence true", f"persistence_location {self.dir / 'data'}/", "autosave_interval 1"]
@@ -270,7 +273,7 @@ def mosquitto(tmp_path: Path):
 
 @pytest.fixture
 def mosquitto_factory(tmp_path: Path):
-    """``mosquitto_factory(users=..., tls=..., persistence=...)`` -> a started broker, stopped at teardown."""
+    """``mosquitto_factory(users=..., acl_file=..., tls=..., persistence=...)`` -> a started broker, stopped at teardown."""
     brokers: list[Mosquitto] = []
 
     def make(**kwargs: Any) -> Mosquitto:

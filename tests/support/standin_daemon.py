@@ -1,7 +1,8 @@
 """A small real process that behaves like the daemon towards the updater.
 
 It runs the model in ``<state>/models/current`` on a real tone window every hop, writes
-``<state>/status.json`` ({pid, model_version, last_hop_epoch}) atomically, and re-loads the
+``<state>/status.json`` ({pid, model.version, last_hop_epoch}: the daemon's schema, written
+with the daemon's own :func:`edge.service.status.write_status`) atomically, and re-loads the
 model on SIGHUP between two hops -- the contract the updater relies on. ``--ignore-hup``
 simulates a daemon that never comes back healthy on the new model. Used by the updater tests
 that must not depend on the full audio pipeline; the end-to-end test uses the real daemon.
@@ -12,7 +13,6 @@ that must not depend on the full audio pipeline; the end-to-end test uses the re
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import time
@@ -22,6 +22,7 @@ import numpy as np
 
 from edge.inference.frontend import compute
 from edge.models.bundle import load_bundle
+from edge.service.status import write_status
 from tests.support.tiny_model import tone
 
 
@@ -48,10 +49,8 @@ def main() -> int:
             except Exception as err:  # keep the old model, like the real daemon
                 print(f"reload failed: {err}", flush=True)
         session.run(None, {"input": x})
-        st = {"pid": os.getpid(), "model_version": bundle.version, "last_hop_epoch": time.time()}
-        tmp = state / ".status.json.tmp"
-        tmp.write_text(json.dumps(st))
-        os.replace(tmp, state / "status.json")
+        write_status(state, {"pid": os.getpid(), "model": {"name": bundle.name, "version": bundle.version},
+                             "last_hop_epoch": time.time()})
         time.sleep(args.hop)
     return 0
 

@@ -212,7 +212,7 @@ class StandinDaemon:
         first = self.status()
         time.sleep(0.3)
         later = self.status()
-        assert later["model_version"] == version
+        assert later["model"]["version"] == version
         assert later["last_hop_epoch"] > first["last_hop_epoch"]
 
     def close(self) -> None:

@@ -31,6 +31,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-ap-drop", type=float, default=0.02, help="fail when INT8 macro-AP drops more than this")
     parser.add_argument("--min-threshold", type=float, default=0.1,
                         help="floor for the per-class thresholds written into the bundle (default 0.1)")
+    parser.add_argument("--target-precision", type=float, default=0.9,
+                        help="labels whose threshold cannot reach this precision on new recordings ship disabled")
+    parser.add_argument("--no-operating-points", action="store_true",
+                        help="keep the window-level thresholds and enable every label")
     parser.add_argument("--val-limit", type=int, default=None, help="use at most N validation windows")
     parser.add_argument("--provenance", action="append", default=[], metavar="KEY=VALUE",
                         help="extra provenance for the manifest (repeatable)")
@@ -59,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
         validation_source=args.validation, data_root=args.data, val_limit=args.val_limit,
         max_ap_drop=args.max_ap_drop, name=args.name, version=args.model_version, provenance=extra,
         archive=args.archive, fp32_path=args.onnx, work_dir=args.work_dir, min_threshold=args.min_threshold,
+        target_precision=args.target_precision, operating_points=not args.no_operating_points,
     )
     d = m["int8_vs_fp32"]
     print(f"wrote INT8 bundle {out}" + (f" and {args.archive}" if args.archive else ""))

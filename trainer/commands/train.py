@@ -90,6 +90,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="weak labels: count unknown entries as negatives of weight W in [0, 1] "
                         "(0: ignored; 1/(classes-1) is 'weak assume negative')")
 
+    te = p.add_argument_group("teacher distillation (needs the optional extra: pip install 'sonotrap[birdnet]')")
+    te.add_argument("--teacher", choices=("birdnet",),
+                    help="stage 1: learn BirdNET's embedding of each window (labelled train + --unlabeled "
+                         "windows), stage 2: fine-tune on the labels; the bundle does not need BirdNET")
+    te.add_argument("--unlabeled", metavar="DIR", help="folder of unlabeled recordings with files.csv (stage 1)")
+    te.add_argument("--distill-epochs", type=int, default=30, help="stage-1 epochs (default 30)")
+    te.add_argument("--distill-minutes", type=float, metavar="M",
+                    help="stage-1 time budget incl. the teacher cache (default half of --max-minutes)")
+    te.add_argument("--distill-lr", type=float, default=1e-3)
+    te.add_argument("--teacher-threads", type=int, default=1, help="threads for BirdNET (teacher cache)")
+
     ps = p.add_argument_group("pseudo-labelling (weak labels: fill unknown entries with confident scores)")
     ps.add_argument("--pseudo-rounds", type=int, default=0, metavar="N",
                     help="after training, N rounds that retrain with pseudo labels (RUN_DIR/round-N)")
@@ -102,6 +113,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     a.add_argument("--shift", type=float, default=0.5, metavar="S", help="max time shift around the call")
     a.add_argument("--gain-db", type=float, default=6.0)
     a.add_argument("--mix-prob", type=float, default=0.5, help="chance to mix in a negative window")
+    a.add_argument("--negatives", type=float, default=0.0, metavar="P",
+                   help="chance a training item is replaced by synthetic silence/noise with every label "
+                        "absent (teaches the model to stay quiet on empty audio)")
     a.add_argument("--time-masks", type=int, default=2)
     a.add_argument("--freq-masks", type=int, default=2)
 
@@ -143,16 +157,18 @@ def run(args: argparse.Namespace) -> int:
             window=WindowConfig(min_overlap=args.min_overlap, min_spacing_s=args.min_spacing),
             fractions=tuple(args.split), split_file=args.split_file, seed=args.seed,
         )
+    if not 0.0 <= args.negatives <= 1.0:
+        raise SonotrapError(f"--negatives {args.negatives} must be a probability within 0..1")
     augment = AugmentConfig(
         enabled=not args.no_augment, shift_s=args.shift, gain_db=args.gain_db, mix_prob=args.mix_prob,
-        time_masks=args.time_masks, freq_masks=args.freq_masks,
+        time_masks=args.time_masks, freq_masks=args.freq_masks, synthetic_negatives=args.negatives,
     )
     targs = TrainArgs(
         out=args.out, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
         weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs, weights=args.weights,
         freeze_epochs=args.freeze_epochs, loss=args.loss, focal_gamma=args.focal_gamma,
         balance=args.balance, max_pos_weight=args.max_pos_weight, patience=args.patience, select_by=args.select_by,
-        unknown_weight=args.unknown_weight,
+        unknown_weight=args.unknown_weight, teacher=args.teacher,
         max_minutes=args.max_minutes, stop_after=args.stop_after, seed=args.seed, workers=args.workers,
         threads=args.threads,
         amp=not args.no_amp, device=args.device, resume=args.resume,
@@ -160,8 +176,12 @@ def run(args: argparse.Namespace) -> int:
     )
     if args.pseudo_rounds < 0:
         raise SonotrapError(f"--pseudo-rounds {args.pseudo_rounds} must be >= 0")
+    if args.teacher and args.pseudo_rounds:
+        raise SonotrapError("--teacher and --pseudo-rounds cannot be combined yet; run them one after the other")
     if args.pseudo_rounds:
         return _run_rounds(args, targs, spec)
+    if args.teacher:
+        return _run_teacher(args, targs, spec)
     result = train(targs, spec, frontend_from_args(args))
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun rank 0 reports for all
         return 0
@@ -174,6 +194,22 @@ def run(args: argparse.Namespace) -> int:
     problems = result.run_dir / PROBLEMS_FILE
     if problems.is_file():
         print(f"{len(problems.read_text().splitlines())} bad input rows/files skipped; listed in {problems}")
+    return 0
+
+
+def _run_teacher(args: argparse.Namespace, targs, spec) -> int:
+    from trainer.distill import DistillArgs, train_with_teacher
+
+    dargs = DistillArgs(epochs=args.distill_epochs, batch_size=args.batch_size, lr=args.distill_lr,
+                        minutes=args.distill_minutes, unlabeled=args.unlabeled,
+                        teacher_threads=args.teacher_threads)
+    result, summary = train_with_teacher(targs, dargs, spec, frontend_from_args(args))
+    test, val = result.metrics.get("test", {}), result.metrics.get("val", {})
+    print(f"stage 1: best epoch {summary['best_epoch']} of {summary['epochs_run']}, "
+          f"val 1-cosine {summary['best_val_loss']:.4f} ({summary['backbone']})")
+    print(f"best checkpoint: {result.best} (epoch {result.best_epoch} of {result.epochs_run})")
+    print(f"val  macro-AP {val.get('macro_ap')}, macro ROC-AUC {val.get('macro_roc_auc')}")
+    print(f"test macro-AP {test.get('macro_ap')}, macro ROC-AUC {test.get('macro_roc_auc')}")
     return 0
 
 

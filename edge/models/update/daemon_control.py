@@ -1,9 +1,11 @@
 """Daemon control for the updater: hot-swap the running model and watch its health.
 
 The procedure only needs three things from a daemon -- is it running, swap the model in,
-its status -- so it talks to :class:`DaemonControl`; :class:`SignalDaemon` does that from
-another process (SIGHUP + ``status.json``), :class:`InProcessDaemon` inside the daemon (for the
-MQTT command). Tests inject a stand-in process instead of monkeypatching the procedure.
+its status -- so it talks to a :class:`DaemonHandle`; :class:`SignalDaemon` does that from
+another process (SIGHUP + ``status.json``, read through the shared contract of
+:mod:`edge.service.status`), :class:`InProcessDaemon` inside the daemon (for the MQTT command,
+through :class:`edge.contracts.DaemonControl`). Tests inject a stand-in process instead of
+monkeypatching the procedure.
 """
 
 from __future__ import annotations
@@ -16,17 +18,16 @@ import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
+from edge.contracts import DaemonControl
 from edge.errors import SonotrapError
 from edge.models.bundle import load_bundle
-from edge.util.jsonio import read_json
-
-DAEMON_STATUS_FILE = "status.json"
+from edge.service.status import Health, read_health, read_status
 
 
-class DaemonControl(Protocol):
-    """What the update procedure needs from the daemon it updates."""
+class DaemonHandle(Protocol):
+    """What the update procedure needs from the daemon it updates (in or out of process)."""
 
     def running(self) -> bool: ...
 
@@ -49,9 +50,9 @@ class SignalDaemon:
 
     def pid(self) -> int | None:
         candidates: list[int] = []
-        st = read_json(self.state_dir / DAEMON_STATUS_FILE) or {}
-        if isinstance(st.get("pid"), int):
-            candidates.append(st["pid"])
+        pid = read_health(self.state_dir).pid
+        if pid is not None:
+            candidates.append(pid)
         if shutil.which("systemctl"):
             with contextlib.suppress(OSError, ValueError, subprocess.SubprocessError):
                 out = subprocess.run(
@@ -75,13 +76,13 @@ class SignalDaemon:
         os.kill(pid, signal.SIGHUP)
 
     def status(self) -> dict:
-        return read_json(self.state_dir / DAEMON_STATUS_FILE) or {}
+        return read_status(self.state_dir)
 
 
 class InProcessDaemon:
     """In-process control for the MQTT command: ``Daemon.request_model_swap`` + ``Daemon.status``."""
 
-    def __init__(self, daemon: Any, model_path: str | Path) -> None:
+    def __init__(self, daemon: DaemonControl, model_path: str | Path) -> None:
         self.daemon = daemon
         self.model_path = Path(model_path)
 
@@ -106,20 +107,6 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def status_model_version(st: dict) -> str | None:
-    v = st.get("model_version")
-    if v is None and isinstance(st.get("model"), dict):
-        v = st["model"].get("version")
-    return str(v) if v is not None else None
-
-
-def status_last_hop(st: dict) -> float | None:
-    v = st.get("last_hop_epoch")
-    if v is None and isinstance(st.get("pipeline"), dict):
-        v = st["pipeline"].get("last_hop_epoch")
-    return float(v) if isinstance(v, int | float) else None
-
-
 def wait_healthy(
     status: Callable[[], dict], version: str, since_hop: float | None, timeout_s: float, poll_s: float = 0.25
 ) -> tuple[bool, str]:
@@ -129,9 +116,8 @@ def wait_healthy(
     advanced = 0
     last = since_hop
     while time.monotonic() < deadline:
-        st = status()
-        seen_version = status_model_version(st)
-        hop = status_last_hop(st)
+        health = Health.of(status())
+        seen_version, hop = health.model_version, health.last_hop_epoch
         if seen_version == version and hop is not None and (last is None or hop > last):
             advanced += 1
             last = hop

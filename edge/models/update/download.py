@@ -21,7 +21,7 @@ from pathlib import Path
 from edge.errors import SonotrapError
 from edge.util.hashing import sha256_file
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("sonotrap.update")
 
 _CHUNK = 1 << 16
 

@@ -23,13 +23,14 @@ from edge.errors import SonotrapError
 from edge.models.manifest import version_key
 from edge.models.store import ModelStore, StoredModel, store_root
 from edge.models.update.commands import parse_command
-from edge.models.update.daemon_control import DaemonControl, SignalDaemon, status_last_hop, wait_healthy
+from edge.models.update.daemon_control import DaemonHandle, SignalDaemon, wait_healthy
 from edge.models.update.download import check_free_space, download
 from edge.models.update.sources import Offer, find_offer, resolve_source, url_allowed
 from edge.models.update.status import UpdateResult, UpdateStatus
+from edge.service.status import Health
 from edge.util.hashing import sha256_file
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("sonotrap.update")
 
 Reporter = Callable[[str, dict], None]
 
@@ -41,7 +42,7 @@ class Updater:
         self,
         cfg: Config,
         *,
-        daemon: DaemonControl | None = None,
+        daemon: DaemonHandle | None = None,
         report: Reporter | None = None,
         config_path: str | Path | None = None,
         sleep: Callable[[float], None] = time.sleep,
@@ -50,7 +51,7 @@ class Updater:
         self.cfg = cfg
         self.state_dir = Path(cfg.state_dir)
         self.store = ModelStore(store_root(cfg.state_dir), keep_versions=cfg.update.keep_versions)
-        self.daemon: DaemonControl = daemon if daemon is not None else SignalDaemon(cfg.state_dir)
+        self.daemon: DaemonHandle = daemon if daemon is not None else SignalDaemon(cfg.state_dir)
         self.status = UpdateStatus(cfg.state_dir)
         self._report = report
         self.sleep = sleep
@@ -119,9 +120,9 @@ class Updater:
                 reason = f"URL {url} is not under update.allowed_base_urls; refused"
                 self.report("update_rejected", url=url, reason=reason)
                 return self._finish(UpdateResult("rejected", reason=reason, source=url))
-            offer = Offer(version=str(cmd.get("version", "")), location=url, sha256=cmd.get("sha256"),
+            named = Offer(version=str(cmd.get("version", "")), location=url, sha256=cmd.get("sha256"),
                           size=cmd.get("size"), source="mqtt")
-            return self.apply(offer, explicit=True)
+            return self.apply(named, explicit=True)
         try:
             offer = self.check(channel=cmd.get("channel"), version=cmd.get("version"))
         except SonotrapError as err:
@@ -260,7 +261,7 @@ class Updater:
         if not self.daemon.running():
             log.info("daemon not running: %s will be loaded at its next start", version)
             return True, ""
-        since = status_last_hop(self.daemon.status())
+        since = Health.of(self.daemon.status()).last_hop_epoch
         try:
             self.daemon.swap()
         except (SonotrapError, OSError) as err:

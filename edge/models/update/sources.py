@@ -18,10 +18,10 @@ from typing import Any
 from edge.config import Config
 from edge.errors import SonotrapError
 from edge.models.archive import read_manifest_bytes
-from edge.models.manifest import manifest_data, read_manifest_data, version_key
+from edge.models.manifest import MANIFEST_FILE, manifest_data, read_manifest_data, version_key
 from edge.models.update.download import fetch_bytes
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("sonotrap.update")
 
 INDEX_FILE = "index.json"
 MAX_INDEX_BYTES = 1 << 20
@@ -133,7 +133,7 @@ def scan_local_dir(d: Path) -> list[Offer]:
     for p in sorted(d.iterdir()):
         manifest = None
         try:
-            if p.is_dir() and (p / "manifest.json").is_file():
+            if p.is_dir() and (p / MANIFEST_FILE).is_file():
                 manifest = read_manifest_data(p)
             elif p.is_file() and p.name.endswith((".tar.gz", ".tgz")):
                 raw = read_manifest_bytes(p)

@@ -25,11 +25,12 @@ def make(cfg: DetectorConfig | None = None, thr: float = 0.5) -> Detector:
     )
 
 
-def feed(det: Detector, rows: list[tuple[float, float]], t0: float = 1000.0, flush: bool = True):
+def feed(det: Detector, rows: list[tuple[float, float]], t0: float = 1000.0, flush: bool = True, win: float = WIN):
+    """``win`` = HOP: windows do not overlap, so hits apart by a gap make separate events."""
     out = []
     for k, scores in enumerate(rows):
-        end = t0 + WIN + k * HOP
-        out += det.update(k, end - WIN, end, scores)
+        end = t0 + win + k * HOP
+        out += det.update(k, end - win, end, scores)
     if flush:
         out += det.flush()
     return out
@@ -50,22 +51,25 @@ def test_event_is_emitted_at_the_hop_it_ends_not_before():
     det = make()
     assert det.update(0, 0, 2, (0.9, 0)) == []
     assert det.update(1, 0.5, 2.5, (0.9, 0)) == []
-    (ev,) = det.update(2, 1.0, 3.0, (0.1, 0))
+    # Misses whose windows still overlap the event (ends 2.5) keep it open: a later hit merges.
+    for k in range(2, 5):
+        assert det.update(k, 0.5 * k, 0.5 * k + 2, (0.1, 0)) == []
+    (ev,) = det.update(5, 2.5, 4.5, (0.1, 0))  # first window that no longer overlaps
     assert ev.hops == 2 and det.flush() == []
 
 
 def test_gap_tolerance_and_split():
     rows = [(0.9, 0), (0.1, 0), (0.9, 0), (0.1, 0), (0.1, 0), (0.9, 0)]
-    assert [e.hops for e in feed(make(), rows)] == [1, 1, 1]
-    events = feed(make(DetectorConfig(max_gap_hops=1)), rows)
+    assert [e.hops for e in feed(make(), rows, win=HOP)] == [1, 1, 1]
+    events = feed(make(DetectorConfig(max_gap_hops=1)), rows, win=HOP)
     assert [e.hops for e in events] == [2, 1]
     assert events[0].first_hop == 0 and events[0].last_hop == 2
 
 
 def test_missing_hop_indices_count_as_gap():
     det = make()
-    det.update(0, 0, 2, (0.9, 0))
-    out = det.update(3, 1.5, 3.5, (0.9, 0))  # hops 1, 2 never processed
+    det.update(0, 0, 0.5, (0.9, 0))
+    out = det.update(3, 1.5, 2.0, (0.9, 0))  # hops 1, 2 never processed
     assert len(out) == 1 and out[0].hops == 1
     assert det.flush()[0].first_hop == 3
 
@@ -73,7 +77,7 @@ def test_missing_hop_indices_count_as_gap():
 def test_min_hops_drops_blips():
     rows = [(0.9, 0), (0.1, 0), (0.9, 0), (0.9, 0), (0.1, 0)]
     det = make(DetectorConfig(min_hops=2))
-    events = feed(det, rows)
+    events = feed(det, rows, win=HOP)
     assert [e.hops for e in events] == [2]
     assert det.stats.dropped_short == 1
 
@@ -96,7 +100,7 @@ def test_started_message_shares_the_event_id():
 def test_min_report_interval_suppresses_repeats_per_label():
     rows = [(0.9, 0.9), (0.1, 0.1), (0.9, 0.1), (0.1, 0.1)] + [(0.1, 0.1)] * 20 + [(0.9, 0.1), (0.1, 0.1)]
     det = make(DetectorConfig(min_report_interval_s=5.0))
-    events = feed(det, rows)
+    events = feed(det, rows, win=HOP)
     # 'a' at hop 0 reported, hop 2 suppressed (within 5 s of the first's end), hop 24 reported.
     assert [(e.label, e.first_hop) for e in events if e.label == "a"] == [("a", 0), ("a", 24)]
     assert [e.label for e in events].count("b") == 1

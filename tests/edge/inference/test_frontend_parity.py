@@ -2,7 +2,7 @@
 
 The recording is 44.1 kHz FLAC and the model runs at 32 kHz, so both sides go through the
 resampler too. The edge side is the real streaming path (FileSource blocks -> ring buffer ->
-hop schedule -> ``edge.inference.frontend.compute``); the trainer side is ``WindowDataset`` and
+hop schedule -> ``edge.inference.frontend.analyse`` + ``image_of``, i.e. ``compute``); the trainer side is ``WindowDataset`` and
 ``load_split_arrays`` (what training, evaluation, calibration and the FP32/INT8 check use).
 """
 
@@ -41,8 +41,8 @@ def test_trainer_and_edge_compute_identical_tensors(tmp_path, monkeypatch):
     run = prepare_run(DataSpec(data=str(tmp_path / "rec"), fractions=(1.0, 0.0, 0.0)), cfg, tmp_path / "run").run
 
     images: list[np.ndarray] = []
-    real = edge.inference.pipeline.compute
-    monkeypatch.setattr(edge.inference.pipeline, "compute", lambda w, rate, fe: images.append(real(w, rate, fe)) or images[-1])
+    real = edge.inference.pipeline.image_of
+    monkeypatch.setattr(edge.inference.pipeline, "image_of", lambda mel, fe: images.append(real(mel, fe)) or images[-1])
     classifier = Classifier(load_bundle(make_tiny_bundle(tmp_path / "bundle", cfg)))
     edge_cfg = Config()
     edge_cfg.model.hop_s = 0.5

@@ -1,0 +1,268 @@
+#!/usr/bin/env python3
+"""The peer baseline: BirdNET embeddings + one logistic regression per label, next to our models.
+
+What users compare a detector with is BirdNET v2.4's 1024-d embedding plus a linear probe
+trained on their own labelled windows. This script trains that probe on the TRAIN windows of
+a sonotrap run directory, picks per-label thresholds on its VALIDATION windows (the lowest
+threshold reaching ``--target-precision``; labels that cannot reach it are disabled) and
+scores the TEST windows. Our models (INT8 bundles through the edge's frontend and runtime,
+and/or FP32 checkpoints) are scored on exactly the same windows with the same metrics:
+
+- window macro-AP and macro ROC-AUC (known entries only, as the trainer reports them);
+- recording macro ROC-AUC: per recording and label, the max score over its windows against
+  "the recording has that label";
+- pooled window precision/recall at the thresholds: all (window, enabled label) decisions
+  pooled; recall counts every positive, also those of disabled labels.
+
+Bundles are scored twice: with the thresholds in their manifest (what users get today) and
+with the same validation rule as the probe (``val-p0.9``). BirdNET's outputs come from the
+run's teacher cache (computed on first use; needs the optional extra ``sonotrap[birdnet]``).
+
+    python bench/birdnet_probe.py --run RUN_DIR --bundle demo=models/demo \
+        [--checkpoint distilled=RUN_DIR/best.pt] --json probe.json --markdown probe.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from edge.util.jsonio import json_safe  # noqa: E402
+from trainer.metrics import choose_threshold, evaluate_scores  # noqa: E402
+from trainer.rundata import AudioCache, RunData, load_run_data, window_image  # noqa: E402
+from trainer.teacher_cache import ensure_cache  # noqa: E402
+from trainer.windows import to_arrays  # noqa: E402
+
+log = logging.getLogger("sonotrap.bench.probe")
+
+
+# ---- metrics (shared by every model) -------------------------------------------------------
+
+def val_thresholds(probs, targets, known, labels, target_precision: float) -> dict[str, dict]:
+    """Per label: threshold for ``target_precision`` on validation, or disabled (with why)."""
+    out = {}
+    for k, lab in enumerate(labels):
+        m = known[:, k]
+        th = choose_threshold(targets[m, k] > 0.5, probs[m, k], target_precision)
+        enabled = th.method == "target_precision"
+        out[lab] = {"threshold": th.threshold, "enabled": enabled, "val_precision": th.precision,
+                    "val_recall": th.recall, "why": "" if enabled else th.method}
+    return out
+
+
+def pooled_pr(probs, targets, known, labels, thresholds: dict[str, dict]) -> dict[str, float]:
+    tp = fp = 0
+    pos = int(((targets > 0.5) & known).sum())
+    for k, lab in enumerate(labels):
+        t = thresholds.get(lab)
+        if not t or not t["enabled"]:
+            continue
+        m = known[:, k]
+        pred = probs[m, k] >= t["threshold"]
+        y = targets[m, k] > 0.5
+        tp += int((pred & y).sum())
+        fp += int((pred & ~y).sum())
+    return {"precision": tp / (tp + fp) if tp + fp else math.nan, "recall": tp / pos if pos else math.nan,
+            "detections": tp + fp, "enabled_labels": sum(bool(t["enabled"]) for t in thresholds.values())}
+
+
+def recording_scores(probs, targets, known, files: list[str]):
+    """Max over each recording's windows (scores and labels); an entry is known if any window's is."""
+    names = sorted(set(files))
+    index = {f: i for i, f in enumerate(names)}
+    rec_p = np.full((len(names), probs.shape[1]), -np.inf)
+    rec_t = np.zeros((len(names), probs.shape[1]))
+    rec_k = np.zeros((len(names), probs.shape[1]), dtype=bool)
+    for row, f in enumerate(files):
+        i = index[f]
+        rec_p[i] = np.maximum(rec_p[i], probs[row])
+        rec_t[i] = np.maximum(rec_t[i], targets[row] * known[row])
+        rec_k[i] |= known[row]
+    return rec_p, rec_t, rec_k
+
+
+def score(probs, targets, known, labels, files, thresholds) -> dict:
+    w = evaluate_scores(probs, targets, known, labels)
+    r = evaluate_scores(*recording_scores(probs, targets, known, files), labels)
+    out = {"window_macro_ap": w["macro_ap"], "window_macro_roc_auc": w["macro_roc_auc"],
+           "recording_macro_roc_auc": r["macro_roc_auc"], "recording_macro_ap": r["macro_ap"],
+           "classes_scored": w["classes_scored"]}
+    out.update({f"pooled_{k}": v for k, v in pooled_pr(probs, targets, known, labels, thresholds).items()})
+    out.update(user_metrics(probs, labels, files, thresholds))
+    return out
+
+
+def user_metrics(probs, labels, files, thresholds) -> dict:
+    """Hook for the user's-view figures (event precision/recall, presence P/R, false detections
+    per hour): filled in once ``trainer.user_metrics`` exists; windows alone cannot give them."""
+    return {}
+
+
+# ---- the models --------------------------------------------------------------------------
+
+def probe_scores(cache, groups, targets: dict, known: dict, labels: list[str], c: float, seed: int) -> dict:
+    """Logistic regression per label on standardised BirdNET embeddings of the train windows."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    x = {s: cache.embeddings[cache.rows(groups[s])] for s in ("train", "val", "test")}
+    scaler = StandardScaler().fit(x["train"])
+    x = {s: scaler.transform(v) for s, v in x.items()}
+    out = {s: np.zeros((len(x[s]), len(labels)), dtype=np.float32) for s in ("val", "test")}
+    for k in range(len(labels)):
+        m = known["train"][:, k]
+        y = targets["train"][m, k] > 0.5
+        if y.all() or not y.any():
+            continue  # nothing to learn: scores stay 0 (the label ends up disabled)
+        clf = LogisticRegression(C=c, class_weight="balanced", max_iter=2000, random_state=seed)
+        clf.fit(x["train"][m], y)
+        for s in out:
+            out[s][:, k] = clf.predict_proba(x[s])[:, 1]
+    return out
+
+
+def split_images(run: RunData, split: str, frontend) -> np.ndarray:
+    cache = AudioCache()
+    ws = run.windows(split)
+    images = np.zeros((len(ws), *frontend.image_shape), dtype=np.float32)
+    for i, w in enumerate(ws):
+        images[i] = window_image(cache, run.path(w.file), w.start_s, w.end_s - w.start_s, frontend)
+    return images
+
+
+def bundle_scores(run: RunData, path: str, threads: int) -> tuple[dict, dict[str, float]]:
+    """Scores of an INT8 bundle through the edge's frontend and runtime, in the run's label order."""
+    from edge.inference.runtime import Classifier
+    from edge.models.bundle import load_bundle
+
+    bundle = load_bundle(path)
+    clf = Classifier(bundle, threads=threads)
+    cols = [bundle.labels.index(lab) if lab in bundle.labels else -1 for lab in run.labels]
+    out = {}
+    for s in ("val", "test"):
+        images = split_images(run, s, bundle.frontend)
+        probs = np.concatenate([clf.predict(images[i: i + 32]) for i in range(0, len(images), 32)])
+        out[s] = np.where(np.array(cols) >= 0, probs[:, np.maximum(cols, 0)], 0.0).astype(np.float32)
+    return out, bundle.thresholds
+
+
+def checkpoint_scores(run: RunData, path: str, threads: int) -> dict:
+    """FP32 scores of a sonotrap training checkpoint (PyTorch), in the run's label order."""
+    import torch
+
+    from trainer.checkpoint import load_checkpoint, model_from_checkpoint
+
+    torch.set_num_threads(threads)
+    ckpt = load_checkpoint(path)
+    model = model_from_checkpoint(ckpt)
+    cols = [ckpt.labels.index(lab) if lab in ckpt.labels else -1 for lab in run.labels]
+    out = {}
+    for s in ("val", "test"):
+        images = split_images(run, s, run.frontend)
+        with torch.no_grad():
+            probs = np.concatenate([torch.sigmoid(model(torch.from_numpy(images[i: i + 32]))).numpy()
+                                    for i in range(0, len(images), 32)])
+        out[s] = np.where(np.array(cols) >= 0, probs[:, np.maximum(cols, 0)], 0.0).astype(np.float32)
+    return out
+
+
+# ---- report ------------------------------------------------------------------------------
+
+COLUMNS = [("window_macro_ap", "window macro-AP"), ("window_macro_roc_auc", "window macro ROC-AUC"),
+           ("recording_macro_roc_auc", "recording macro ROC-AUC"), ("pooled_precision", "pooled precision"),
+           ("pooled_recall", "pooled recall"), ("pooled_enabled_labels", "labels enabled")]
+
+
+def _fmt(v) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    return f"{v:.3f}" if isinstance(v, float) else str(v)
+
+
+def markdown(rows: list[dict]) -> str:
+    head = "| model | thresholds | split | " + " | ".join(c[1] for c in COLUMNS) + " |"
+    lines = [head, "|" + "---|" * (3 + len(COLUMNS))]
+    for r in rows:
+        lines.append(f"| {r['model']} | {r['thresholds']} | {r['split']} | "
+                     + " | ".join(_fmt(r['metrics'].get(c[0])) for c in COLUMNS) + " |")
+    return "\n".join(lines)
+
+
+def _named(items: list[str], flag: str) -> list[tuple[str, str]]:
+    out = []
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep:
+            raise SystemExit(f"{flag} takes NAME=PATH, got {item!r}")
+        out.append((name, path))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--run", required=True, help="sonotrap run directory (its split and windows are used)")
+    ap.add_argument("--bundle", action="append", default=[], metavar="NAME=DIR", help="INT8 bundle to compare")
+    ap.add_argument("--checkpoint", action="append", default=[], metavar="NAME=PT", help="FP32 checkpoint to compare")
+    ap.add_argument("--target-precision", type=float, default=0.9)
+    ap.add_argument("--c", type=float, default=1.0, help="inverse L2 strength of the logistic regressions")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json", metavar="FILE")
+    ap.add_argument("--markdown", metavar="FILE")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+
+    run = load_run_data(args.run)
+    labels = run.labels
+    targets, known, files = {}, {}, {}
+    for s in ("train", "val", "test"):
+        ws = run.windows(s)
+        targets[s], known[s] = to_arrays(ws, labels)
+        files[s] = [w.file for w in ws]
+
+    t0 = time.monotonic()
+    cache, groups = ensure_cache(run, None, threads=args.threads)
+    models: list[tuple[str, dict, dict[str, float] | None]] = []
+    models.append(("BirdNET v2.4 embedding + logistic regression",
+                   probe_scores(cache, groups, targets, known, labels, args.c, args.seed), None))
+    for name, path in _named(args.bundle, "--bundle"):
+        probs, shipped = bundle_scores(run, path, args.threads)
+        models.append((f"{name} (INT8 bundle)", probs, shipped))
+    for name, path in _named(args.checkpoint, "--checkpoint"):
+        models.append((f"{name} (FP32 checkpoint)", checkpoint_scores(run, path, args.threads), None))
+
+    rows = []
+    for name, probs, shipped in models:
+        rule = val_thresholds(probs["val"], targets["val"], known["val"], labels, args.target_precision)
+        options = [(f"val-p{args.target_precision:g}", rule)]
+        if shipped is not None:
+            options.insert(0, ("manifest", {lab: {"threshold": shipped.get(lab, 0.5), "enabled": True}
+                                            for lab in labels}))
+        for tname, th in options:
+            for s in ("val", "test"):
+                rows.append({"model": name, "thresholds": tname, "split": s,
+                             "metrics": score(probs[s], targets[s], known[s], labels, files[s], th)})
+    md = markdown(rows)
+    print(md)
+    report = {"run": str(run.run_dir), "target_precision": args.target_precision,
+              "num_windows": {s: len(files[s]) for s in files}, "rows": rows,
+              "wall_s": time.monotonic() - t0}
+    if args.json:
+        Path(args.json).write_text(json.dumps(json_safe(report), indent=1) + "\n", encoding="utf-8")
+    if args.markdown:
+        Path(args.markdown).write_text(md + "\n", encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

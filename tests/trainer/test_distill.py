@@ -1,0 +1,115 @@
+"""`sonotrap train --teacher`: stage 1 (distillation), stage 2 from its backbone, resume, manifest.
+
+A stand-in teacher (tests/support/fake_teacher.py) replaces BirdNET; the images are 32x32 so
+a ResNet50 step takes milliseconds.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from edge.errors import SonotrapError
+from edge.inference.frontend import FrontendConfig
+from tests.support.fake_teacher import FakeTeacher
+from tests.support.synth_calls import make_dataset
+from trainer.birdnet import TEACHER_INFO
+from trainer.dataset import AugmentConfig
+from trainer.distill import BACKBONE, DISTILL_DIR, LAST, SUMMARY, DistillArgs, cosine_loss, train_with_teacher
+from trainer.model import build_model
+from trainer.prepare import DataSpec
+from trainer.train import TrainArgs
+
+SMALL = FrontendConfig(n_mels=32, n_frames=32, hop_length=2000)
+
+
+def _unlabeled_from(data, folder):
+    """Reuse a few synthetic recordings as 'unlabeled' audio (files.csv with durations)."""
+    (folder / "audio").mkdir(parents=True)
+    with (folder / "files.csv").open("w") as fh:
+        fh.write("file,duration_s,sample_rate\n")
+        for name in ("rec00.wav", "rec01.flac", "rec02.flac"):
+            shutil.copy(data / "audio" / name, folder / "audio" / name)
+            fh.write(f"audio/{name},4.0,44100\n")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    data = tmp_path_factory.mktemp("synth")
+    make_dataset(data, n_files=6, n_negative=2, seed=3)
+    unlabeled = _unlabeled_from(data, tmp_path_factory.mktemp("unl") / "u")
+    torch.set_num_threads(2)
+    return data, unlabeled
+
+
+def _args(out, **kw) -> TrainArgs:
+    base = dict(out=str(out), epochs=1, batch_size=8, weights="none", workers=0, progress=False,
+                teacher="birdnet", augment=AugmentConfig(enabled=False))
+    return TrainArgs(**{**base, **kw})
+
+
+def test_cosine_loss():
+    t = torch.nn.functional.normalize(torch.randn(4, 16), dim=1)
+    assert float(cosine_loss(3 * t, t)) == pytest.approx(0.0, abs=1e-6)
+    assert float(cosine_loss(-t, t)) == pytest.approx(2.0, abs=1e-6)
+
+
+@pytest.mark.slow
+def test_two_stages_then_a_bundle_that_names_the_teacher(setup, tmp_path):
+    data, unlabeled = setup
+    out = tmp_path / "run"
+    teacher = FakeTeacher()
+    dargs = DistillArgs(epochs=2, batch_size=8, unlabeled=str(unlabeled))
+    result, summary = train_with_teacher(_args(out), dargs, DataSpec(data=str(data), seed=1), SMALL, teacher)
+    history = [json.loads(x) for x in (out / DISTILL_DIR / "history.jsonl").read_text().splitlines()]
+    assert [h["epoch"] for h in history] == [1, 2] and summary["epochs_run"] == 2
+    assert summary["unlabeled_windows"] == 9  # 3 recordings of 4 s, a window every second
+    assert teacher.windows > summary["fit_windows"]  # val/test windows are cached too (for the probe)
+
+    # Stage 2 started from the stage-1 backbone, and its checkpoint says so.
+    ckpt = torch.load(result.best, map_location="cpu", weights_only=False)
+    assert ckpt["args"]["teacher"] == "birdnet"
+    assert ckpt["args"]["weights"] == str(out / DISTILL_DIR / BACKBONE)
+    saved = torch.load(out / DISTILL_DIR / BACKBONE, weights_only=True)
+    assert not any(k.startswith("fc.") for k in saved)  # the projection head is not kept
+    init = build_model(2, str(out / DISTILL_DIR / BACKBONE)).state_dict()
+    assert torch.equal(init["conv1.weight"], saved["conv1.weight"])
+
+    from trainer.bundle_builder import BundleInfo
+    from trainer.checkpoint import load_checkpoint
+
+    info = BundleInfo.from_checkpoint(load_checkpoint(result.best))
+    assert info.provenance["teacher"]["licence"] == "CC BY-NC-SA 4.0"
+    assert info.provenance["teacher"] == TEACHER_INFO
+
+
+@pytest.mark.slow
+def test_stage1_resumes_and_refuses_to_overwrite(setup, tmp_path):
+    data, unlabeled = setup
+    out = tmp_path / "run"
+    spec = DataSpec(data=str(data), seed=1)
+    dargs = DistillArgs(epochs=1, batch_size=8, unlabeled=str(unlabeled))
+    teacher = FakeTeacher()
+    with pytest.raises(SonotrapError, match="before its first epoch"):  # no time for stage 1
+        train_with_teacher(_args(out, max_minutes=1e-4), dargs, spec, SMALL, teacher)
+    # Stage 1 stopped by its time budget after one epoch, stage 2 not started yet (its
+    # checkpoint removed): --resume continues stage 1 from distill/last.pt.
+    train_with_teacher(_args(tmp_path / "full"), dargs, spec, SMALL, teacher)
+    summary_path = tmp_path / "full" / DISTILL_DIR / SUMMARY
+    summary_path.write_text(json.dumps({**json.loads(summary_path.read_text()), "stop_reason": "time budget"}))
+    (tmp_path / "full" / LAST).unlink()
+    with pytest.raises(SonotrapError, match="--resume"):
+        train_with_teacher(_args(tmp_path / "full"), dargs, spec, SMALL, teacher)
+    cached = teacher.windows
+    more = DistillArgs(epochs=2, batch_size=8, unlabeled=str(unlabeled))
+    _, summary = train_with_teacher(_args(tmp_path / "full", resume=True), more, None, None, teacher)
+    assert teacher.windows == cached  # the teacher cache was reused
+    history = [json.loads(x) for x in (tmp_path / "full" / DISTILL_DIR / "history.jsonl").read_text().splitlines()]
+    assert [h["epoch"] for h in history] == [1, 2] and summary["epochs_run"] == 2
+    # Stage 2 resumes through the ordinary trainer.
+    result, _ = train_with_teacher(_args(tmp_path / "full", resume=True, epochs=2), more, None, None, teacher)
+    assert result.epochs_run == 2

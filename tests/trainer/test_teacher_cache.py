@@ -1,0 +1,65 @@
+"""The teacher cache: which windows, the 3-s input mapping, resumable parts (no BirdNET needed)."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+from tests.support.fake_teacher import FakeTeacher
+from trainer.birdnet import SAMPLE_RATE, WINDOW_SAMPLES, teacher_input
+from trainer.teacher_cache import UNLABELED, compute_cache, load_cache, unlabeled_windows
+
+
+def _unlabeled(root: Path, durations: list[float]) -> Path:
+    (root / "audio").mkdir(parents=True)
+    rng = np.random.default_rng(1)
+    with (root / "files.csv").open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["file", "duration_s", "sample_rate"])
+        for i, d in enumerate(durations):
+            name = f"audio/u{i}.flac"
+            sf.write(root / name, (0.001 * rng.standard_normal(int(d * 44100))).astype(np.float32), 44100)
+            w.writerow([name, f"{d:.6f}", 44100])
+    return root
+
+
+def test_unlabeled_windows_every_second_and_one_for_short_files(tmp_path):
+    folder = _unlabeled(tmp_path / "u", [1.5, 4.0, 5.0039])
+    starts: dict[str, list[float]] = {}
+    for w in unlabeled_windows(folder):
+        starts.setdefault(w.file, []).append(w.start_s)
+    assert starts == {"audio/u0.flac": [0.0], "audio/u1.flac": [0.0, 1.0, 2.0],
+                      "audio/u2.flac": [0.0, 1.0, 2.0, 3.0]}
+
+
+def test_teacher_input_centres_the_window_in_three_seconds_zero_padded():
+    audio = np.arange(1, 4 * SAMPLE_RATE + 1, dtype=np.float32)  # 4 s, no zero inside
+    x = teacher_input(audio, 1.0)  # [1, 3) -> [0.5, 3.5): fully inside
+    assert x.shape == (WINDOW_SAMPLES,)
+    assert x[0] == audio[SAMPLE_RATE // 2] and x[-1] == audio[int(3.5 * SAMPLE_RATE) - 1]
+    first = teacher_input(audio, 0.0)  # [-0.5, 2.5): half a second of zeros before the file
+    assert (first[: SAMPLE_RATE // 2] == 0).all() and first[SAMPLE_RATE // 2] == audio[0]
+    last = teacher_input(audio, 2.0)  # [1.5, 4.5): half a second of zeros after it
+    assert (last[-SAMPLE_RATE // 2:] == 0).all() and last[-SAMPLE_RATE // 2 - 1] == audio[-1]
+
+
+def test_cache_resumes_and_computes_each_window_once(tmp_path):
+    folder = _unlabeled(tmp_path / "u", [3.0, 4.0, 2.5, 5.0])
+    windows = unlabeled_windows(folder)
+    roots = {UNLABELED: folder}
+    fresh = FakeTeacher()
+    reference = compute_cache(tmp_path / "a", windows, roots, batch=3, model=fresh)
+    assert fresh.windows == len(windows) == len(reference.keys)
+
+    first, second = FakeTeacher(), FakeTeacher()
+    compute_cache(tmp_path / "b", windows[:5], roots, batch=3, model=first)  # "interrupted" after 5
+    cache = compute_cache(tmp_path / "b", windows + windows[:2], roots, batch=3, model=second)
+    assert (first.windows, second.windows) == (5, len(windows) - 5)
+    rows, ref_rows = cache.rows(windows), reference.rows(windows)
+    np.testing.assert_allclose(cache.embeddings[rows], reference.embeddings[ref_rows], rtol=1e-6)
+    assert len(load_cache(tmp_path / "b").keys) == len(windows)
+    # Windows of different audio get different teacher outputs.
+    assert not np.allclose(cache.embeddings[rows[0]], cache.embeddings[rows[3]])

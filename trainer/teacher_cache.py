@@ -1,0 +1,197 @@
+"""Teacher outputs computed once, kept on disk: BirdNET embedding + logits per 2-s window.
+
+Why it exists: BirdNET costs tens of milliseconds per window on a CPU, more than a training
+step of the student per window, and its outputs never change. So every window the
+distillation or the probe needs is run through the teacher once, and the results live in
+the run directory (``RUN_DIR/teacher/birdnet/part-NNNNN.npz``), keyed by ``source:file@start``.
+Parts are written atomically every few hundred windows, so an interrupted computation
+resumes where it stopped and loses at most one part.
+
+Windows: the labelled windows of the run's train/val/test splits (their fixed starts, exactly
+the rows of ``windows_<split>.csv``) and, for each unlabeled recording, 2-s windows every
+second (``0, 1, 2, ...`` while the window fits; one zero-padded window for a recording
+shorter than 2 s).
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+from edge.errors import SonotrapError
+from trainer.split import SPLITS
+
+log = logging.getLogger("sonotrap.trainer")
+
+CACHE_DIR = Path("teacher") / "birdnet"
+LABELLED, UNLABELED = "labelled", "unlabeled"
+PART_SIZE = 256
+
+
+@dataclass(frozen=True)
+class TeacherWindow:
+    source: str  # LABELLED | UNLABELED
+    file: str  # relative to the source's root
+    start_s: float
+
+    @property
+    def key(self) -> str:
+        return f"{self.source}:{self.file}@{self.start_s:.3f}"
+
+
+def labelled_windows(run, splits: tuple[str, ...] = SPLITS) -> dict[str, list[TeacherWindow]]:
+    """The teacher windows of a run's splits, in the order of ``windows_<split>.csv``."""
+    return {s: [TeacherWindow(LABELLED, w.file, w.start_s) for w in run.windows(s)] for s in splits}
+
+
+def unlabeled_windows(folder: str | Path, window_s: float = 2.0, hop_s: float = 1.0) -> list[TeacherWindow]:
+    """2-s windows every ``hop_s`` of each recording listed in ``folder/files.csv``."""
+    table = Path(folder) / "files.csv"
+    if not table.is_file():
+        raise SonotrapError(f"{table} does not exist; pass a folder with files.csv (file,duration_s,sample_rate)")
+    out: list[TeacherWindow] = []
+    with table.open(newline="", encoding="utf-8") as fh:
+        for row in csv.DictReader(fh):
+            duration = float(row["duration_s"])
+            n = max(1, int(np.floor((duration - window_s) / hop_s + 1e-9)) + 1)
+            out.extend(TeacherWindow(UNLABELED, row["file"], round(i * hop_s, 3)) for i in range(n))
+    return out
+
+
+def cache_dir(run_dir: str | Path) -> Path:
+    return Path(run_dir) / CACHE_DIR
+
+
+@dataclass
+class TeacherCache:
+    keys: list[str]
+    embeddings: np.ndarray  # (N, 1024) float32, as BirdNET gives them (not normalised)
+    logits: np.ndarray  # (N, 6522) float16
+
+    def __post_init__(self) -> None:
+        self.index = {k: i for i, k in enumerate(self.keys)}
+
+    def rows(self, windows: list[TeacherWindow]) -> np.ndarray:
+        missing = [w.key for w in windows if w.key not in self.index]
+        if missing:
+            raise SonotrapError(f"{len(missing)} windows have no teacher output (e.g. {missing[0]}); "
+                                "compute the teacher cache first (sonotrap train --teacher birdnet)")
+        return np.array([self.index[w.key] for w in windows], dtype=np.int64)
+
+
+def load_cache(run_dir: str | Path) -> TeacherCache:
+    keys: list[str] = []
+    embs: list[np.ndarray] = []
+    logits: list[np.ndarray] = []
+    for part in sorted(cache_dir(run_dir).glob("part-*.npz")):
+        if part.name.endswith(".tmp.npz"):
+            continue
+        with np.load(part) as z:
+            keys.extend(str(k) for k in z["keys"])
+            embs.append(z["embeddings"])
+            logits.append(z["logits"])
+    if not keys:
+        return TeacherCache([], np.zeros((0, 1024), np.float32), np.zeros((0, 0), np.float16))
+    embeddings, logit_rows = np.concatenate(embs), np.concatenate(logits)
+    first = {k: i for i, k in reversed(list(enumerate(keys)))}
+    if len(first) < len(keys):  # duplicates from concurrent writers: keep one row each
+        rows = sorted(first.values())
+        keys, embeddings, logit_rows = [keys[i] for i in rows], embeddings[rows], logit_rows[rows]
+    return TeacherCache(keys, embeddings, logit_rows)
+
+
+def _write_part(folder: Path, number: int, keys: list[str], embeddings: np.ndarray, logits: np.ndarray) -> None:
+    # The writer's pid in the name: two processes filling one cache never overwrite each other
+    # (a window they both computed is then stored twice, identically).
+    name = f"part-{number:05d}-{os.getpid()}"
+    path, tmp = folder / f"{name}.npz", folder / f"{name}.tmp.npz"
+    np.savez(tmp, keys=np.array(keys), embeddings=embeddings.astype(np.float32), logits=logits.astype(np.float16))
+    os.replace(tmp, path)
+
+
+def compute_cache(
+    run_dir: str | Path, windows: list[TeacherWindow], roots: dict[str, Path], threads: int = 1,
+    batch: int = 16, window_s: float = 2.0, progress: bool = False, model=None,
+) -> TeacherCache:
+    """Teacher outputs for every window not yet in the cache; returns the whole cache.
+
+    ``model`` is anything with BirdNET's ``run(audio (N, 144000)) -> Outputs`` (default: BirdNET).
+    """
+    from trainer import birdnet
+
+    folder = cache_dir(run_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    done = set(load_cache(run_dir).keys)
+    todo: dict[tuple[str, str], list[TeacherWindow]] = defaultdict(list)
+    for w in windows:
+        if w.key not in done:
+            todo[(w.source, w.file)].append(w)
+            done.add(w.key)  # a window listed twice is computed once
+    total = sum(len(v) for v in todo.values())
+    if not total:
+        return load_cache(run_dir)
+    log.info("teacher cache: %d windows to compute (%d cached)", total, len(done) - total)
+    model = model if model is not None else birdnet.BirdNET(threads=threads)
+    number = len([p for p in folder.glob("part-*.npz") if not p.name.endswith(".tmp.npz")])
+    keys: list[str] = []
+    inputs: list[np.ndarray] = []
+    embs: list[np.ndarray] = []
+    logits: list[np.ndarray] = []
+    t0, computed = time.monotonic(), 0
+
+    def flush_batch() -> None:
+        out = model.run(np.stack(inputs))
+        embs.append(out.embeddings)
+        logits.append(out.logits)
+        inputs.clear()
+
+    for (source, file), wins in todo.items():
+        path = roots[source] / file
+        try:
+            audio, sr = sf.read(str(path), dtype="float32", always_2d=True)
+        except Exception as err:
+            raise SonotrapError(f"audio file {path} cannot be read ({str(err).splitlines()[0][:100]})") from None
+        audio48 = birdnet.resample_to_48k(audio.mean(axis=1), sr)
+        for w in wins:
+            keys.append(w.key)
+            inputs.append(birdnet.teacher_input(audio48, w.start_s, window_s))
+            if len(inputs) == batch:
+                flush_batch()
+            if len(keys) == PART_SIZE:
+                if inputs:
+                    flush_batch()
+                _write_part(folder, number, keys, np.concatenate(embs), np.concatenate(logits))
+                number, computed = number + 1, computed + len(keys)
+                keys, embs, logits = [], [], []
+                rate = computed / (time.monotonic() - t0)
+                log.info("teacher cache: %d/%d windows, %.1f windows/s", computed, total, rate)
+                if progress:
+                    print(f"teacher cache: {computed}/{total} windows, {rate:.1f} windows/s", flush=True)
+    if inputs:
+        flush_batch()
+    if keys:
+        _write_part(folder, number, keys, np.concatenate(embs), np.concatenate(logits))
+    return load_cache(run_dir)
+
+
+def ensure_cache(
+    run, unlabeled: str | Path | None, threads: int = 1, progress: bool = False, model=None,
+) -> tuple[TeacherCache, dict[str, list[TeacherWindow]]]:
+    """Teacher windows by group (train/val/test/unlabeled) and a cache that covers all of them."""
+    groups = labelled_windows(run)
+    roots = {LABELLED: Path(run.root)}
+    if unlabeled:
+        groups[UNLABELED] = unlabeled_windows(unlabeled, run.frontend.window_s)
+        roots[UNLABELED] = Path(unlabeled)
+    every = [w for ws in groups.values() for w in ws]
+    cache = compute_cache(run.run_dir, every, roots, threads, window_s=run.frontend.window_s, progress=progress,
+                          model=model)
+    return cache, groups

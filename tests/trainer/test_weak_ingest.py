@@ -10,6 +10,7 @@ import pytest
 import soundfile as sf
 
 from edge.errors import SonotrapError
+from edge.inference.frontend import FrontendConfig
 from trainer.prepare import DataSpec, prepare_run
 from trainer.validation_export import export_format, parse_validated, read_validation_export
 from trainer.windows import WindowConfig, make_windows, to_arrays
@@ -129,7 +130,7 @@ def test_train_prepare_reads_validation_exports(audio_root, tmp_path):
         _arbimon_row("REC_B_0700.wav", "Pulsatrix", "", 2.0, 2.5, "1"),
     ])
     spec = DataSpec(validations=[str(a), str(b)], root=str(audio_root), fractions=(1.0, 0.0, 0.0))
-    prepared = prepare_run(spec, __import__("edge.inference.frontend").frontend.FrontendConfig(), tmp_path / "run")
+    prepared = prepare_run(spec, FrontendConfig(), tmp_path / "run")
     assert prepared.run.labels == ["Ara_macao_Call", "Pulsatrix"]
     assert prepared.num_windows["train"] == 4
     assert all(not r.complete for r in prepared.run.recordings.values())

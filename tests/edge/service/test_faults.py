@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from edge.mqtt.outbox import Outbox
+from edge.service.status import read_status
 from tests.support.broker import Mosquitto, Subscriber, free_port
 from tests.support.daemon_helpers import HIGH, LOW, REPO, read_jsonl, sonotrap, write_tones
 from tests.support.tiny_model import make_tiny_bundle
@@ -81,6 +82,9 @@ def test_broker_restarting_every_few_seconds_while_audio_streams(tmp_path, daemo
 
         try:
             wait_for(lambda: not missing(), 30)
+            # stop only once the daemon is connected again: what the shutdown flushes is then
+            # delivered too (while the broker is down it stays in the outbox for the next start)
+            wait_for(lambda: (read_status(tmp_path / "state").get("outbox") or {}).get("connected"), 30)
         finally:
             err = _stop(proc)
         expected = read_jsonl(tmp_path / "d.jsonl")
@@ -104,7 +108,7 @@ def test_broker_restarting_every_few_seconds_while_audio_streams(tmp_path, daemo
             assert first.setdefault(d["id"], d) == d, "two different detections share an id"
         assert len(got_ids) - len(want) <= restarts * 20, "more re-sends than restarts explain"
         _in_order_per_label(list(first.values()), expected)
-        assert restarts >= 5 and len(expected) >= 10, (restarts, len(expected), err[-1500:])
+        assert restarts >= 5 and len(expected) >= 6, (restarts, len(expected), err[-1500:])  # events merge up to 10 s
         print(f"broker flapping: {restarts} restarts, {len(expected)} detections produced, {len(want)} delivered, "
               f"{len(got_ids) - len(want)} QoS-1 re-sends")
     finally:
@@ -172,7 +176,8 @@ def test_disk_full_for_clips_and_outbox_then_space_returns(tmp_path, daemon_env,
     sub = Subscriber(broker.port, [f"sonotrap/{DEVICE}/#"], client_id="full-sub", persistent=True)
     state = small_fs / "state"
     proc = _launch(bundle, wav, broker.port, state, tmp_path / "d.jsonl", "--set", "clips.enabled=true",
-                   "--set", "clips.pre_s=0.2", "--set", "clips.post_s=0.2", "--set", "outbox.retry_s=1")
+                   "--set", "clips.pre_s=0.2", "--set", "clips.post_s=0.2", "--set", "outbox.retry_s=1",
+                   "--set", "detector.max_event_s=2")  # short events: one clip fits the 600 KiB disk
     filler = small_fs / "filler"
     try:
         wait_for(lambda: len(list((state / "clips").glob("*.wav"))) >= 1, 40)

@@ -1,4 +1,4 @@
-"""CI-sized version of bench/soak.py: six minutes of audio pushed through the real daemon as
+"""CI-sized version of bench/soak.py: 24 minutes of audio pushed through the real daemon as
 fast as it goes, broker restarting every second; memory, fds and threads stay flat, every
 detection arrives and the outbox ends empty. The 24-hour figures are in docs/reliability.md."""
 
@@ -19,7 +19,7 @@ def test_short_accelerated_soak(tmp_path) -> None:
         import soak
     finally:
         sys.path.remove(str(REPO / "bench"))
-    res = soak.soak(hours=0.15, flap_every=1.0, down=0.3, tmp=tmp_path, steady_tail=0.3)  # fast machines finish in ~5 s
+    res = soak.soak(hours=0.4, flap_every=1.0, down=0.3, tmp=tmp_path, steady_tail=0.3)  # ~10 s on an idle machine
     assert res["exit_code"] == 0, res["stderr_tail"]
     assert res["broker_restarts"] >= 2 and res["detections_committed"] >= 60, res
     assert res["detections_received_unique"] == res["detections_committed"], {k: v for k, v in res.items() if k != "stderr_tail"}

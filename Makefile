@@ -42,7 +42,7 @@ bench: $(VENV)/.dev-installed
 	$(PY) bench/bench_daemon.py
 	$(PY) bench/bench_publisher.py
 
-## make demo-model [RUN=/work/runs/nips4b-full]: rebuild models/demo from a training run
+## make demo-model [RUN=runs/nips4b-full]: rebuild models/demo from a training run
 ## (thresholds, export + parity, INT8 calibrated on train windows, AP check, bundle, benchmark)
 demo-model: $(VENV)/.dev-installed
 	scripts/build-demo-model $(RUN)

@@ -20,7 +20,7 @@ monotonic clock):
 * peak RSS of the child (``wait4``'s ru_maxrss).
 A second pass replays the file as fast as possible to show the pure processing cost.
 
-Targets (issue 4): p99 < 100 ms, < 3 % of one core at hop 1 s, RSS < 200 MB.
+Targets: p99 < 100 ms, < 3 % of one core at hop 1 s, RSS < 200 MB.
 """
 
 from __future__ import annotations
@@ -41,7 +41,6 @@ sys.path.insert(0, str(REPO))
 SOUNDSCAPE_CANDIDATES = [
     os.environ.get("SONOTRAP_DATA", ""),
     str(REPO.parent / "shared" / "data"),
-    "/work/shared/data",
 ]
 
 

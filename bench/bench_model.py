@@ -6,10 +6,10 @@ single-window inference (batch 1 = one 2-s window, the daemon's steady state) on
 frontend windows, so peak RSS is per runtime and nobody shares a warm cache. Also prints
 file sizes and the FP32/INT8 macro-AP stored in (or re-measured for) the bundle.
 
-    .venv/bin/python bench/bench_model.py --checkpoint /work/runs/nips4b-full/best.pt \
-        --fp32 /work/runs/nips4b-full/model_fp32.onnx --bundle models/demo
+    .venv/bin/python bench/bench_model.py --checkpoint RUN_DIR/best.pt \
+        --fp32 RUN_DIR/model_fp32.onnx --bundle models/demo
 
-Targets (issue 3): INT8 >= 2.5x faster than ONNX FP32 and >= 4x faster than PyTorch at the same
+Targets: INT8 >= 2.5x faster than ONNX FP32 and >= 4x faster than PyTorch at the same
 thread count, INT8 file <= 26 MB, INT8 macro-AP within 0.01 of FP32.
 """
 

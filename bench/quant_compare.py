@@ -5,7 +5,7 @@ Loads the run's windows once (train for calibration, val for verification), expo
 once, then quantizes with each setting and measures FP32 vs INT8 on the same windows and
 single-window latency (1 thread). This is how the defaults in models/README.md were chosen.
 
-    .venv/bin/python bench/quant_compare.py /work/runs/nips4b-full/best.pt --calib-windows 256
+    .venv/bin/python bench/quant_compare.py RUN_DIR/best.pt --calib-windows 256
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Weak-label demonstration (issue 6): fully annotated data -> a validation-style export.
+"""Weak-label demonstration: fully annotated data -> a validation-style export.
 
 ``make-table``: read the windows of a fully annotated run directory (``sonotrap train`` on
 nips4bplus) and write the generic validation form ``file,start_s,end_s,label,present`` in

@@ -1,6 +1,6 @@
 """Recording-level scores: per recording and label, the max (or top-2 mean) window score.
 
-Weak labels come per recording or per detection (issue 6), and presence/absence surveys ask
+Weak labels come per recording or per detection, and presence/absence surveys ask
 "was species X heard in this recording?"; the natural answer is the best window's score.
 ``top2mean`` (mean of the two best windows) is less swayed by one spurious window. Scores
 are fed hop by hop, so memory stays O(labels) for recordings of any length. numpy only.

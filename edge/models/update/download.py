@@ -19,8 +19,9 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 from edge.errors import SonotrapError
 from edge.util.hashing import sha256_file
@@ -136,6 +137,16 @@ def _remaining(deadline: float, url: str) -> float:
     return left
 
 
+def _chunks(resp: Any, deadline: float, url: str) -> Iterator[bytes]:
+    """The response body in chunks, checking the overall deadline before each read."""
+    while True:
+        _remaining(deadline, url)
+        chunk = resp.read1(_CHUNK)
+        if not chunk:
+            return
+        yield chunk
+
+
 def fetch_bytes(url: str, *, max_bytes: int, timeout: float = 30.0, what: str = "update index",
                 deadline_s: float = DEFAULT_DEADLINE_S, allowed: list[str] | None = None) -> bytes:
     """The body of ``url`` (at most ``max_bytes``, within ``deadline_s``); SonotrapError otherwise."""
@@ -145,11 +156,7 @@ def fetch_bytes(url: str, *, max_bytes: int, timeout: float = 30.0, what: str = 
     watchdog = _Watchdog(deadline)
     try:
         with _open(url, min(timeout, deadline_s), allowed, watchdog) as resp:
-            while True:
-                _remaining(deadline, url)
-                chunk = resp.read1(_CHUNK)
-                if not chunk:
-                    break
+            for chunk in _chunks(resp, deadline, url):
                 total += len(chunk)
                 if total > max_bytes:
                     raise SonotrapError(f"{what} {url} is larger than {max_bytes / 1e6:.0f} MB; it is not a sonotrap index")
@@ -279,11 +286,7 @@ def _download_once(
             )
         with open(part, mode) as fh:
             total = have
-            while True:
-                _remaining(deadline, url)
-                chunk = resp.read1(_CHUNK)
-                if not chunk:
-                    break
+            for chunk in _chunks(resp, deadline, url):
                 total += len(chunk)
                 if total > max_bytes:
                     fh.close()

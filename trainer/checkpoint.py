@@ -12,7 +12,8 @@ Format ``sonotrap-checkpoint/1``: a dict saved with ``torch.save`` holding
   ``metrics`` (split -> metrics), ``args`` (training settings), ``data`` (data root, split);
 - for exact resume: ``epoch`` (epochs done), ``optimizer``, ``scheduler``, ``scaler``, ``rng``
   (python/numpy/torch[/cuda] generator states), ``history`` (one row per epoch), ``best``
-  (score, epoch, bad_epochs), ``speed`` (samples, seconds, elapsed);
+  (score, epoch, bad_epochs), ``speed`` (samples, seconds, elapsed); ``best.pt`` leaves out
+  the optimizer, scheduler, scaler and RNG states (only ``last.pt`` resumes);
 - ``sonotrap evaluate`` adds ``target_precision``.
 
 Only the first group is required to read a checkpoint (export and bundling need no more).
@@ -123,6 +124,15 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         extra={k: v for k, v in raw.items() if k not in _DESCRIBED},
         raw=raw,
     )
+
+
+RESUME_ONLY = ("optimizer", "scheduler", "scaler", "rng")
+
+
+def without_resume_state(state: dict[str, Any]) -> dict[str, Any]:
+    """The checkpoint minus what only an exact resume needs: ``best.pt`` is for evaluation and
+    export, and the optimizer's moments would triple its size (280 MB instead of 95 MB for ResNet50)."""
+    return {k: v for k, v in state.items() if k not in RESUME_ONLY}
 
 
 def save_checkpoint(state: dict[str, Any], path: Path) -> None:

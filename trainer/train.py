@@ -43,6 +43,7 @@ from trainer.checkpoint import (
     save_checkpoint,
     set_rng_state,
     training_state,
+    without_resume_state,
 )
 from trainer.dataset import AugmentConfig, WindowDataset
 from trainer.engine import (
@@ -253,7 +254,7 @@ class _Session:
         state = self.state(metrics)
         save_checkpoint(state, run_dir / LAST)
         if improved:
-            save_checkpoint(state, run_dir / BEST)
+            save_checkpoint(without_resume_state(state), run_dir / BEST)
         with (run_dir / "history.jsonl").open("a", encoding="utf-8") as fh:
             fh.write(json.dumps(json_safe(row)) + "\n")
         msg = (f"epoch {epoch + 1}: train loss {row['train_loss']:.4f}, val loss {row['val_loss']:.4f}, "

@@ -56,8 +56,13 @@ def test_run_directory_and_checkpoint_contract(trained):
     assert all(0.0 <= t <= 1.0 for t in ckpt["thresholds"].values())
     assert set(ckpt["metrics"]) >= {"val", "test"}
     assert ckpt["data"]["num_windows"]["train"] > 0
-    for key in ("optimizer", "scheduler", "scaler", "rng", "args", "epoch"):
+    for key in ("args", "epoch", "history", "best"):
         assert key in ckpt
+    # best.pt is for evaluation and export; only last.pt carries what an exact resume needs
+    last = torch.load(out / LAST, map_location="cpu", weights_only=False)
+    for key in ("optimizer", "scheduler", "scaler", "rng"):
+        assert key in last and key not in ckpt
+    assert (out / BEST).stat().st_size < 0.5 * (out / LAST).stat().st_size
     split = json.loads((out / "split.json").read_text())
     files = split["train"] + split["val"] + split["test"]
     assert len(files) == len(set(files)) == 15  # every recording in exactly one split

@@ -65,6 +65,7 @@ RANGES: dict[str, tuple[float, float]] = {
     "mqtt.reconnect_min_s": (0.01, 3600.0),
     "mqtt.reconnect_max_s": (0.01, _DAY),
     "mqtt.status_interval_s": (1.0, _DAY),
+    "mqtt.qos": (1, 2),  # QoS 0 would lose detections while the broker is away
     "mqtt.max_inflight": (1, 65535),
     "mqtt.session_expiry_s": (0, 2**32 - 1),  # MQTT 5: 32 bits
     "mqtt.connect_timeout_s": (0.1, 600.0),

@@ -181,7 +181,8 @@ class MqttConfig:
     status_interval_s: float = 30.0
     homeassistant: bool = False  # publish Home Assistant MQTT discovery
     discovery_prefix: str = "homeassistant"
-    max_inflight: int = 20  # unacknowledged QoS-1 detections on the wire (order is kept)
+    qos: int = 1  # detections and events: 1 = at least once; 2 = exactly once through broker restarts (MQTT 5)
+    max_inflight: int = 20  # unacknowledged detections on the wire (order is kept)
     session_expiry_s: int = 604800  # MQTT 5: broker keeps our session (cmd/update QoS 1) this long
     connect_timeout_s: float = 10.0  # TCP/TLS connect + CONNACK
 
@@ -189,6 +190,11 @@ class MqttConfig:
         if not 1 <= self.port <= 65535:
             bad("mqtt.port", f"{self.port} must be within 1..65535")
         choice("mqtt.protocol", self.protocol, ("3.1.1", "5"))
+        if self.qos not in (1, 2):
+            bad("mqtt.qos", f"{self.qos!r} must be 1 or 2 (QoS 0 would lose detections whenever the broker is away)")
+        if self.qos == 2 and self.protocol != "5":
+            bad("mqtt.qos", 'QoS 2 needs mqtt.protocol = "5" (a new process must start a clean session, '
+                "which MQTT 3.1.1 cannot do without dropping the session on every reconnect)")
         if not self.prefix or any(c in self.prefix for c in "#+"):
             bad("mqtt.prefix", f"{self.prefix!r} must be non-empty without '#' or '+'")
         if self.password and self.password_file:

@@ -92,11 +92,18 @@ def new_client(cfg: MqttConfig, client_id: str, *, persistent_session: bool = Fa
 
 
 def connect_async(client: mqtt.Client, cfg: MqttConfig, *, persistent_session: bool = False) -> None:
-    """Start connecting in paho's network thread (MQTT 5: a session expiry when persistent)."""
+    """Start connecting in paho's network thread (MQTT 5: a session expiry when persistent).
+
+    With ``mqtt.qos = 2`` the first connect of a process starts a clean session: the broker may
+    still hold QoS-2 packet ids of the previous process, which paho no longer knows, and a new
+    message reusing such an id would be taken for a duplicate and dropped. Later reconnects of
+    the same process resume the session, so a broker restart delivers each message once.
+    """
     if cfg.protocol == "5" and persistent_session:
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = cfg.session_expiry_s
-        client.connect_async(cfg.host, cfg.port, cfg.keepalive_s, clean_start=False, properties=props)
+        clean = mqtt.MQTT_CLEAN_START_FIRST_ONLY if cfg.qos == 2 else False
+        client.connect_async(cfg.host, cfg.port, cfg.keepalive_s, clean_start=clean, properties=props)
     else:
         client.connect_async(cfg.host, cfg.port, cfg.keepalive_s)
 

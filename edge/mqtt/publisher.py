@@ -78,6 +78,10 @@ class Publisher:
         self._connected = threading.Event()
         self._inflight: dict[int, tuple[int, float]] = {}  # paho mid -> (row id, monotonic sent)
         self._last_sent_id = 0
+        self._max_qos = 2  # lowered by an MQTT 5 broker's Maximum QoS (CONNACK)
+        # QoS 2 re-sends after a reconnect mix PUBREL and PUBLISH, which can release a window
+        # out of order: exactly once AND in order needs one message in flight at a time
+        self._window = 1 if cfg.qos == 2 else cfg.max_inflight
         self._payload_ids: dict[int, str | None] = {}
         self._attempt = 0
         self._refused = False
@@ -205,7 +209,7 @@ class Publisher:
         # paho caps everything in flight (detections + status + discovery) at the same bound, so
         # an MQTT 5 broker's Receive Maximum (mosquitto: 20) is never exceeded; extra QoS-1
         # messages wait in paho's FIFO, order kept
-        client.max_inflight_messages_set(cfg.max_inflight)
+        client.max_inflight_messages_set(self._window)
         client.before_connect = self._set_will
         self._set_will(client)
         client.on_connect = self._on_connect
@@ -245,6 +249,11 @@ class Publisher:
             topics = list(self._subs)
         self._attempt = 0
         self._set_retry_delay()
+        max_qos = getattr(properties, "MaximumQoS", 2) if properties is not None else 2
+        if max_qos < self.cfg.qos and max_qos != self._max_qos:
+            log.warning("mqtt: the broker accepts QoS %d at most; detections are sent with QoS %d "
+                        "(at least once: deduplicate by id)", max_qos, max_qos)
+        self._max_qos = max(1, max_qos)
         recv_max = getattr(properties, "ReceiveMaximum", None) if properties is not None else None
         if recv_max is not None and recv_max < self.cfg.max_inflight:
             log.warning("mqtt: the broker accepts only %d messages in flight (Receive Maximum); "
@@ -314,7 +323,7 @@ class Publisher:
                 data = encode(payload)
             except ValueError:  # NaN/inf scores: still deliver, as JSON null
                 data = encode(json_safe(payload))
-            row_id = self.outbox.put(topic, data, qos=1)
+            row_id = self.outbox.put(topic, data, qos=self.cfg.qos)
         except Exception:  # noqa: BLE001 - must never take the inference thread down
             log.exception("mqtt: could not queue a message for %s; it is lost", topic)
             with self._lock:
@@ -378,14 +387,14 @@ class Publisher:
         """Hand the oldest unsent rows to paho while the in-flight window has room."""
         while not self._stopping.is_set():
             with self._lock:
-                room = self.cfg.max_inflight - len(self._inflight)
+                room = self._window - len(self._inflight)
             if room <= 0:
                 return
             rows = self.outbox.pending(after_id=self._last_sent_id, limit=room)
             if not rows:
                 return
             for row in rows:
-                info = self._client.publish(row.topic, row.payload, qos=row.qos)
+                info = self._client.publish(row.topic, row.payload, qos=min(row.qos, self._max_qos))
                 if info.rc not in PUBLISH_QUEUED:
                     log.warning("mqtt: publish of outbox row %d failed (%s); will retry", row.id, info.rc)
                     return

@@ -164,6 +164,8 @@ class Mosquitto:
         persistence: bool = False,
         port: int | None = None,
         acl_file: Path | None = None,
+        max_qos: int | None = None,
+        max_inflight: int | None = None,
     ) -> None:
         self.dir = Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -195,6 +197,10 @@ class Mosquitto:
             lines += ["allow_anonymous true"]
         if acl_file is not None:
             lines += [f"acl_file {acl_file}"]
+        if max_inflight is not None:  # per client, both ways (MQTT 5: the Receive Maximum)
+            lines += [f"max_inflight_messages {max_inflight}"]
+        if max_qos is not None:
+            lines += [f"max_qos {max_qos}"]  # like brokers without QoS 2 (MQTT 5 clients are told)
         if persistence:
             (self.dir / "data").mkdir(exist_ok=True)
             lines += ["persistence true", f"persistence_location {self.dir / 'data'}/", "autosave_interval 1"]
@@ -301,7 +307,7 @@ class Received:
 
 
 class Subscriber:
-    """A real paho client subscribed to ``topics`` (QoS 1) that records every message.
+    """A real paho client subscribed to ``topics`` (QoS ``qos``, default 1) that records every message.
 
     ``persistent=True`` uses a fixed client id and clean_session=False, so with a broker that
     has persistence the messages sent while it was reconnecting are still delivered.
@@ -318,8 +324,10 @@ class Subscriber:
         password: str | None = None,
         ca_file: Path | None = None,
         connect: bool = True,
+        qos: int = 1,
     ) -> None:
         self.port = port
+        self.qos = qos
         self.topics = [topics] if isinstance(topics, str) else list(topics)
         self.messages: list[Received] = []
         self._cond = threading.Condition()
@@ -350,7 +358,7 @@ class Subscriber:
         if reason_code.is_failure:
             return
         self._suback.clear()
-        client.subscribe([(t, 1) for t in self.topics])
+        client.subscribe([(t, self.qos) for t in self.topics])
         # mark connected only once subscribed, so tests do not race the SUBACK
         threading.Thread(target=self._mark_when_subscribed, daemon=True).start()
 

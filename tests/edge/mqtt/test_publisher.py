@@ -265,3 +265,37 @@ def test_backoff_grows_exponentially_with_jitter_and_is_capped() -> None:
         values = [backoff_delay(attempt, 1.0, 60.0, rng) for _ in range(200)]
         assert cap / 2 <= min(values) and max(values) <= cap
         assert max(values) - min(values) > cap / 4, "jitter spreads reconnects"
+
+
+def test_qos_2_is_used_and_a_broker_offering_only_qos_1_gets_qos_1(tmp_path: Path, make_pub, caplog) -> None:
+    """``mqtt.qos = 2`` reaches the subscriber as QoS 2; a broker whose CONNACK says Maximum
+    QoS 1 (brokers without QoS 2) gets QoS 1 instead of a refused publish, and a warning."""
+    for max_qos, want in ((None, 2), (1, 1)):
+        broker = Mosquitto(tmp_path / f"broker-{max_qos}", max_qos=max_qos).start()
+        got: list[int] = []
+        sub = Subscriber(broker.port, f"sonotrap/{DEVICE}/detections", qos=2, connect=False)
+        sub.client.on_message = lambda c, u, m, got=got: got.append(m.qos)
+        sub.start()
+        try:
+            pub = make_pub(cfg_for(broker, protocol="5", qos=2))
+            pub.start()
+            pub.publish_detection(detection_payload(event(0), CTX))
+            deadline = time.monotonic() + 15
+            while not got and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert got == [want], (max_qos, got)
+        finally:
+            sub.stop()
+            broker.stop()
+    assert "accepts QoS 1 at most" in caplog.text
+
+
+@pytest.mark.parametrize(("kw", "needle"), [
+    (dict(qos=0), "must be 1 or 2"),
+    (dict(qos=2), 'needs mqtt.protocol = "5"'),
+])
+def test_qos_setting_is_checked(kw, needle) -> None:
+    from edge.errors import SonotrapError
+
+    with pytest.raises(SonotrapError, match=needle):
+        MqttConfig(host="localhost", **kw).validate()

@@ -127,4 +127,4 @@ class UpdateLock:
                      f", {max(0.0, time.time() - started):.0f} s ago")
         who = f" (pid {pid}{since})" if isinstance(pid, int) else ""
         return (f"{activity} refused: {what}{who} holds the update lock {self.path}; "
-                "one update activity at a time, try again when it has finished")
+                "try again when it has finished")

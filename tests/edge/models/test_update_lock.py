@@ -94,6 +94,9 @@ def test_second_update_process_is_refused_and_a_killed_holder_frees_the_lock(env
             assert _state_files(env["state"]) == before
             assert len(server.hits("index.json")) == 1
             assert server.hits(v2.archive.name) == []
+            rollback = run_cli("model", "rollback", "--config", str(config), timeout=40)  # the operator's path too
+            assert rollback.returncode == BUSY_EXIT_STATUS and "rollback refused: update (pid" in rollback.stderr
+            assert _state_files(env["state"]) == before
             # SIGKILL: no clean-up runs, the kernel drops the flock with the process
             holder.send_signal(signal.SIGKILL)
             holder.communicate(timeout=30)

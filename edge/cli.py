@@ -82,12 +82,12 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 _DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG)
 
 
-def _fail(message: str) -> int:
+def _fail(message: str, status: int = 2) -> int:
     """One line on stderr; in the journal at priority 3 (error), so `journalctl -p warning` shows it."""
     from edge.service.sdnotify import journal_connected
 
     print(f"{'<3>' if journal_connected() else ''}error: {message}", file=sys.stderr)
-    return 2
+    return status
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -107,8 +107,8 @@ def main(argv: list[str] | None = None) -> int:
         except ImportError:
             _raise_if_train_extra_missing(args.command)
             raise
-    except SonotrapError as err:
-        return _fail(str(err))
+    except SonotrapError as err:  # a few say how to exit (e.g. an update refused while another runs: 75)
+        return _fail(str(err), getattr(err, "exit_status", 2))
     except OSError as err:
         if err.errno not in _DISK_ERRORS:
             raise

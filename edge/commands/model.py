@@ -54,10 +54,11 @@ def run(args: argparse.Namespace) -> int:
     try:
         up = Updater(cfg, report=events, config_path=args.config)
         if args.action == "install":
-            stored = up.store.install(args.bundle, trusted_keys=up.trusted_keys,
-                                      allow_unsigned=cfg.update.allow_unsigned, label=args.bundle,
-                                      timeout_s=cfg.update.verify_timeout_s,
-                                      memory_mb=cfg.update.verify_memory_mb)
+            with up.lock.hold("model install"):  # one update activity at a time (edge.models.update.lock)
+                stored = up.store.install(args.bundle, trusted_keys=up.trusted_keys,
+                                          allow_unsigned=cfg.update.allow_unsigned, label=args.bundle,
+                                          timeout_s=cfg.update.verify_timeout_s,
+                                          memory_mb=cfg.update.verify_memory_mb)
             print(f"installed {stored.name} {stored.version} ({stored.dirname})")
             if not args.activate:
                 return 0

@@ -1,7 +1,9 @@
 """``sonotrap update``: check for a newer model and install it safely (see edge/models/update/).
 
 Run by ``sonotrap-update.timer`` (with ``--no-jitter``: the timer randomises itself) or by
-hand. Exit status: 0 updated / up to date / installed, 1 rejected or rolled back, 2 bad usage.
+hand. Exit status: 0 updated / up to date / installed, 1 rejected or rolled back, 2 bad usage,
+75 refused because another update activity (the daemon's MQTT command, another ``sonotrap
+update`` or ``sonotrap model``) holds the device's update lock (see edge/models/update/lock.py).
 """
 
 from __future__ import annotations

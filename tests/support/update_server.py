@@ -215,6 +215,17 @@ def make_cfg(env, url=None, **update) -> Config:
     return Config(state_dir=str(env["state"]), mqtt=MqttConfig(enabled=False), update=u)
 
 
+def write_cli_config(env, url: str, **update) -> Path:
+    """A config.toml for ``sonotrap update`` / ``sonotrap model`` run as separate processes."""
+    settings = {"url": url, "trusted_keys_dir": str(env["keys"].public_dir), "jitter_s": 0.0,
+                "min_free_mb": 0.0, "health_timeout_s": 20.0, **update}
+    lines = [f'state_dir = "{env["state"]}"', "[mqtt]", "enabled = false", "[update]"]
+    lines += [f"{k} = {json.dumps(v)}" for k, v in settings.items()]
+    path = env["tmp"] / "config.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
 class StandinDaemon:
     """The stand-in daemon process (real model, status.json, SIGHUP reload)."""
 

@@ -1,9 +1,11 @@
 """``cmd/update`` inside the running daemon: signed commands only, one update at a time.
 
 The MQTT callback thread checks the command (:mod:`.command_auth`: signed by a fleet key,
-addressed to this device, fresh, small) and hands it to one worker thread; the procedure
-(download, verify in a subprocess, health check) runs there so MQTT and audio keep flowing.
-While an update (or check) runs, further commands are refused rather than queued, so a flood
+addressed to this device, fresh, small), takes the device's update lock (:mod:`.lock`) and
+hands both to one worker thread; the procedure (download, verify in a subprocess, health
+check) runs there so MQTT and audio keep flowing. While any update activity runs -- this
+daemon's worker, or ``sonotrap update`` / ``sonotrap model`` in another process -- further
+commands are refused at once (the reason names the holder) rather than queued, so a flood
 of commands never makes more than one thread. Refused commands are counted in
 ``update-status.json`` (``commands``) and reported as a ``command_rejected`` event at most once
 per ``REPORT_INTERVAL_S`` -- the reason only, never the payload.
@@ -23,6 +25,7 @@ from edge.config import Config
 from edge.models.store import CURRENT, store_root
 from edge.models.update.command_auth import CommandGate, CommandRefused
 from edge.models.update.daemon_control import InProcessDaemon
+from edge.models.update.lock import Lease, UpdateBusy
 from edge.models.update.procedure import Updater
 
 log = logging.getLogger(__name__)
@@ -79,7 +82,6 @@ class CommandHandler:
         self.gate = gate
         self.topic = topic
         self.counter = RefusalCounter(updater)
-        self._active = threading.Lock()
         self.worker: threading.Thread | None = None
 
     def __call__(self, _topic: str, payload: bytes) -> None:
@@ -88,22 +90,28 @@ class CommandHandler:
         except CommandRefused as err:
             self.counter.refuse(str(err))
             return
-        if not self._active.acquire(blocking=False):
-            self.counter.refuse("another update or check is in progress; try again later")
+        try:  # held until the worker ends: at most one worker, and no other process updates
+            lease = self.updater.lock.acquire("MQTT cmd/update")
+        except UpdateBusy as err:
+            self.counter.refuse(str(err))
             return
-        self.counter.accept()
-        body = json.dumps(cmd.command).encode()
-        self.worker = threading.Thread(target=self._run, args=(body,), name="sonotrap-update", daemon=True)
-        self.worker.start()
-
-    def _run(self, body: bytes) -> None:
         try:
-            self.updater.run_command(body)
+            self.counter.accept()
+            body = json.dumps(cmd.command).encode()
+            self.worker = threading.Thread(target=self._run, args=(body, lease), name="sonotrap-update", daemon=True)
+            self.worker.start()
+        except BaseException:
+            lease.release()
+            raise
+
+    def _run(self, body: bytes, lease: Lease) -> None:
+        try:
+            self.updater.run_command(body, lease=lease)
         except Exception as err:  # the worker must never die silently: the old model keeps running
             log.exception("update command failed")
             self.updater.report("update_failed", reason=f"internal error: {type(err).__name__}: {str(err)[:200]}")
         finally:
-            self._active.release()
+            lease.release()
 
 
 def attach_mqtt_updates(cfg: Config, daemon: Any, publisher: Any, config_path: str | Path | None = None) -> Updater:

@@ -12,7 +12,6 @@ import hashlib
 import json
 import logging
 import random
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -25,6 +24,7 @@ from edge.models.store import ModelStore, StoredModel, store_root
 from edge.models.update.commands import parse_command
 from edge.models.update.daemon_control import DaemonHandle, SignalDaemon, wait_healthy
 from edge.models.update.download import check_free_space, download
+from edge.models.update.lock import Lease, UpdateLock
 from edge.models.update.sources import (
     Offer,
     check_local_bundle,
@@ -43,7 +43,12 @@ Reporter = Callable[[str, dict], None]
 
 
 class Updater:
-    """One device's update procedure; side effects (daemon, events, sleep) are injected."""
+    """One device's update procedure; side effects (daemon, events, sleep) are injected.
+
+    Every public activity (check, update, command, apply, rollback, activate) holds the
+    device's update lock (:mod:`.lock`) throughout and raises :class:`~.lock.UpdateBusy` at
+    once, writing nothing, when another activity -- in this process or another -- holds it.
+    """
 
     def __init__(
         self,
@@ -64,7 +69,7 @@ class Updater:
         self.sleep = sleep
         self.rng = rng or random.Random()
         self.trusted_keys = trusted_keys_path(cfg, config_path)
-        self._lock = threading.Lock()
+        self.lock = UpdateLock(cfg.state_dir)
 
     # -- reporting
 
@@ -79,10 +84,6 @@ class Updater:
 
     # -- public API
 
-    def busy(self) -> bool:
-        """True while an install, activation or rollback holds the update lock."""
-        return self._lock.locked()
-
     def jitter(self, max_s: float | None = None) -> float:
         """Sleep a random 0..max_s so a fleet polling on the same schedule spreads out."""
         max_s = self.cfg.update.jitter_s if max_s is None else max_s
@@ -94,6 +95,10 @@ class Updater:
 
     def check(self, source: str | None = None, channel: str | None = None, version: str | None = None) -> Offer | None:
         """The offer to install, or None when the device is up to date (or it failed before)."""
+        with self.lock.hold("update check"):
+            return self._check(source, channel, version)
+
+    def _check(self, source: str | None, channel: str | None, version: str | None) -> Offer | None:
         src = resolve_source(self.cfg, source)
         offer = find_offer(src, channel=channel or self.cfg.update.channel, version=version,
                            timeout=self.cfg.update.http_timeout_s, deadline_s=self.cfg.update.deadline_s,
@@ -113,15 +118,26 @@ class Updater:
                 return None
         return offer
 
-    def run_command(self, payload: bytes) -> UpdateResult:
-        """Handle an MQTT ``cmd/update`` message (version, URL, rollback or check-now)."""
+    def run_command(self, payload: bytes, lease: Lease | None = None) -> UpdateResult:
+        """Handle an MQTT ``cmd/update`` message (version, URL, rollback or check-now).
+
+        ``lease``: the update lock, already taken by the caller (the daemon's command handler
+        takes it before starting its worker, so a busy device refuses at once); it stays the
+        caller's to release.
+        """
+        if lease is not None and lease.held:
+            return self._run_command(payload)
+        with self.lock.hold("MQTT cmd/update"):
+            return self._run_command(payload)
+
+    def _run_command(self, payload: bytes) -> UpdateResult:
         try:
             cmd = parse_command(payload)
         except SonotrapError as err:
             self.report("update_rejected", reason=str(err))
             return self._finish(UpdateResult("rejected", reason=str(err)))
         if cmd.get("rollback"):
-            return self.rollback()
+            return self._rollback()
         if "url" in cmd:
             url = cmd["url"]
             if not url_allowed(url, self.cfg.update.allowed_base_urls):
@@ -130,29 +146,34 @@ class Updater:
                 return self._finish(UpdateResult("rejected", reason=reason, source=url))
             named = Offer(version=str(cmd.get("version", "")), location=url, sha256=cmd.get("sha256"),
                           size=cmd.get("size"), source="mqtt")
-            return self.apply(named, explicit=True)
+            return self._apply(named, explicit=True)
         try:
-            offer = self.check(channel=cmd.get("channel"), version=cmd.get("version"))
+            offer = self._check(None, channel=cmd.get("channel"), version=cmd.get("version"))
         except SonotrapError as err:
             self.report("update_failed", reason=str(err))
             return self._finish(UpdateResult("failed", reason=str(err)))
         if offer is None:
             self.report("update_up_to_date", current=self._current_version())
             return self._finish(UpdateResult("up-to-date", version=self._current_version()), record=False)
-        return self.apply(offer, explicit="version" in cmd)
+        return self._apply(offer, explicit="version" in cmd)
 
     def update(self, source: str | None = None, channel: str | None = None, version: str | None = None,
                allow_downgrade: bool = False) -> UpdateResult:
         """Check and, if there is something newer (or the requested version), apply it."""
+        with self.lock.hold("update"):
+            return self._update(source, channel, version, allow_downgrade)
+
+    def _update(self, source: str | None, channel: str | None, version: str | None,
+                allow_downgrade: bool) -> UpdateResult:
         try:
-            offer = self.check(source, channel, version)
+            offer = self._check(source, channel, version)
         except SonotrapError as err:
             self.report("update_failed", step="check", reason=str(err))
             return self._finish(UpdateResult("failed", reason=str(err), source=source or ""))
         if offer is None:
             log.info("model is up to date (%s)", self._current_version())
             return self._finish(UpdateResult("up-to-date", version=self._current_version()), record=False)
-        return self.apply(offer, explicit=version is not None, allow_downgrade=allow_downgrade)
+        return self._apply(offer, explicit=version is not None, allow_downgrade=allow_downgrade)
 
     def apply(self, offer: Offer, explicit: bool = False, allow_downgrade: bool = False) -> UpdateResult:
         """Download, verify, install, switch, hot-swap, health-check; roll back on failure.
@@ -160,36 +181,39 @@ class Updater:
         An older version than the current one is refused unless ``allow_downgrade`` (an
         operator's local command) or ``update.allow_downgrade`` says otherwise.
         """
-        with self._lock:
+        with self.lock.hold("update install"):
             return self._apply(offer, explicit, allow_downgrade)
 
     def rollback(self) -> UpdateResult:
         """Operator/command rollback: previous model becomes current and is hot-swapped in."""
-        with self._lock:
-            try:
-                old, new = self.store.rollback()
-            except SonotrapError as err:
-                self.report("rollback_failed", reason=str(err))
-                return self._finish(UpdateResult("failed", reason=str(err)))
-            self.report("model_rolled_back", **{"from": old.version, "to": new.version})
-            # an operator rolled it back: automatic updates must not bring it straight back
-            self._block(old.version, f"rolled back by the operator to {new.version}")
-            res = UpdateResult("updated", version=new.version, previous=old.version, source="rollback")
-            ok, reason = self._swap_and_check(new.version)
-            if not ok:
-                res.result, res.reason = "failed", reason
-            return self._finish(res)
+        with self.lock.hold("rollback"):
+            return self._rollback()
 
     def activate(self, version: str) -> UpdateResult:
         """Operator activation of an installed version, with the same health check + rollback."""
-        with self._lock:
+        with self.lock.hold("activate"):
             target = self.store.find(version)
             cur = self.store.current()
             if cur is not None and cur.dirname == target.dirname:
                 return UpdateResult("up-to-date", version=cur.version)
             return self._switch(target, UpdateResult("updated", version=target.version, source="activate"))
 
-    # -- internals
+    # -- internals (the caller holds the update lock)
+
+    def _rollback(self) -> UpdateResult:
+        try:
+            old, new = self.store.rollback()
+        except SonotrapError as err:
+            self.report("rollback_failed", reason=str(err))
+            return self._finish(UpdateResult("failed", reason=str(err)))
+        self.report("model_rolled_back", **{"from": old.version, "to": new.version})
+        # an operator rolled it back: automatic updates must not bring it straight back
+        self._block(old.version, f"rolled back by the operator to {new.version}")
+        res = UpdateResult("updated", version=new.version, previous=old.version, source="rollback")
+        ok, reason = self._swap_and_check(new.version)
+        if not ok:
+            res.result, res.reason = "failed", reason
+        return self._finish(res)
 
     def _downgrade_refusal(self, version: str, allow_downgrade: bool) -> str | None:
         """Why installing ``version`` is refused as a downgrade (None when it is allowed)."""

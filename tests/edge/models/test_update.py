@@ -216,6 +216,7 @@ def test_fleet_of_20_spreads_its_polls(env):
 
         def one(i: int) -> None:
             cfg = make_cfg(env, server.url, jitter_s=jitter)
+            cfg.state_dir = str(env["tmp"] / f"device-{i}")  # 20 devices: 20 state dirs (and update locks)
             up = Updater(cfg, rng=random.Random(i))
             delays.append(up.jitter())
             assert up.check() is not None  # each sees 1.1.0 on offer

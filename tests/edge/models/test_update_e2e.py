@@ -19,10 +19,12 @@ import sys
 import pytest
 
 from edge.models.update.command_auth import sign_command
+from edge.models.update.lock import UpdateLock
 from tests.support.broker import Subscriber
 from tests.support.daemon_helpers import LOW, read_jsonl, write_tones
 from tests.support.paths import REPO
 from tests.support.update_server import BundleServer, make_device, publish_bundle, write_index
+from tests.support.waiting import wait_for
 
 HOP = 0.5
 DEVICE = "e2e-recorder"
@@ -93,7 +95,9 @@ health_timeout_s = 30.0
                 sub.wait_for(lambda ms: "update_succeeded" in _events(ms), timeout=60)
                 sub.wait_for(lambda ms: "1.1.0" in _versions(ms), timeout=30)
 
-                # 3) the timer's path: `sonotrap update` in its own process -> 1.2.0 via SIGHUP
+                # 3) the timer's path: `sonotrap update` in its own process -> 1.2.0 via SIGHUP,
+                # once the daemon's worker has let go of the update lock (one activity at a time)
+                wait_for(lambda: UpdateLock(dev["state"]).holder() == {}, timeout=10)
                 proc = _cli("update", "--config", str(cfg), "--no-jitter")
                 assert proc.returncode == 0, proc.stdout + proc.stderr
                 assert "updated 1.1.0 -> 1.2.0" in proc.stdout

@@ -225,5 +225,14 @@ def describe(bundle: ModelBundle) -> dict[str, Any]:
             for lab in m.labels if not lab.enabled
         },
         "quantization": m.quantization,
+        "self_test": _self_test_kind(m),
     }
+
+
+def _self_test_kind(m: Manifest) -> str:
+    """What the self-test covers: older bundles without reference audio leave the frontend unchecked."""
+    audio = (m.reference or {}).get("audio")
+    if isinstance(audio, dict):
+        return f"frontend + model on {audio.get('windows')} windows of reference audio ({audio.get('source') or 'unknown source'})"
+    return "stored spectrograms only (an older bundle: its frontend settings are not checked against the model)"
 

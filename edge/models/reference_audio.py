@@ -28,6 +28,7 @@ AUDIO_FORMAT = "FLAC"
 AUDIO_SUBTYPE = "PCM_24"  # lossless and below any floor_db: quiet field audio keeps its detail
 MAX_WINDOWS = 8
 MAX_AUDIO_BYTES = 16 << 20  # a few windows of FLAC are ~100-400 kB
+MAX_AUDIO_SAMPLES = 1 << 24  # decoded float32 stays under 64 MB, however well a file compresses
 
 
 def write_reference_audio(
@@ -81,7 +82,7 @@ def _read(path: Path, frames: int) -> tuple[np.ndarray, int]:
     return np.asarray(data, dtype=np.float32), sr
 
 
-def _entry(ref: dict[str, Any], files: dict[str, Any] | None, src: Path) -> tuple[str, int, int, np.ndarray, float]:
+def _entry(ref: dict[str, Any], files: dict[str, Any] | None, src: Path) -> tuple[str, int, int, int, np.ndarray, float]:
     """The audio entry's fields, type- and bound-checked; SonotrapError names what is wrong."""
     entry = ref["audio"]
     try:
@@ -91,7 +92,7 @@ def _entry(ref: dict[str, Any], files: dict[str, Any] | None, src: Path) -> tupl
         atol = float(entry.get("atol", ref.get("atol", 0.05)))
         if not isinstance(name, str) or not files or name not in files:
             raise ValueError(f"its file {str(name)[:60]!r} is not listed in the manifest's files")
-        if not (1 <= windows <= MAX_WINDOWS and 1 <= n <= 60 * 384_000 and 1000 <= sr <= 384_000):
+        if not (1 <= windows <= MAX_WINDOWS and 1 <= n and windows * n <= MAX_AUDIO_SAMPLES and 1000 <= sr <= 384_000):
             raise ValueError("windows, window_samples or sample_rate out of range")
         if expected.ndim != 2 or expected.shape[0] != windows or not np.all(np.isfinite(expected)):
             raise ValueError(f"output shape {expected.shape} does not match {windows} windows")
@@ -99,7 +100,7 @@ def _entry(ref: dict[str, Any], files: dict[str, Any] | None, src: Path) -> tupl
             raise ValueError(f"atol {atol} out of range")
     except (KeyError, TypeError, ValueError) as err:
         raise SonotrapError(f"model bundle {src} has a corrupt reference-audio entry ({err}); rebuild the bundle") from None
-    return name, windows, n, expected, atol
+    return name, windows, n, sr, expected, atol
 
 
 def check_reference_audio(bundle_dir: Path, manifest: Any, frontend: FrontendConfig, sess: Any, src: Path) -> float:
@@ -109,7 +110,7 @@ def check_reference_audio(bundle_dir: Path, manifest: Any, frontend: FrontendCon
     listing) and on outputs that differ from the stored ones by more than the tolerance.
     """
     ref = manifest.reference
-    name, windows, n, expected, atol = _entry(ref, manifest.files, src)
+    name, windows, n, rate, expected, atol = _entry(ref, manifest.files, src)
     listed = manifest.files[name]
     path = Path(bundle_dir) / name
     try:
@@ -121,6 +122,8 @@ def check_reference_audio(bundle_dir: Path, manifest: Any, frontend: FrontendCon
     if not isinstance(listed, dict) or st.st_size != listed.get("size") or sha256_file(path) != str(listed.get("sha256", "")).lower():
         raise SonotrapError(f"reference audio {path} fails its size/sha256 check (corrupt or tampered); re-download the bundle")
     audio, sr = _read(path, windows * n)
+    if sr != rate:
+        raise SonotrapError(f"reference audio {path} is sampled at {sr} Hz, its manifest entry says {rate} Hz; rebuild the bundle")
     try:
         images = compute_batch(list(audio.reshape(windows, n)), sr, frontend)
         got = np.asarray(sess.run([manifest.output_name], {manifest.input_name: images})[0], dtype=np.float64)

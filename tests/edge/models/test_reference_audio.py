@@ -120,3 +120,16 @@ def test_rewriting_the_manifest_keeps_the_reference_audio(audio_bundle):
     again = json.loads((audio_bundle / "manifest.json").read_text())
     assert AUDIO_FILE in again["files"] and again["reference"]["audio"]["file"] == AUDIO_FILE
     assert has_reference_audio(load_bundle(audio_bundle))
+
+
+@pytest.mark.parametrize("field, value, match", [
+    ("windows", 100, "corrupt reference-audio entry"),
+    ("window_samples", 1 << 30, "corrupt reference-audio entry"),
+    ("output", "abc", "corrupt reference-audio entry"),
+    ("sample_rate", 16000, "sampled at 32000 Hz, its manifest entry says 16000 Hz"),
+])
+def test_malformed_reference_audio_entry_is_one_line(audio_bundle, keys, field, value, match):
+    _edit_manifest(audio_bundle, keys, lambda m: m["reference"]["audio"].update({field: value}))
+    with pytest.raises(SonotrapError, match=match) as exc:
+        _verify(audio_bundle, keys)
+    assert "\n" not in str(exc.value)

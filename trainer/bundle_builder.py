@@ -23,6 +23,7 @@ from edge.errors import SonotrapError
 from edge.inference.frontend import FrontendConfig
 from edge.models.bundle import write_bundle
 from edge.models.manifest import Label, Manifest
+from edge.models.selftest import default_reference_audio
 from edge.util.hashing import sha256_file
 from edge.util.jsonio import json_safe
 from trainer.birdnet import TEACHER_INFO
@@ -111,10 +112,17 @@ def build_bundle(
     quantization: dict[str, Any] | None = None,
     metrics: dict[str, Any] | None = None,
     reference_images: np.ndarray | None = None,
+    reference_audio: list[np.ndarray] | None = None,
+    reference_audio_source: str = "",
     archive: str | Path | None = None,
     min_threshold: float = DEFAULT_MIN_THRESHOLD,
 ) -> Path:
-    """Write a complete bundle directory (and ``archive`` .tar.gz if given); returns the directory."""
+    """Write a complete bundle directory (and ``archive`` .tar.gz if given); returns the directory.
+
+    ``reference_audio`` (mono windows at the frontend's sample rate; default: synthetic windows)
+    is stored in the bundle with the outputs the edge frontend and the model give on it, so a
+    device refuses the bundle when its frontend settings do not reproduce them.
+    """
     thresholds = {c: _clip_threshold(info.thresholds.get(c, 0.5), min_threshold) for c in info.labels}
     manifest = Manifest(
         name=info.name,
@@ -130,18 +138,32 @@ def build_bundle(
         quantization=_plain(quantization or {"kind": "none (FP32)"}),
         min_sonotrap_version=__version__,
     )
-    out = write_bundle(out_dir, model_path, manifest, reference_images=reference_images, archive=archive)
+    if reference_audio is None:
+        reference_audio, reference_audio_source = default_reference_audio(info.frontend), "synthetic"
+    out = write_bundle(out_dir, model_path, manifest, reference_images=reference_images,
+                       reference_audio=reference_audio, reference_audio_source=reference_audio_source,
+                       archive=archive)
     from edge.models.bundle import load_bundle
 
     load_bundle(out)  # the bundle we ship must pass the same checks a device runs
     return out
 
 
-def _pick_reference(images: np.ndarray, probs: np.ndarray) -> np.ndarray:
+def _pick_reference(probs: np.ndarray) -> list[int]:
     """Two real windows: the one the model is most sure about, and the median one."""
-    top = probs.max(1)
-    order = np.argsort(top)
-    return images[[int(order[-1]), int(order[len(order) // 2])]]
+    order = np.argsort(probs.max(1))
+    return [int(order[-1]), int(order[len(order) // 2])]
+
+
+def _reference_audio(sources: list | None, picked: list[int], cfg: FrontendConfig) -> tuple[list[np.ndarray] | None, str]:
+    """The picked validation windows' recorded audio at the model's sample rate (None: no audio known)."""
+    if sources is None:
+        return None, ""
+    from trainer.rundata import window_audio
+
+    chosen = [sources[i] for i in picked]
+    audio = [window_audio(Path(p), start, length, cfg.sample_rate) for p, start, length in chosen]
+    return audio, "validation windows: " + ", ".join(f"{Path(p).name}@{start:.2f}s" for p, start, _ in chosen)
 
 
 def _git_commit() -> str | None:
@@ -241,9 +263,11 @@ def bundle_from_checkpoint(
         "fp32_sha256": sha256_file(fp32),
         "fp32_bytes": fp32.stat().st_size,
     }
+    picked = _pick_reference(probs)
+    audio, audio_source = _reference_audio(val.sources, picked, ckpt.frontend)
     out = build_bundle(int8, info, out_dir, quantization=quant, metrics=metrics,
-                       reference_images=_pick_reference(val.images, probs), archive=archive,
-                       min_threshold=min_threshold)
+                       reference_images=val.images[picked], reference_audio=audio,
+                       reference_audio_source=audio_source, archive=archive, min_threshold=min_threshold)
     if operating_points and (validation_source / "dataset.json").is_file():
         from trainer.edge_eval import set_operating_points, split_from_run
         from trainer.rundata import load_run_data

@@ -75,12 +75,14 @@ class WindowSet:
     known: np.ndarray  # (N, K) bool
     labels: list[str]
     source: str = ""
+    sources: list | None = None  # per window (recording, start_s, length_s), from a run directory
 
     def subset(self, limit: int | None, seed: int = 0) -> WindowSet:
         if limit is None or limit >= len(self.images):
             return self
         idx = np.sort(np.random.default_rng(seed).choice(len(self.images), size=limit, replace=False))
-        return WindowSet(self.images[idx], self.targets[idx], self.known[idx], self.labels, self.source)
+        sources = [self.sources[int(i)] for i in idx] if self.sources is not None else None
+        return WindowSet(self.images[idx], self.targets[idx], self.known[idx], self.labels, self.source, sources)
 
 
 def load_windows(
@@ -111,6 +113,7 @@ def load_windows(
             np.asarray(arr.known, dtype=bool),
             list(arr.labels),
             f"{source} ({split} split)",
+            arr.sources,
         )
     else:
         raise SonotrapError(f"window source {source} is neither a run directory nor an .npz file")

@@ -22,7 +22,7 @@ import numpy as np
 import soundfile as sf
 
 from edge.errors import SonotrapError
-from edge.inference.frontend import FrontendConfig, compute
+from edge.inference.frontend import FrontendConfig, compute, resample
 from trainer.annotations import Annotation, Recording
 from trainer.split import SPLITS
 from trainer.windows import Window, WindowConfig, read_windows, to_arrays
@@ -45,6 +45,9 @@ class WindowArrays:
     targets: np.ndarray  # (N, K) float32 0/1
     known: np.ndarray  # (N, K) bool
     labels: list[str]
+    # where each window's audio is: (recording path, start_s, length_s); the bundle builder
+    # stores some of it as the bundle's reference audio
+    sources: list[tuple[Path, float, float]] | None = None
 
 
 @dataclass
@@ -205,4 +208,11 @@ def load_split_arrays(
     for i, w in enumerate(windows):
         images[i] = window_image(cache, run.path(w.file), w.start_s, w.end_s - w.start_s, cfg)
     targets, known = to_arrays(windows, run.labels)
-    return WindowArrays(images, targets, known, list(run.labels))
+    sources = [(run.path(w.file), w.start_s, w.end_s - w.start_s) for w in windows]
+    return WindowArrays(images, targets, known, list(run.labels), sources)
+
+
+def window_audio(path: Path, start_s: float, length_s: float, sample_rate: int) -> np.ndarray:
+    """One window's raw audio, mono, resampled to ``sample_rate`` (what a device's source delivers)."""
+    audio, sr = AudioCache(max_bytes=0).get(path)
+    return resample(cut(audio, sr, start_s, length_s), sr, sample_rate)

@@ -25,7 +25,8 @@ from edge.errors import SonotrapError
 from edge.inference.frontend import FrontendConfig
 from edge.models.archive import open_bundle_dir, write_archive
 from edge.models.manifest import MODEL_FILE, SIGNATURE_FILE, Manifest, read_manifest, write_manifest
-from edge.models.selftest import check_io, compute_reference, create_session, run_self_test
+from edge.models.reference_audio import AUDIO_FILE, write_reference_audio
+from edge.models.selftest import REFERENCE_ATOL, check_io, compute_reference, create_session, run_self_test
 from edge.models.signing import verify_bundle
 from edge.util.hashing import sha256_file
 
@@ -93,12 +94,18 @@ def write_bundle(
     manifest: Manifest,
     *,
     reference_images: np.ndarray | None = None,
+    reference_audio: list[np.ndarray] | None = None,
+    reference_audio_source: str = "",
     archive: str | Path | None = None,
 ) -> Path:
     """Copy the model into ``out_dir``, fill sha256/shapes/self-test reference, write the manifest.
 
     ``reference_images`` (real windows, ``(N, C, H, W)``) become the self-test input; without
-    them deterministic synthetic windows are used. ``archive`` also writes a ``.tar.gz``.
+    them deterministic synthetic windows are used. ``reference_audio`` (mono windows at the
+    frontend's sample rate) is stored as a listed FLAC member with the outputs the frontend and
+    the model give on it (see :mod:`edge.models.reference_audio`); without it, an existing
+    reference-audio member is kept when the self-test reference is, else the bundle has none.
+    ``archive`` also writes a ``.tar.gz``.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -116,8 +123,23 @@ def write_bundle(
     cfg = FrontendConfig.from_dict(manifest.frontend)
     manifest.input_shape = ["batch", *cfg.image_shape]
     manifest.output_shape = ["batch", len(manifest.labels)]
+    kept_audio = None
     if reference_images is not None or not manifest.reference:
         manifest.reference = compute_reference(target, cfg, reference_images, input_name=manifest.input_name)
+    else:
+        kept_audio = manifest.reference.get("audio")
+    if reference_audio is not None:
+        entry, audio_path = write_reference_audio(
+            out, reference_audio, cfg, create_session(target, 1), manifest.input_name,
+            float(manifest.reference.get("atol", REFERENCE_ATOL)), reference_audio_source,
+        )
+        manifest.reference["audio"] = entry
+        manifest.files[audio_path.name] = {"size": audio_path.stat().st_size, "sha256": sha256_file(audio_path)}
+    elif isinstance(kept_audio, dict) and kept_audio.get("file") == AUDIO_FILE and (out / AUDIO_FILE).is_file():
+        kept = out / AUDIO_FILE  # the manifest is rewritten (operating points), the recorded audio stays
+        manifest.files[kept.name] = {"size": kept.stat().st_size, "sha256": sha256_file(kept)}
+    else:
+        manifest.reference.pop("audio", None)
     write_manifest(out, manifest)
     if archive is not None:
         write_archive(out, archive)
@@ -203,5 +225,14 @@ def describe(bundle: ModelBundle) -> dict[str, Any]:
             for lab in m.labels if not lab.enabled
         },
         "quantization": m.quantization,
+        "self_test": _self_test_kind(m),
     }
+
+
+def _self_test_kind(m: Manifest) -> str:
+    """What the self-test covers: older bundles without reference audio leave the frontend unchecked."""
+    audio = (m.reference or {}).get("audio")
+    if isinstance(audio, dict):
+        return f"frontend + model on {audio.get('windows')} windows of reference audio ({audio.get('source') or 'unknown source'})"
+    return "stored spectrograms only (an older bundle: its frontend settings are not checked against the model)"
 

@@ -3,9 +3,12 @@
 A bundle stores a self-test: model inputs (compact, in the manifest) and the outputs the
 builder's onnxruntime computed on them. On a device the model must load, take the input the
 frontend makes, give one probability per label, and reproduce those outputs within a
-tolerance; anything else (a truncated model, a different onnxruntime, a wrong frontend)
-stops here with one line naming the problem. The loader, ``sonotrap bundle inspect`` and the
-isolated verification process (:mod:`edge.models.verify`) all run this one check.
+tolerance; anything else (a truncated model, a different onnxruntime) stops here with one
+line naming the problem. A bundle with reference audio (:mod:`edge.models.reference_audio`)
+also runs the frontend and the model on that recorded audio, which catches frontend settings
+that do not match the model; older bundles without it get the weaker stored-spectrogram
+check only. The loader, ``sonotrap bundle inspect`` and the isolated verification process
+(:mod:`edge.models.verify`) all run this one check.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import numpy as np
 
 from edge.errors import SonotrapError
 from edge.inference.frontend import FrontendConfig, compute, to_image
+from edge.models.reference_audio import check_reference_audio
 
 if TYPE_CHECKING:
     from edge.models.bundle import ModelBundle
@@ -136,10 +140,11 @@ def check_io(bundle: ModelBundle, sess, src: Path) -> None:
 
 
 def run_self_test(bundle: ModelBundle, sess=None, src: Path | None = None) -> float:
-    """Re-run the stored reference input; returns the max abs difference to the stored output.
+    """Re-run the stored reference input (and audio); returns the max abs difference to the stored output.
 
     The outputs must be one finite probability in [0, 1] per label and match the stored ones
-    within the reference's tolerance.
+    within the reference's tolerance. With reference audio, the frontend and the model run on it
+    and must reproduce the builder's outputs too.
     """
     src = src or bundle.path
     ref = bundle.manifest.reference
@@ -174,4 +179,11 @@ def run_self_test(bundle: ModelBundle, sess=None, src: Path | None = None) -> fl
             f"model in {src} fails its self-test: output differs from the stored reference by {diff:.4f} "
             f"(> {atol}); the model or this onnxruntime is broken, re-download the bundle"
         )
+    if ref.get("audio") is not None:
+        diff = max(diff, check_reference_audio(bundle.path, bundle.manifest, bundle.frontend, sess, src))
     return diff
+
+
+def has_reference_audio(bundle: ModelBundle) -> bool:
+    """Whether the bundle's self-test includes the frontend on recorded audio (newer bundles)."""
+    return bool(bundle.manifest.reference) and bundle.manifest.reference.get("audio") is not None

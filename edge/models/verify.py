@@ -1,7 +1,8 @@
 """Verify a bundle in a separate process before it enters the on-device store.
 
 The checks themselves are the loader's (signature, manifest, sha256, the self-test of
-:mod:`edge.models.selftest`); what this module adds is isolation and a signing policy. A model
+:mod:`edge.models.selftest`, which runs the frontend and the model on the bundle's recorded
+reference audio when it has one); what this module adds is isolation and a signing policy. A model
 that crashes onnxruntime, exhausts memory or hangs takes down only the verifying child
 (``python -m edge.models.verify DIR``), never the daemon or the updater, and its verdict
 comes back as one JSON line or one error line.
@@ -26,7 +27,7 @@ from edge.inference.frontend import compute_batch
 from edge.models.archive import check_listed_files
 from edge.models.bundle import ModelBundle, load_bundle
 from edge.models.manifest import SIGNATURE_FILE, read_manifest_data
-from edge.models.selftest import default_reference_audio
+from edge.models.selftest import default_reference_audio, has_reference_audio
 from edge.models.signing import verify_bundle
 from edge.util.oom import volunteer_for_oom_killer
 
@@ -105,16 +106,22 @@ def verify_bundle_here(bundle_dir: str | Path, trusted_keys: str | Path | None, 
         key_id = verify_bundle(bundle_dir, trusted_keys)
     else:
         check_listed_files(bundle_dir, read_manifest_data(bundle_dir))
-    b = load_bundle(bundle_dir, self_test=True)  # manifest, sha256, I/O shapes, reference outputs
-    run_pipeline_check(b)
+    try:
+        b = load_bundle(bundle_dir, self_test=True)  # manifest, sha256, I/O shapes, reference outputs (and audio)
+    except MemoryError:
+        raise SonotrapError("the bundle's frontend or model needs more memory than update.verify_memory_mb allows") from None
+    if not has_reference_audio(b):
+        run_pipeline_check(b)  # an older bundle: at least the frontend must run, on synthetic audio
     return VerifiedBundle(name=b.name, version=b.version, labels=list(b.labels), key_id=key_id)
 
 
 def run_pipeline_check(b: ModelBundle) -> None:
-    """The real thing the daemon will run: the bundle's frontend on reference audio, then the model.
+    """For bundles without reference audio: the bundle's frontend on synthetic audio, then the model.
 
-    The stored self-test feeds the model a stored spectrogram; only running the frontend with the
-    manifest's parameters shows that they are usable (memory, time) before the daemon tries.
+    Their stored self-test feeds the model a stored spectrogram; only running the frontend with
+    the manifest's parameters shows that they are usable (memory, time) before the daemon tries.
+    This is weaker than the reference-audio check of newer bundles: any runnable frontend passes,
+    even one the model was not trained with.
     """
     try:
         images = compute_batch(default_reference_audio(b.frontend), b.frontend.sample_rate, b.frontend)

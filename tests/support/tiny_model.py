@@ -78,8 +78,13 @@ def make_tiny_bundle(
     version: str = "1.0.0",
     name: str = "tiny-band-detector",
     threshold: float = 0.5,
+    reference_audio: list[np.ndarray] | None = None,
 ) -> Path:
-    """Write a complete bundle directory for the band detector and return its path."""
+    """Write a complete bundle directory for the band detector and return its path.
+
+    ``reference_audio`` (mono windows at the frontend's rate) makes a newer-style bundle that
+    carries recorded reference audio; without it the bundle is old-style (no audio member).
+    """
     cfg = cfg or FrontendConfig()
     bands = bands or DEFAULT_BANDS
     out = Path(out_dir)
@@ -98,7 +103,13 @@ def make_tiny_bundle(
         created=datetime.now(UTC).isoformat(timespec="seconds"),
         provenance={"kind": "synthetic test model", "bands_hz": {k: list(v) for k, v in bands.items()}},
     )
-    return write_bundle(out, model_path, manifest)
+    return write_bundle(out, model_path, manifest, reference_audio=reference_audio, reference_audio_source="test tones")
+
+
+def tone_windows(cfg: FrontendConfig | None = None) -> list[np.ndarray]:
+    """Reference audio for the band detector: one window per default band (each label fires once)."""
+    cfg = cfg or FrontendConfig()
+    return [tone(1200.0, cfg.window_s, cfg.sample_rate), tone(4100.0, cfg.window_s, cfg.sample_rate, seed=1)]
 
 
 def tone(freq: float, seconds: float, sr: int, amplitude: float = 0.005, noise: float = 0.0005, seed: int = 0) -> np.ndarray:

@@ -76,3 +76,39 @@ def test_quantized_bundle_carries_operating_points_and_test_figures(run, tmp_pat
     # The archive was rewritten after the manifest changed: it loads with the same flags.
     assert [lab.enabled for lab in load_bundle(tmp_path / "b.tar.gz").manifest.labels] == [
         lab["enabled"] for lab in m["labels"]]
+
+
+def test_quantized_bundle_carries_its_validation_windows_as_reference_audio(run, tmp_path, monkeypatch):
+    """The builder stores the picked validation windows' audio and the edge path's outputs on it."""
+    monkeypatch.setenv("SONOTRAP_CACHE_DIR", str(tmp_path / "cache"))
+    import numpy as np
+    import soundfile as sf
+
+    from edge.inference.frontend import compute_batch
+    from edge.models.reference_audio import AUDIO_FILE
+    from edge.models.selftest import create_session
+    from edge.models.signing import sign_bundle
+    from edge.models.verify import verify_in_subprocess
+    from edge.util.hashing import sha256_file
+    from tests.support.update_server import make_keys
+    from trainer.bundle_builder import bundle_from_checkpoint
+    from trainer.quantize import QuantSettings
+
+    run_dir, ckpt = run
+    out, _ = bundle_from_checkpoint(ckpt, tmp_path / "bundle", settings=QuantSettings(calibration_windows=8),
+                                    max_ap_drop=1.0, operating_points=False)
+    m = json.loads((out / "manifest.json").read_text())
+    entry, audio = m["reference"]["audio"], out / AUDIO_FILE
+    assert m["files"][AUDIO_FILE] == {"size": audio.stat().st_size, "sha256": sha256_file(audio)}
+    val_files = {p.rsplit("/", 1)[-1] for p in read_split(run_dir / "split.json")["val"]}
+    named = [s.split("@")[0] for s in entry["source"].removeprefix("validation windows: ").split(", ")]
+    assert len(named) == entry["windows"] == 2 and set(named) <= val_files, entry["source"]
+    samples, sr = sf.read(str(audio), dtype="float32")
+    assert sr == SMALL.sample_rate and len(samples) == 2 * SMALL.window_samples and np.abs(samples).max() > 0
+    # the expected outputs are the edge frontend + onnxruntime on exactly these samples
+    images = compute_batch(list(samples.reshape(2, -1)), sr, SMALL)
+    got = create_session(out / "model.onnx").run(None, {"input": images})[0]
+    assert np.allclose(got, entry["output"], atol=1e-5)
+    keys = make_keys(tmp_path / "keys")
+    sign_bundle(out, keys.private)
+    assert verify_in_subprocess(out, trusted_keys=keys.public_dir, allow_unsigned=False).labels == [lab["code"] for lab in m["labels"]]

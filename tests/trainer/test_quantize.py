@@ -104,3 +104,21 @@ def test_bundle_thresholds_are_floored_and_capped(tmp_path):
     assert json.loads((out / "manifest.json").read_text())["thresholds"] == {labels[0]: 0.1, labels[1]: 0.99}
     out = build_bundle(onnx_path, info, tmp_path / "c", min_threshold=0.01)
     assert json.loads((out / "manifest.json").read_text())["thresholds"][labels[0]] == 0.01
+
+
+def test_bundle_without_recorded_windows_carries_synthetic_reference_audio(tmp_path):
+    """An .npz validation source has no audio: the builder still stores reference audio (synthetic)."""
+    import json
+
+    from edge.inference.frontend import FrontendConfig
+    from edge.models.reference_audio import AUDIO_FILE
+    from tests.support.tiny_model import DEFAULT_BANDS, band_model_bytes
+    from trainer.bundle_builder import BundleInfo, build_bundle
+
+    cfg = FrontendConfig()
+    onnx_path = tmp_path / "m.onnx"
+    onnx_path.write_bytes(band_model_bytes(cfg, DEFAULT_BANDS))
+    labels = list(DEFAULT_BANDS)
+    out = build_bundle(onnx_path, BundleInfo("t", "1.0.0", labels, {c: c for c in labels}, cfg), tmp_path / "b")
+    m = json.loads((out / "manifest.json").read_text())
+    assert AUDIO_FILE in m["files"] and m["reference"]["audio"]["source"] == "synthetic"

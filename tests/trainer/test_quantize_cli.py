@@ -46,7 +46,9 @@ def test_cli_quantize_resnet50_checkpoint_to_bundle(tmp_path, capsys, monkeypatc
     b = load_bundle(out)
     assert b.labels == labels and b.version == "0.3.0"
     with tarfile.open(archive) as tar:
-        assert sorted(tar.getnames()) == ["manifest.json", "model.onnx"]
+        # an .npz validation source has no recordings: the reference audio is synthetic
+        assert sorted(tar.getnames()) == ["manifest.json", "model.onnx", "reference_audio.flac"]
+    assert m["reference"]["audio"]["source"] == "synthetic"
     assert load_bundle(archive).manifest.model_sha256 == m["model_sha256"]
 
     # the bound can fail the command: non-zero exit, one clear line, no bundle written

@@ -80,10 +80,11 @@ def growth(samples: list[dict], key: str) -> tuple[float, float]:
 
 
 def soak(hours: float, flap_every: float, down: float, tmp: Path, hop_s: float = 0.5,
-         steady_tail: float = 0.05) -> dict:
+         steady_tail: float = 0.05, qos: int = 2) -> dict:
     bundle = make_tiny_bundle(tmp / "bundle")
-    broker = Mosquitto(tmp / "broker", persistence=True).start()
-    sub = Subscriber(broker.port, f"sonotrap/{DEVICE}/detections", client_id="soak-sub", persistent=True)
+    # QoS 2 (exactly once, in order): one message in flight from the broker to the subscriber too
+    broker = Mosquitto(tmp / "broker", persistence=True, max_inflight=1 if qos == 2 else None).start()
+    sub = Subscriber(broker.port, f"sonotrap/{DEVICE}/detections", client_id="soak-sub", persistent=True, qos=qos)
     cycles = max(1, round(hours * 3600 / CYCLE_S))
     jsonl = tmp / "detections.jsonl"
     env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
@@ -94,7 +95,8 @@ def soak(hours: float, flap_every: float, down: float, tmp: Path, hop_s: float =
          "--broker", f"127.0.0.1:{broker.port}", "--device-id", DEVICE, "--state-dir", str(tmp / "state"),
          "--jsonl", str(jsonl), "--set", f"audio.stdin_rate={SR}", "--set", "audio.stdin_backpressure=true",
          "--set", f"model.hop_s={hop_s}", "--set", "mqtt.reconnect_min_s=0.2", "--set", "mqtt.reconnect_max_s=1.0",
-         "--set", "mqtt.keepalive_s=5", "--set", "audio.silence_timeout_s=0"],
+         "--set", "mqtt.keepalive_s=5", "--set", "audio.silence_timeout_s=0", "--set", f"mqtt.qos={qos}",
+         "--set", 'mqtt.protocol="5"' if qos == 2 else 'mqtt.protocol="3.1.1"'],
         stdin=producer.stdout, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT, env=env)
     assert producer.stdout is not None
     producer.stdout.close()
@@ -153,6 +155,7 @@ def soak(hours: float, flap_every: float, down: float, tmp: Path, hop_s: float =
         "speed_x_realtime": round(status["hops"] * hop_s / wall, 1),
         "exit_code": daemon.returncode,
         "broker_restarts": restarts,
+        "qos": qos,
         "detections_committed": len(committed),
         "detections_received_unique": len(set(got) & want),
         "duplicates": len(got) - len(set(got)),
@@ -172,12 +175,14 @@ def main() -> int:
     ap.add_argument("--hours", type=float, default=24.0, help="hours of audio to push through")
     ap.add_argument("--flap-every", type=float, default=20.0, help="seconds (wall) between broker restarts")
     ap.add_argument("--down", type=float, default=1.0, help="seconds the broker stays down each time")
+    ap.add_argument("--qos", type=int, choices=(1, 2), default=2,
+                    help="mqtt.qos of the daemon and the subscriber (2: exactly once, in order)")
     ap.add_argument("--json", type=Path, help="also write the figures here")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="sonotrap-soak-") as d:
-        res = soak(args.hours, args.flap_every, args.down, Path(d))
+        res = soak(args.hours, args.flap_every, args.down, Path(d), qos=args.qos)
     print(f"soak: {res['audio_hours']} h of audio in {res['wall_s']:.0f} s ({res['speed_x_realtime']}x real time), "
-          f"{res['broker_restarts']} broker restarts, exit {res['exit_code']}")
+          f"{res['broker_restarts']} broker restarts, QoS {res['qos']}, exit {res['exit_code']}")
     print(f"  detections: {res['detections_committed']} committed, {res['detections_received_unique']} received, "
           f"{res['duplicates']} duplicates, {res['outbox_left_after_exit']} left in the outbox")
     print(f"  RSS {res['rss_mb_base']} -> {res['rss_mb_end']} MB ({res['rss_growth_pct']:+.2f} %, max "

@@ -24,5 +24,6 @@ def test_short_accelerated_soak(tmp_path) -> None:
     assert res["broker_restarts"] >= 2 and res["detections_committed"] >= 60, res
     assert res["detections_received_unique"] == res["detections_committed"], {k: v for k, v in res.items() if k != "stderr_tail"}
     assert res["outbox_left_after_exit"] == 0, res
+    assert res["qos"] == 2 and res["duplicates"] == 0, res  # exactly once through the restarts
     assert res["threads_end"] <= res["threads_base"] + 1 and res["fds_end"] <= res["fds_base"] + 2, res
     assert res["rss_growth_pct"] < 10.0, res  # short run: the 24-h bench holds it under 5 %

@@ -17,14 +17,13 @@ import pytest
 import soundfile as sf
 
 hypothesis = pytest.importorskip("hypothesis", reason="pip install -e .[dev] (hypothesis)")
-from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import given  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from edge.audio.filesource import FileSource  # noqa: E402
 from edge.config import AudioConfig, Config, load_config  # noqa: E402
 from edge.errors import SonotrapError  # noqa: E402
-
-FUZZ = settings(max_examples=150, deadline=2000, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+from tests.support.fuzzing import FUZZ, files_under  # noqa: E402
 
 
 def _known_keys() -> dict[str, list[str]]:
@@ -81,10 +80,6 @@ def config_docs(draw) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _files(root: Path) -> set[str]:
-    return {str(p.relative_to(root)) for p in root.rglob("*")}
-
-
 @pytest.fixture(scope="module")
 def sandbox(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("fuzz")
@@ -121,9 +116,9 @@ def _leaves(obj, where=""):
 def test_fuzzed_config_files_load_or_fail_with_one_line(sandbox, doc) -> None:
     path = sandbox / "config.toml"
     path.write_text(doc, encoding="utf-8")
-    before = _files(sandbox)
+    before = files_under(sandbox)
     _load_or_one_line_error(path)
-    assert _files(sandbox) == before, "loading a config wrote files"
+    assert files_under(sandbox) == before, "loading a config wrote files"
 
 
 @FUZZ
@@ -167,7 +162,7 @@ def test_damaged_audio_headers_give_audio_or_one_clear_error(sandbox, blob) -> N
     work.mkdir(exist_ok=True)
     path = work / "in.wav"
     path.write_bytes(blob)
-    before = _files(sandbox)
+    before = files_under(sandbox)
     cfg = AudioConfig(source="file", file=str(path), realtime=False, block_s=0.1)
     src = FileSource(cfg)
     t0 = time.monotonic()
@@ -185,5 +180,5 @@ def test_damaged_audio_headers_give_audio_or_one_clear_error(sandbox, blob) -> N
         src.stop()
     assert time.monotonic() - t0 < 5, "reading a damaged header took too long"
     assert frames <= 8000 * 64  # never more audio than bytes could hold
-    assert _files(sandbox) == before
+    assert files_under(sandbox) == before
     os.unlink(path)

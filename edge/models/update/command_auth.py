@@ -26,6 +26,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 import os
 import re
 import threading
@@ -47,6 +48,14 @@ DEFAULT_WINDOW_S = 300.0  # how far issued_at may lie from the device's clock
 MAX_NONCES = 1000  # seen nonces kept (within the window); more commands than that are refused
 NONCE_FILE = "command-nonces.json"
 _NONCE = re.compile(r"[0-9a-f]{16,64}")
+
+
+def _finite(x: int | float) -> bool:
+    """A number a float can hold (JSON allows NaN, Infinity and 400-digit integers)."""
+    try:
+        return math.isfinite(x)
+    except OverflowError:
+        return False
 
 
 class CommandRefused(SonotrapError):
@@ -106,7 +115,7 @@ class CommandGate:
             raise CommandRefused(f"command of {len(payload)} bytes is over the {MAX_COMMAND_BYTES}-byte limit")
         try:
             doc = json.loads(payload)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: "[[[[...", nested too deeply
             raise CommandRefused("command is not a signed command (not JSON); sign it with 'sonotrap command sign'") from None
         if not isinstance(doc, dict) or doc.get("format") != COMMAND_FORMAT:
             raise CommandRefused("command is not signed; sign it with 'sonotrap command sign'")
@@ -134,8 +143,8 @@ class CommandGate:
     def _accept(self, body: str, kid: str, topic: str) -> SignedCommand:
         try:
             data = json.loads(body)
-        except ValueError:
-            raise CommandRefused("signed command body is not JSON") from None
+        except (ValueError, RecursionError):
+            raise CommandRefused("signed command body is not JSON (or nested too deeply)") from None
         if not isinstance(data, dict):
             raise CommandRefused("signed command body is not a JSON object")
         if data.get("device") != self.device:
@@ -143,16 +152,18 @@ class CommandGate:
         if data.get("topic") != topic:
             raise CommandRefused(f"command was signed for another topic, not cmd/{topic}")
         issued, nonce, command = data.get("issued_at"), data.get("nonce"), data.get("command")
-        if not isinstance(issued, int | float) or isinstance(issued, bool) or issued != issued:
+        if not isinstance(issued, int | float) or isinstance(issued, bool) or not _finite(issued):
             raise CommandRefused("signed command has no valid issued_at")
         if not isinstance(nonce, str) or not _NONCE.fullmatch(nonce):
             raise CommandRefused("signed command has no valid nonce (16-64 lowercase hex digits)")
         if not isinstance(command, dict):
             raise CommandRefused("signed command carries no command object")
         now = self.clock()
+        issued = float(issued)
         if abs(now - issued) > self.window_s:
+            skew = max(-1e9, min(1e9, now - issued))  # a bounded figure, whatever the body claims
             raise CommandRefused(
-                f"command was issued {now - issued:+.0f} s from now, outside the {self.window_s:.0f} s window "
+                f"command was issued {skew:+.0f} s from now, outside the {self.window_s:.0f} s window "
                 "(stale, replayed, or a clock is wrong)"
             )
         with self._lock:
@@ -166,7 +177,7 @@ class CommandGate:
                 self._save(seen)
             except OSError as err:  # fail closed: a nonce that is not on disk could be replayed
                 raise CommandRefused(f"cannot record the command's nonce ({err.strerror}); command refused") from None
-        return SignedCommand(command=command, key_id=kid, nonce=nonce, issued_at=float(issued))
+        return SignedCommand(command=command, key_id=kid, nonce=nonce, issued_at=issued)
 
     def _load(self, now: float) -> dict[str, float]:
         doc = read_json(self.path) or {}

@@ -21,6 +21,14 @@ def _short(v: object) -> str:
     return f"a {type(v).__name__}"
 
 
+def _check_text(key: str, v: object) -> None:
+    """A field that ends up in URLs, file names, logs and events: one short printable line."""
+    if not isinstance(v, str) or not v or len(v) > MAX_FIELD_CHARS or not v.isprintable():
+        raise SonotrapError(
+            f"cmd/update field {key!r} must be a non-empty string of at most {MAX_FIELD_CHARS} printable characters"
+        )
+
+
 def parse_command(payload: bytes) -> dict:
     """``cmd/update`` payload -> {"version": ...} or {"url": ..., "sha256": ...} or {"check": True}.
 
@@ -32,9 +40,12 @@ def parse_command(payload: bytes) -> dict:
         return {"check": True}
     try:
         data = json.loads(text)
+    except RecursionError:
+        raise SonotrapError("cmd/update payload is nested too deeply; send a flat JSON object") from None
     except ValueError:
         data = text
     if isinstance(data, str):
+        _check_text("url" if "://" in data else "version", data)
         return {"url": data} if "://" in data else {"version": data}
     if not isinstance(data, dict):
         raise SonotrapError(f"cmd/update payload ({_short(data)}) must be a JSON object, a version or a URL")
@@ -43,8 +54,8 @@ def parse_command(payload: bytes) -> dict:
         if k == "size":
             if not isinstance(v, int) or isinstance(v, bool) or v < 0:
                 raise SonotrapError(f"cmd/update field 'size' must be a non-negative integer (bytes), not {_short(v)}")
-        elif not isinstance(v, str) or not v or len(v) > MAX_FIELD_CHARS:
-            raise SonotrapError(f"cmd/update field {k!r} must be a non-empty string of at most {MAX_FIELD_CHARS} characters")
+        else:
+            _check_text(k, v)
     if "sha256" in out and not _SHA256.fullmatch(out["sha256"]):
         raise SonotrapError("cmd/update field 'sha256' must be 64 hexadecimal digits")
     if data.get("action") == "rollback":

@@ -10,21 +10,23 @@ anything is written.
 
 from __future__ import annotations
 
+import lzma
 import os
-import re
 import shutil
 import stat
 import tarfile
 import tempfile
+import zlib
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from edge.errors import SonotrapError
+from edge.errors import SonotrapError, shown
 from edge.models.manifest import (
     BUNDLE_FILES,
     MANIFEST_FILE,
     MAX_MANIFEST_BYTES,
     MODEL_FILE,
+    SAFE_FILE_NAME,
     SIGNATURE_FILE,
     manifest_data,
 )
@@ -35,7 +37,15 @@ MAX_TOTAL_BYTES = 1024 * 1024 * 1024
 MAX_MEMBERS = 64
 MAX_SIGNATURE_BYTES = 64 * 1024
 _SMALL_FILES = {MANIFEST_FILE: MAX_MANIFEST_BYTES, SIGNATURE_FILE: MAX_SIGNATURE_BYTES}
-_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+# what a damaged archive raises while it is read: tar, gzip/zlib, bzip2 and xz errors
+_READ_ERRORS = (tarfile.TarError, EOFError, OSError, zlib.error, lzma.LZMAError)
+
+
+def _why(err: BaseException) -> str:
+    """The library's reason on one short line (tarfile's "r:*" error lists every method it tried)."""
+    return " ".join(str(err).split())[:120] or type(err).__name__
 
 
 def check_members(
@@ -56,35 +66,37 @@ def check_members(
     names: set[str] = set()
     tops: set[str] = set()
     total = 0
-    members = tar.getmembers()
-    if len(members) > MAX_MEMBERS:
-        raise SonotrapError(f"bundle archive {archive} has {len(members)} members (at most {MAX_MEMBERS}); refuse to unpack it")
+    members: list[tarfile.TarInfo] = []
+    for m in tar:  # lazily, not getmembers(): a 1 MB .tar.gz can hold millions of headers
+        members.append(m)
+        if len(members) > MAX_MEMBERS:
+            raise SonotrapError(f"bundle archive {archive} has more than {MAX_MEMBERS} members; refuse to unpack it")
     for m in members:
         name = m.name
         parts = PurePosixPath(name).parts
         if not parts and m.isdir():  # "." (tar -C dir .)
             continue
         if not parts or name.startswith(("/", "\\")) or ".." in parts or "\\" in name or len(parts) > 2:
-            raise SonotrapError(f"bundle archive {archive} has an unsafe path {name!r}; refuse to unpack it")
+            raise SonotrapError(f"bundle archive {archive} has an unsafe path {shown(name)}; refuse to unpack it")
         if len(parts) == 2 or m.isdir():
             tops.add(parts[0])
         if len(tops) > 1:
             raise SonotrapError(
-                f"bundle archive {archive} has more than one top folder ({sorted(tops)}); refuse to unpack it"
+                f"bundle archive {archive} has more than one top folder ({shown(sorted(tops))}); refuse to unpack it"
             )
         if m.isdir():
             continue
         if not m.isfile():
             raise SonotrapError(
-                f"bundle archive {archive} holds {name!r}, a link or special file, not a plain file; "
+                f"bundle archive {archive} holds {shown(name)}, a link or special file, not a plain file; "
                 "refuse to unpack it (rebuild the archive with 'sonotrap bundle pack')"
             )
         key = "/".join(parts)
         if key in names:
-            raise SonotrapError(f"bundle archive {archive} holds {name!r} twice; refuse to unpack it")
+            raise SonotrapError(f"bundle archive {archive} holds {shown(name)} twice; refuse to unpack it")
         names.add(key)
         if m.size > _SMALL_FILES.get(parts[-1], max_member_bytes):
-            raise SonotrapError(f"bundle archive {archive} member {name!r} is implausibly large ({m.size} bytes)")
+            raise SonotrapError(f"bundle archive {archive} member {shown(name)} is implausibly large ({m.size} bytes)")
         total += m.size
         if total > max_total_bytes:
             raise SonotrapError(
@@ -97,11 +109,11 @@ def check_members(
             base = PurePosixPath(m.name).name
             if base not in listed and base not in (MANIFEST_FILE, SIGNATURE_FILE):
                 raise SonotrapError(
-                    f"bundle archive {archive} holds {m.name!r}, which its manifest does not list; refuse to unpack it"
+                    f"bundle archive {archive} holds {shown(m.name)}, which its manifest does not list; refuse to unpack it"
                 )
             if base in listed and m.size != listed[base]:
                 raise SonotrapError(
-                    f"bundle archive {archive} member {m.name!r} has {m.size} bytes, its manifest says "
+                    f"bundle archive {archive} member {shown(m.name)} has {m.size} bytes, its manifest says "
                     f"{listed[base]}; refuse to unpack it"
                 )
     return files
@@ -122,9 +134,9 @@ def listed_files(data: dict[str, Any], where: str | Path) -> dict[str, int]:
     out = {}
     for name, entry in files.items():
         ok = isinstance(entry, dict) and isinstance(entry.get("size"), int) and not isinstance(entry.get("size"), bool)
-        if not ok or entry["size"] < 0 or not isinstance(entry.get("sha256"), str) or not _SAFE_NAME.fullmatch(name):
+        if not ok or entry["size"] < 0 or not isinstance(entry.get("sha256"), str) or not SAFE_FILE_NAME.fullmatch(name):
             raise SonotrapError(
-                f"manifest {where} lists {name[:60]!r} without a plain file name, integer size and sha256; rebuild the bundle"
+                f"manifest {where} lists {shown(name)} without a plain file name, integer size and sha256; rebuild the bundle"
             )
         out[name] = entry["size"]
     return out
@@ -233,9 +245,9 @@ def extract_archive(archive: str | Path, dest: str | Path, *, max_total_bytes: i
         with tarfile.open(archive, "r:*") as tar:
             members = check_members(tar, archive, max_total_bytes=max_total_bytes)
             tar.extractall(dest, members=members, filter="data")
-    except (tarfile.TarError, EOFError, OSError) as err:
+    except _READ_ERRORS as err:
         shutil.rmtree(dest, ignore_errors=True)
-        raise SonotrapError(f"bundle archive {archive} cannot be unpacked ({err}); download it again") from None
+        raise SonotrapError(f"bundle archive {archive} cannot be unpacked ({_why(err)}); download it again") from None
     except SonotrapError:
         shutil.rmtree(dest, ignore_errors=True)
         raise
@@ -261,8 +273,8 @@ def read_manifest_bytes(archive: str | Path) -> bytes | None:
                 if PurePosixPath(m.name).name == MANIFEST_FILE:
                     fh = tar.extractfile(m)
                     return fh.read(MAX_MANIFEST_BYTES + 1) if fh else None
-    except (tarfile.TarError, EOFError, OSError) as err:
-        raise SonotrapError(f"bundle archive {archive} cannot be read ({err}); download it again") from None
+    except _READ_ERRORS as err:
+        raise SonotrapError(f"bundle archive {archive} cannot be read ({_why(err)}); download it again") from None
     return None
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from edge import __version__
-from edge.errors import SonotrapError
+from edge.errors import SonotrapError, shown
 
 SCHEMA_VERSION = 1
 SUPPORTED_SCHEMA_VERSIONS = (1,)
@@ -30,6 +30,7 @@ _FIELD_TYPES: dict[str, type] = {
     "model_file": str, "files": dict, "reference": dict, "min_sonotrap_version": str,
 }
 _TYPE_NAMES: dict[type, str] = {str: "string", list: "list", dict: "JSON object"}
+SAFE_FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # a plain file name: no path, no dot-dot
 _SEMVER = re.compile(r"^(\d+)\.(\d+)\.(\d+)(?:[-+][0-9A-Za-z.-]+)?$")
 
 
@@ -123,7 +124,9 @@ def manifest_data(raw: bytes, where: str | Path) -> dict[str, Any]:
         if not isinstance(data, dict):
             raise ValueError("top level is not an object")
     except (ValueError, UnicodeDecodeError) as err:
-        raise SonotrapError(f"manifest {where} is corrupt ({err}); re-download the bundle") from None
+        raise SonotrapError(f"manifest {where} is corrupt ({str(err)[:120]}); re-download the bundle") from None
+    except RecursionError:
+        raise SonotrapError(f"manifest {where} is corrupt (nested too deeply); re-download the bundle") from None
     return data
 
 
@@ -142,7 +145,7 @@ def parse_manifest(data: dict[str, Any], where: str | Path) -> Manifest:
     schema = data.get("schema_version")
     if schema not in SUPPORTED_SCHEMA_VERSIONS:
         raise SonotrapError(
-            f"manifest {where} has unknown schema version {schema!r} (this sonotrap {__version__} "
+            f"manifest {where} has unknown schema version {shown(schema)} (this sonotrap {__version__} "
             f"reads {list(SUPPORTED_SCHEMA_VERSIONS)}); upgrade sonotrap or use an older bundle"
         )
     missing = [k for k in REQUIRED_FIELDS if k not in data]
@@ -154,33 +157,39 @@ def parse_manifest(data: dict[str, Any], where: str | Path) -> Manifest:
                 f"manifest {where} field {key!r} is a {type(data[key]).__name__}, not a {_TYPE_NAMES[kind]}; "
                 "rebuild the bundle"
             )
-    if not all(isinstance(lab, dict) for lab in data["labels"]):
-        raise SonotrapError(f"manifest {where} has labels that are not objects; rebuild the bundle")
+    if not all(isinstance(lab, dict) and isinstance(lab.get("code"), str) and lab["code"] for lab in data["labels"]):
+        raise SonotrapError(f"manifest {where} has labels that are not objects with a 'code' string; rebuild the bundle")
+    model_file = data.get("model_file", MODEL_FILE)
+    if not isinstance(model_file, str) or not SAFE_FILE_NAME.fullmatch(model_file):
+        raise SonotrapError(
+            f"manifest {where} model_file {shown(model_file)} is not a plain file name in the bundle; rebuild the bundle"
+        )
     try:
         manifest = Manifest.from_dict(data)
     except TypeError as err:
         raise SonotrapError(f"manifest {where} has malformed labels ({err}); rebuild the bundle") from None
     if version_tuple(manifest.version) is None:
         raise SonotrapError(
-            f"manifest {where} version {manifest.version!r} is not a semantic version (like 1.2.0); rebuild the bundle"
+            f"manifest {where} version {shown(manifest.version)} is not a semantic version (like 1.2.0); rebuild the bundle"
         )
     need = version_tuple(manifest.min_sonotrap_version)
     have = version_tuple(__version__)
     if need is None or (have is not None and need > have):
         raise SonotrapError(
-            f"model {manifest.name} {manifest.version} needs sonotrap >= {manifest.min_sonotrap_version} "
+            f"model {shown(manifest.name, quote=False)} {shown(manifest.version, quote=False)} needs sonotrap >= "
+            f"{shown(manifest.min_sonotrap_version, quote=False)} "
             f"(this is {__version__}); upgrade sonotrap"
         )
     codes = [lab.code for lab in manifest.labels]
     badflag = [lab.code for lab in manifest.labels if not isinstance(lab.enabled, bool)]
     if badflag:
-        raise SonotrapError(f"manifest {where} label {badflag[0]!r} has a non-boolean 'enabled'; rebuild the bundle")
+        raise SonotrapError(f"manifest {where} label {shown(badflag[0])} has a non-boolean 'enabled'; rebuild the bundle")
     if not codes or len(set(codes)) != len(codes):
         raise SonotrapError(f"manifest {where} has no labels or duplicate label codes; rebuild the bundle")
     bad = {k: v for k, v in manifest.thresholds.items() if k not in codes or not isinstance(v, int | float) or isinstance(v, bool) or not 0.0 < v < 1.0}
     if bad:
         raise SonotrapError(
-            f"manifest {where} has invalid thresholds {dict(list(bad.items())[:3])} "
+            f"manifest {where} has invalid thresholds {shown(dict(list(bad.items())[:3]), 120)} "
             "(each must name a label and lie in (0, 1)); rebuild the bundle"
         )
     return manifest

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edge.errors import SonotrapError
+from edge.errors import SonotrapError, shown
 from edge.inference.frontend import FrontendConfig, compute, to_image
 from edge.models.reference_audio import check_reference_audio
 
@@ -122,7 +122,7 @@ def check_io(bundle: ModelBundle, sess, src: Path) -> None:
     if m.input_name not in in_names or m.output_name not in out_names:
         raise SonotrapError(
             f"model in {src} has inputs {in_names} / outputs {out_names}, manifest says "
-            f"{m.input_name!r} / {m.output_name!r}; rebuild the bundle"
+            f"{shown(m.input_name)} / {shown(m.output_name)}; rebuild the bundle"
         )
     shape = next(i.shape for i in inputs if i.name == m.input_name)
     expected = list(bundle.frontend.image_shape)

@@ -61,7 +61,11 @@ def test_wheel_carries_the_demo_model_and_an_spdx_licence(wheel):
     with zipfile.ZipFile(wheel) as zf:
         names = set(zf.namelist())
         meta = next(zf.read(n).decode() for n in names if n.endswith(".dist-info/METADATA"))
-    assert {"edge/demo_model/manifest.json", "edge/demo_model/model.onnx"} <= names
+    # every file of the bundle (a new member, e.g. the self-test's reference audio, must be
+    # added to [tool.setuptools.package-data] or the installed model fails its self-test)
+    bundle_files = {f"edge/demo_model/{p.name}" for p in (REPO / "models/demo").iterdir() if p.is_file()}
+    assert {"edge/demo_model/manifest.json", "edge/demo_model/model.onnx"} <= bundle_files <= names, \
+        bundle_files - names
     assert zf.getinfo("edge/demo_model/model.onnx").file_size == (REPO / "models/demo/model.onnx").stat().st_size
     assert "License-Expression: MIT" in meta
     assert any(n.endswith("licenses/LICENSE") for n in names)

@@ -18,13 +18,22 @@ Bundles are scored twice: with the thresholds in their manifest (what users get 
 with the same validation rule as the probe (``val-p0.9``). BirdNET's outputs come from the
 run's teacher cache (computed on first use; needs the optional extra ``sonotrap[birdnet]``).
 
-    python bench/birdnet_probe.py --run RUN_DIR --bundle demo=models/demo \
+``--user-view`` adds what a user of the daemon sees, for the probe and every bundle on the same
+val/test recordings: each recording goes through the edge pipeline at the daemon's hops, BirdNET
+runs on exactly those hop windows (cached in the run too), and the daemon's detector is replayed
+over each model's hop scores. Operating points come from validation hops by the bundles' own
+rule (by-recording bootstrap, ``val-hops-p0.9``); bundles are also scored with their manifest.
+Reported: event precision/recall, recording presence precision/recall, false detections per
+hour on call-free recordings, labels enabled.
+
+    python bench/birdnet_probe.py --run RUN_DIR --bundle demo=models/demo [--user-view] \
         [--checkpoint distilled=RUN_DIR/best.pt] --json probe.json --markdown probe.md
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import math
@@ -98,37 +107,43 @@ def score(probs, targets, known, labels, files, thresholds) -> dict:
            "recording_macro_roc_auc": r["macro_roc_auc"], "recording_macro_ap": r["macro_ap"],
            "classes_scored": w["classes_scored"]}
     out.update({f"pooled_{k}": v for k, v in pooled_pr(probs, targets, known, labels, thresholds).items()})
-    out.update(user_metrics(probs, labels, files, thresholds))
     return out
-
-
-def user_metrics(probs, labels, files, thresholds) -> dict:
-    """Hook for the user's-view figures (event precision/recall, presence P/R, false detections
-    per hour): filled in once ``trainer.user_metrics`` exists; windows alone cannot give them."""
-    return {}
 
 
 # ---- the models --------------------------------------------------------------------------
 
-def probe_scores(cache, groups, targets: dict, known: dict, labels: list[str], c: float, seed: int) -> dict:
-    """Logistic regression per label on standardised BirdNET embeddings of the train windows."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.preprocessing import StandardScaler
+class Probe:
+    """One logistic regression per label on standardised BirdNET embeddings (the peer's model)."""
 
-    x = {s: cache.embeddings[cache.rows(groups[s])] for s in ("train", "val", "test")}
-    scaler = StandardScaler().fit(x["train"])
-    x = {s: scaler.transform(v) for s, v in x.items()}
-    out = {s: np.zeros((len(x[s]), len(labels)), dtype=np.float32) for s in ("val", "test")}
-    for k in range(len(labels)):
-        m = known["train"][:, k]
-        y = targets["train"][m, k] > 0.5
-        if y.all() or not y.any():
-            continue  # nothing to learn: scores stay 0 (the label ends up disabled)
-        clf = LogisticRegression(C=c, class_weight="balanced", max_iter=2000, random_state=seed)
-        clf.fit(x["train"][m], y)
-        for s in out:
-            out[s][:, k] = clf.predict_proba(x[s])[:, 1]
-    return out
+    def __init__(self, x_train: np.ndarray, targets: np.ndarray, known: np.ndarray, c: float, seed: int) -> None:
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.preprocessing import StandardScaler
+
+        self.scaler = StandardScaler().fit(x_train)
+        x = self.scaler.transform(x_train)
+        self.models: list = []
+        for k in range(targets.shape[1]):
+            m = known[:, k]
+            y = targets[m, k] > 0.5
+            if y.all() or not y.any():
+                self.models.append(None)  # nothing to learn: scores stay 0 (the label ends up disabled)
+                continue
+            clf = LogisticRegression(C=c, class_weight="balanced", max_iter=2000, random_state=seed)
+            self.models.append(clf.fit(x[m], y))
+
+    def predict(self, embeddings: np.ndarray) -> np.ndarray:
+        x = self.scaler.transform(embeddings)
+        out = np.zeros((len(x), len(self.models)), dtype=np.float32)
+        for k, clf in enumerate(self.models):
+            if clf is not None and len(x):
+                out[:, k] = clf.predict_proba(x)[:, 1]
+        return out
+
+
+def probe_scores(cache, groups, targets: dict, known: dict, c: float, seed: int) -> tuple[Probe, dict]:
+    """The probe trained on the TRAIN windows, and its scores of the val and test windows."""
+    probe = Probe(cache.embeddings[cache.rows(groups["train"])], targets["train"], known["train"], c, seed)
+    return probe, {s: probe.predict(cache.embeddings[cache.rows(groups[s])]) for s in ("val", "test")}
 
 
 def split_images(run: RunData, split: str, frontend) -> np.ndarray:
@@ -176,11 +191,80 @@ def checkpoint_scores(run: RunData, path: str, threads: int) -> dict:
     return out
 
 
+# ---- the user's view: what the daemon would publish -------------------------------------
+
+def teacher_hop_scores(run: RunData, recs: list, probe: Probe, threads: int = 1, teacher=None) -> list:
+    """The probe's scores at the daemon's hops (the windows of ``recs``, a bundle's edge run).
+
+    BirdNET runs on exactly those windows; its outputs join the run's teacher cache, so a
+    second report costs no BirdNET time. ``teacher``: a stand-in with BirdNET's ``run`` (tests).
+    """
+    from trainer.teacher_cache import LABELLED, TeacherWindow, compute_cache
+
+    wins = [[TeacherWindow(LABELLED, r.file, round(float(t), 3)) for t in r.t_start] for r in recs]
+    cache = compute_cache(run.run_dir, [w for ws in wins for w in ws], {LABELLED: Path(run.root)}, threads,
+                          window_s=run.frontend.window_s, model=teacher)
+    empty = np.zeros((0, len(probe.models)), dtype=np.float32)
+    return [dataclasses.replace(r, scores=probe.predict(cache.embeddings[cache.rows(ws)]) if ws else empty)
+            for r, ws in zip(recs, wins, strict=True)]
+
+
+def user_view_rows(name: str, recs: dict[str, list], labels: list[str], data: dict, target_precision: float,
+                   shipped: tuple[dict[str, float], set[str]] | None = None) -> list[dict]:
+    """Event, presence and false-alarm figures of one model on val and test.
+
+    Every model gets operating points by the bundles' own rule (validation hops, by-recording
+    bootstrap); a bundle is also scored with its manifest's thresholds and enabled labels.
+    """
+    from edge.config import DetectorConfig
+    from trainer.edge_eval import choose_operating_points, measure
+    from trainer.user_metrics import headline
+
+    points = choose_operating_points(recs["val"], data["val"], labels, target_precision)
+    settings = [(f"val-hops-p{target_precision:g}", {lab: p.threshold for lab, p in points.items()},
+                 {lab for lab, p in points.items() if p.enabled})]
+    if shipped is not None:
+        settings.insert(0, ("manifest", *shipped))
+    rows = []
+    for tname, thresholds, enabled in settings:
+        for s in ("val", "test"):
+            view = measure(recs[s], data[s], labels, thresholds, DetectorConfig(), enabled)
+            rows.append({"model": name, "thresholds": tname, "split": s,
+                         "metrics": {**headline(view), "enabled_labels": view["enabled_labels"]}})
+    return rows
+
+
+def user_view_report(run: RunData, probe: Probe, bundles: list[tuple[str, str]], target_precision: float,
+                     threads: int = 1, teacher=None) -> list[dict]:
+    """The user's view of the probe and of each bundle on the same recordings and hops."""
+    from edge.config import Config, DetectorConfig
+    from edge.models.bundle import load_bundle
+    from trainer.edge_eval import bundle_settings, score_recordings, split_from_run
+
+    if not bundles:
+        raise SystemExit("--user-view needs a --bundle: the probe is scored at the hops the daemon runs")
+    data = {s: split_from_run(run, s) for s in ("val", "test")}
+    rows, hops = [], None
+    for name, path in bundles:
+        bundle = load_bundle(path)
+        recs = {s: score_recordings(bundle, data[s], Config(), threads) for s in data}
+        hops = hops or recs
+        rows += user_view_rows(f"{name} (INT8 bundle)", recs, bundle.labels, data, target_precision,
+                               bundle_settings(bundle, DetectorConfig()))
+    assert hops is not None
+    probe_recs = {s: teacher_hop_scores(run, hops[s], probe, threads, teacher) for s in data}
+    return user_view_rows(PROBE, probe_recs, run.labels, data, target_precision) + rows
+
+
 # ---- report ------------------------------------------------------------------------------
 
 COLUMNS = [("window_macro_ap", "window macro-AP"), ("window_macro_roc_auc", "window macro ROC-AUC"),
            ("recording_macro_roc_auc", "recording macro ROC-AUC"), ("pooled_precision", "pooled precision"),
            ("pooled_recall", "pooled recall"), ("pooled_enabled_labels", "labels enabled")]
+USER_COLUMNS = [("event_precision", "event precision"), ("event_recall", "event recall"),
+                ("presence_precision", "presence precision"), ("presence_recall", "presence recall"),
+                ("false_detections_per_hour", "false detections per hour"), ("enabled_labels", "labels enabled")]
+PROBE = "BirdNET v2.4 embedding + logistic regression"
 
 
 def _fmt(v) -> str:
@@ -189,12 +273,12 @@ def _fmt(v) -> str:
     return f"{v:.3f}" if isinstance(v, float) else str(v)
 
 
-def markdown(rows: list[dict]) -> str:
-    head = "| model | thresholds | split | " + " | ".join(c[1] for c in COLUMNS) + " |"
-    lines = [head, "|" + "---|" * (3 + len(COLUMNS))]
+def markdown(rows: list[dict], columns: list[tuple[str, str]] = COLUMNS) -> str:
+    head = "| model | thresholds | split | " + " | ".join(c[1] for c in columns) + " |"
+    lines = [head, "|" + "---|" * (3 + len(columns))]
     for r in rows:
         lines.append(f"| {r['model']} | {r['thresholds']} | {r['split']} | "
-                     + " | ".join(_fmt(r['metrics'].get(c[0])) for c in COLUMNS) + " |")
+                     + " | ".join(_fmt(r['metrics'].get(c[0])) for c in columns) + " |")
     return "\n".join(lines)
 
 
@@ -217,6 +301,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--c", type=float, default=1.0, help="inverse L2 strength of the logistic regressions")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--user-view", action="store_true",
+                    help="also score what the daemon would publish (event and presence precision/recall, false "
+                         "detections per hour) for the probe and each --bundle; runs BirdNET at every hop of the "
+                         "val and test recordings once (cached in the run)")
     ap.add_argument("--json", metavar="FILE")
     ap.add_argument("--markdown", metavar="FILE")
     args = ap.parse_args(argv)
@@ -233,8 +321,8 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.monotonic()
     cache, groups = ensure_cache(run, None, threads=args.threads)
     models: list[tuple[str, dict, dict[str, float] | None]] = []
-    models.append(("BirdNET v2.4 embedding + logistic regression",
-                   probe_scores(cache, groups, targets, known, labels, args.c, args.seed), None))
+    probe, probe_probs = probe_scores(cache, groups, targets, known, args.c, args.seed)
+    models.append((PROBE, probe_probs, None))
     for name, path in _named(args.bundle, "--bundle"):
         probs, shipped = bundle_scores(run, path, args.threads)
         models.append((f"{name} (INT8 bundle)", probs, shipped))
@@ -253,10 +341,15 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append({"model": name, "thresholds": tname, "split": s,
                              "metrics": score(probs[s], targets[s], known[s], labels, files[s], th)})
     md = markdown(rows)
-    print(md)
     report = {"run": str(run.run_dir), "target_precision": args.target_precision,
-              "num_windows": {s: len(files[s]) for s in files}, "rows": rows,
-              "wall_s": time.monotonic() - t0}
+              "num_windows": {s: len(files[s]) for s in files}, "rows": rows}
+    if args.user_view:
+        report["user_view_rows"] = user_view_report(run, probe, _named(args.bundle, "--bundle"),
+                                                    args.target_precision, args.threads)
+        md += "\n\nWhat the daemon would publish (events merged as it merges them):\n\n"
+        md += markdown(report["user_view_rows"], USER_COLUMNS)
+    report["wall_s"] = time.monotonic() - t0
+    print(md)
     if args.json:
         Path(args.json).write_text(json.dumps(json_safe(report), indent=1) + "\n", encoding="utf-8")
     if args.markdown:

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from edge.inference.frontend import FrontendConfig
 
 _spec = importlib.util.spec_from_file_location(
     "birdnet_probe", Path(__file__).resolve().parents[2] / "bench" / "birdnet_probe.py")
@@ -56,3 +59,66 @@ def test_score_row_and_markdown():
     assert 0.5 < m["window_macro_ap"] <= 1 and not math.isnan(m["recording_macro_roc_auc"])
     md = probe.markdown([{"model": "x", "thresholds": "val-p0.9", "split": "test", "metrics": m}])
     assert md.count("\n") == 2 and "| x | val-p0.9 | test |" in md
+
+
+class BandTeacher:
+    """A teacher whose 'embedding' is the log energy of the two synthetic call bands in the
+    central 2 s of its 3-s input: the probe on it should find the calls (BirdNET's interface)."""
+
+    def __init__(self) -> None:
+        self.windows = 0
+
+    def run(self, audio: np.ndarray):
+        from trainer.birdnet import EMBEDDING_DIM, SAMPLE_RATE, Outputs
+
+        self.windows += len(audio)
+        centre = audio[:, SAMPLE_RATE // 2: -SAMPLE_RATE // 2]
+        spec = np.abs(np.fft.rfft(centre, axis=1)) ** 2
+        hz = np.fft.rfftfreq(centre.shape[1], 1 / SAMPLE_RATE)
+        emb = np.zeros((len(audio), EMBEDDING_DIM), np.float32)
+        for d, (lo, hi) in enumerate(((1000, 1400), (3800, 4400))):
+            emb[:, d] = np.log10(spec[:, (hz >= lo) & (hz < hi)].sum(axis=1) + 1e-9)
+        return Outputs(emb, emb[:, :8])
+
+
+def test_user_view_scores_the_probe_at_the_daemons_hops_next_to_a_bundle(tmp_path):
+    """Probe and bundle on the same recordings and hops, through the daemon's detector."""
+    from tests.support.synth_calls import make_dataset
+    from tests.support.tiny_model import make_tiny_bundle
+    from trainer.prepare import DataSpec, prepare_run
+    from trainer.rundata import load_run_data
+    from trainer.teacher_cache import ensure_cache
+    from trainer.windows import to_arrays
+
+    data = tmp_path / "data"
+    make_dataset(data, n_files=18, n_negative=3)
+    files = [f"audio/rec{i:02d}.{'flac' if i % 3 else 'wav'}" for i in range(21)]
+    split = {"train": files[:9] + files[18:19], "val": files[9:15] + files[19:20], "test": files[15:18] + files[20:]}
+    (data / "split.json").write_text(json.dumps(split))
+    prepare_run(DataSpec(data=str(data), split_file=str(data / "split.json")), FrontendConfig(), tmp_path / "run")
+    run = load_run_data(tmp_path / "run")
+    teacher = BandTeacher()
+    cache, groups = ensure_cache(run, None, model=teacher)
+    targets, known = to_arrays(run.windows("train"), run.labels)
+    model = probe.Probe(cache.embeddings[cache.rows(groups["train"])], targets, known, 1.0, 0)
+    bundle = make_tiny_bundle(tmp_path / "b", bands={"low": (1000.0, 1400.0), "high": (3800.0, 4400.0)})
+    before = teacher.windows
+
+    # A handful of validation calls cannot promise 0.9 (the bootstrap bound); 0.7 they can.
+    rows = probe.user_view_report(run, model, [("band", str(bundle))], 0.7, teacher=teacher)
+    hops = teacher.windows - before
+    got = {(r["model"].split(" ")[0], r["thresholds"], r["split"]): r["metrics"] for r in rows}
+    assert set(got) == {(m, t, s) for m, t in (("BirdNET", "val-hops-p0.7"), ("band", "manifest"),
+                                               ("band", "val-hops-p0.7")) for s in ("val", "test")}
+    band = got[("band", "manifest", "test")]
+    assert band["event_precision"] == 1.0 and band["event_recall"] == 1.0 and band["false_detections_per_hour"] == 0
+    peer = got[("BirdNET", "val-hops-p0.7", "test")]
+    assert peer.keys() == band.keys()
+    assert peer["enabled_labels"] >= 1 and peer["event_recall"] > 0.5 and peer["event_precision"] > 0.5
+    # BirdNET ran once per daemon hop of the 11 val/test recordings (4 s each), and only once.
+    assert 11 * 3 <= hops <= 11 * 8
+    probe.user_view_report(run, model, [("band", str(bundle))], 0.7, teacher=teacher)
+    assert teacher.windows - before == hops
+
+    md = probe.markdown(rows, probe.USER_COLUMNS)
+    assert "| band (INT8 bundle) | manifest | test | 1.000 | 1.000 |" in md

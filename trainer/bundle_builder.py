@@ -149,6 +149,9 @@ def build_bundle(
     return out
 
 
+REFERENCE_AUDIO = ("validation", "synthetic")
+
+
 def _pick_reference(probs: np.ndarray) -> list[int]:
     """Two real windows: the one the model is most sure about, and the median one."""
     order = np.argsort(probs.max(1))
@@ -196,6 +199,7 @@ def bundle_from_checkpoint(
     min_threshold: float = DEFAULT_MIN_THRESHOLD,
     target_precision: float = 0.9,
     operating_points: bool = True,
+    reference_audio: str = "validation",
 ) -> tuple[Path, dict[str, Any]]:
     """Export -> parity -> quantize (calibrated on train windows) -> verify -> INT8 bundle.
 
@@ -205,6 +209,10 @@ def bundle_from_checkpoint(
     :func:`trainer.edge_eval.set_operating_points`, and the user's view on the test split is
     stored in the manifest metrics (``user_view``).
 
+    ``reference_audio``: "validation" stores the recorded audio of two validation windows in the
+    bundle (the strongest self-test); "synthetic" stores generated windows instead, for data whose
+    licence does not allow passing recordings on with the model.
+
     Raises SonotrapError (and writes no bundle) when parity or the AP-drop bound fails.
     Returns the bundle directory and a report dict (also stored in the manifest metrics).
     """
@@ -212,6 +220,8 @@ def bundle_from_checkpoint(
     from trainer.export import check_parity, export_onnx
     from trainer.quantize import QuantSettings, load_windows, quantize_and_verify
 
+    if reference_audio not in REFERENCE_AUDIO:
+        raise SonotrapError(f"reference audio {reference_audio!r} is not one of {', '.join(REFERENCE_AUDIO)}")
     settings = settings or QuantSettings()
     ckpt = load_checkpoint(checkpoint)
     run_dir = ckpt.path.parent
@@ -264,7 +274,8 @@ def bundle_from_checkpoint(
         "fp32_bytes": fp32.stat().st_size,
     }
     picked = _pick_reference(probs)
-    audio, audio_source = _reference_audio(val.sources, picked, ckpt.frontend)
+    audio, audio_source = (_reference_audio(val.sources, picked, ckpt.frontend) if reference_audio == "validation"
+                           else (None, ""))  # build_bundle generates the synthetic windows
     out = build_bundle(int8, info, out_dir, quantization=quant, metrics=metrics,
                        reference_images=val.images[picked], reference_audio=audio,
                        reference_audio_source=audio_source, archive=archive, min_threshold=min_threshold)

@@ -112,3 +112,28 @@ def test_quantized_bundle_carries_its_validation_windows_as_reference_audio(run,
     keys = make_keys(tmp_path / "keys")
     sign_bundle(out, keys.private)
     assert verify_in_subprocess(out, trusted_keys=keys.public_dir, allow_unsigned=False).labels == [lab["code"] for lab in m["labels"]]
+
+
+def test_quantized_bundle_can_carry_synthetic_reference_audio_instead_of_recordings(run, tmp_path, monkeypatch):
+    """For data that may not be passed on: no recorded sample leaves the run, the self-test stays."""
+    monkeypatch.setenv("SONOTRAP_CACHE_DIR", str(tmp_path / "cache"))
+    import numpy as np
+    import soundfile as sf
+
+    from edge.errors import SonotrapError
+    from edge.models.reference_audio import AUDIO_FILE
+    from edge.models.selftest import default_reference_audio
+    from trainer.bundle_builder import bundle_from_checkpoint
+    from trainer.quantize import QuantSettings
+
+    _, ckpt = run
+    out, _ = bundle_from_checkpoint(ckpt, tmp_path / "bundle", settings=QuantSettings(calibration_windows=8),
+                                    max_ap_drop=1.0, operating_points=False, reference_audio="synthetic")
+    entry = json.loads((out / "manifest.json").read_text())["reference"]["audio"]
+    assert entry["source"] == "synthetic" and entry["windows"] == 2
+    samples, _ = sf.read(str(out / AUDIO_FILE), dtype="float32")
+    want = np.concatenate(default_reference_audio(SMALL))
+    assert np.abs(samples - want).max() < 1e-4  # the generated windows, not a recording
+    load_bundle(out)  # its self-test re-runs frontend and model on those windows
+    with pytest.raises(SonotrapError, match="'recorded' is not one of validation, synthetic"):
+        bundle_from_checkpoint(ckpt, tmp_path / "b2", reference_audio="recorded")

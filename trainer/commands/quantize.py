@@ -35,6 +35,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="labels whose threshold cannot reach this precision on new recordings ship disabled")
     parser.add_argument("--no-operating-points", action="store_true",
                         help="keep the window-level thresholds and enable every label")
+    parser.add_argument("--reference-audio", choices=("validation", "synthetic"), default="validation",
+                        help="audio the bundle carries for its self-test: two recorded validation windows, or "
+                             "synthetic windows when the recordings may not be passed on with the model")
     parser.add_argument("--val-limit", type=int, default=None, help="use at most N validation windows")
     parser.add_argument("--provenance", action="append", default=[], metavar="KEY=VALUE",
                         help="extra provenance for the manifest (repeatable)")
@@ -64,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
         max_ap_drop=args.max_ap_drop, name=args.name, version=args.model_version, provenance=extra,
         archive=args.archive, fp32_path=args.onnx, work_dir=args.work_dir, min_threshold=args.min_threshold,
         target_precision=args.target_precision, operating_points=not args.no_operating_points,
+        reference_audio=args.reference_audio,
     )
     d = m["int8_vs_fp32"]
     print(f"wrote INT8 bundle {out}" + (f" and {args.archive}" if args.archive else ""))

@@ -126,7 +126,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     )
 
 
-RESUME_ONLY = ("optimizer", "scheduler", "scaler", "rng")
+RESUME_ONLY = ("optimizer", "scheduler", "scaler", "rng", "ema")
 
 
 def without_resume_state(state: dict[str, Any]) -> dict[str, Any]:

@@ -179,11 +179,12 @@ def train_one_epoch(
     model: torch.nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler, scaler: torch.amp.GradScaler, criterion: MaskedLoss,
     device: torch.device, amp_dtype: torch.dtype | None, desc: str, show: bool = True,
-    out_of_time: Callable[[], bool] | None = None,
+    out_of_time: Callable[[], bool] | None = None, after_step: Callable[[], None] | None = None,
 ) -> EpochResult:
     """One pass over ``loader``: forward (autocast when ``amp_dtype``), loss, step, LR step.
 
-    ``out_of_time()`` is asked after every batch; True ends the epoch early.
+    ``out_of_time()`` is asked after every batch; True ends the epoch early. ``after_step()``
+    runs after each optimizer step (weight averaging).
     """
     model.train()
     running, seen, stopped = 0.0, 0, False
@@ -202,6 +203,8 @@ def train_one_epoch(
         scaler.step(optimizer)
         scaler.update()
         scheduler.step()
+        if after_step is not None:
+            after_step()
         running += float(loss.detach()) * len(images)
         seen += len(images)
         bar.set_postfix(loss=f"{running / seen:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")

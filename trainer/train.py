@@ -90,6 +90,7 @@ class TrainArgs:
     patience: int = 8
     select_by: str = "macro_ap"  # validation metric for best.pt / early stopping: see SELECT_BY
     unknown_weight: float = 0.0  # weak labels: unknown entries count as negatives of this weight
+    ema: float = 0.0  # decay of an exponential moving average of the weights (0: off); see _Session
     max_minutes: float | None = None
     stop_after: int | None = None  # stop after this many epochs in this session (resume later)
     seed: int = 0
@@ -150,6 +151,8 @@ def check_args(args: TrainArgs) -> None:
         raise SonotrapError(f"--unknown-weight {args.unknown_weight} must be in [0, 1] (0: unknown labels ignored)")
     if args.select_by not in SELECT_BY:
         raise SonotrapError(f"--select-by {args.select_by!r} is not one of {', '.join(SELECT_BY)}")
+    if not 0.0 <= args.ema < 1.0:
+        raise SonotrapError(f"--ema {args.ema} must be in [0, 1) (e.g. 0.995; 0 turns weight averaging off)")
 
 
 def _prepare(args: TrainArgs, spec: DataSpec | None, frontend: FrontendConfig | None,
@@ -216,6 +219,17 @@ class _Session:
     progress: TrainingProgress
     drop_last: bool
     data_info: dict[str, Any]  # the checkpoint's "data": root, split file, window counts
+    # --ema: a moving average of the weights, updated after every step. It is what validation
+    # scores and what best.pt/last.pt store as "model" (so export and evaluation use it); the
+    # weights being trained travel in last.pt's "ema" entry, for an exact resume.
+    ema: torch.optim.swa_utils.AveragedModel | None = None
+
+    def eval_model(self) -> torch.nn.Module:
+        return self.ema.module if self.ema is not None else unwrap(self.model)
+
+    def _average(self) -> None:
+        assert self.ema is not None
+        self.ema.update_parameters(unwrap(self.model))
 
     def run_epoch(self, epoch: int) -> EpochResult:
         args, info = self.args, self.info
@@ -229,13 +243,14 @@ class _Session:
             self.model, loader, self.optimizer, self.scheduler, self.scaler, self.criterion, info.device,
             self.amp_dtype, f"epoch {epoch + 1}/{args.epochs}" + (" (frozen)" if frozen else ""),
             show=args.progress and info.is_main, out_of_time=None if info.enabled else self.budget.exhausted,
+            after_step=self._average if self.ema is not None else None,
         )
 
     def end_epoch(self, epoch: int, result: EpochResult, t_epoch: float) -> bool:
         """Rank 0: validate, record, checkpoint; True when early stopping says stop."""
         args, p = self.args, self.progress
         has_val = len(self.val_ds) > 0
-        metrics = validate(self.model, self.val_ds, args, self.info.device, self.criterion) if has_val \
+        metrics = validate(self.eval_model(), self.val_ds, args, self.info.device, self.criterion) if has_val \
             else {"loss": math.nan}
         score = selection_score(metrics, args.select_by) if has_val else -result.loss
         improved = score > p.best_score
@@ -267,11 +282,15 @@ class _Session:
 
     def state(self, val_metrics: dict[str, Any]) -> dict[str, Any]:
         run, args = self.run, self.args
-        return training_state(
-            model=unwrap(self.model), labels=run.labels, label_names=run.label_names, frontend=run.frontend,
+        state = training_state(
+            model=self.eval_model(), labels=run.labels, label_names=run.label_names, frontend=run.frontend,
             val_metrics=val_metrics, optimizer=self.optimizer, scheduler=self.scheduler, scaler=self.scaler,
             args={**asdict(args), "world_size": self.info.world_size}, data=self.data_info, progress=self.progress,
         )
+        if self.ema is not None:
+            state["ema"] = {"decay": args.ema, "trained": unwrap(self.model).state_dict(),
+                            "n_averaged": int(self.ema.n_averaged)}
+        return state
 
 
 def _session(args: TrainArgs, run: RunData, ckpt: Checkpoint | None, info: D.DistInfo, t_start: float) -> _Session:
@@ -284,8 +303,18 @@ def _session(args: TrainArgs, run: RunData, ckpt: Checkpoint | None, info: D.Dis
     val_ds = WindowDataset(run, run.windows("val"))
     model = build_model(len(labels), "none" if ckpt is not None else args.weights).to(dev)
     model = model.to(memory_format=torch.channels_last)  # 1.5x faster convolutions on CPU (oneDNN)
+    ema = None
+    if args.ema:
+        multi_avg = torch.optim.swa_utils.get_ema_multi_avg_fn(args.ema)
+        ema = torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=multi_avg, use_buffers=True)
     if ckpt is not None:
-        model.load_state_dict(ckpt.state_dict)
+        saved_ema = ckpt.raw.get("ema")
+        if ema is not None and saved_ema is not None:
+            model.load_state_dict(saved_ema["trained"])
+            ema.module.load_state_dict(ckpt.state_dict)
+            ema.n_averaged.fill_(int(saved_ema["n_averaged"]))
+        else:
+            model.load_state_dict(ckpt.state_dict)
     if info.enabled:
         model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[dev.index] if dev.type == "cuda" else None,
@@ -321,7 +350,7 @@ def _session(args: TrainArgs, run: RunData, ckpt: Checkpoint | None, info: D.Dis
     data_info = {"root": str(run.root), "split_file": str(run.run_dir / SPLIT_FILE),
                  "num_windows": {"train": len(train_w), "val": len(val_ds), "test": len(run.windows("test"))}}
     return _Session(args, info, run, train_ds, val_ds, model, criterion, weights, optimizer, scheduler, scaler,
-                    amp_dtype, budget, progress, drop_last, data_info)
+                    amp_dtype, budget, progress, drop_last, data_info, ema)
 
 
 def _train(args: TrainArgs, spec: DataSpec | None, frontend: FrontendConfig | None, info: D.DistInfo,

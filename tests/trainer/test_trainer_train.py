@@ -239,3 +239,34 @@ def test_weak_label_table_keeps_one_true_statement_per_window(trained, present_f
         assert kept_present == calls
     else:
         assert 0 < kept_present < calls
+
+
+def test_ema_keeps_the_average_resumes_exactly_and_best_pt_holds_it(data_dir, tmp_path):
+    """--ema: validation, best.pt and export see the moving average; last.pt resumes both."""
+    spec = DataSpec(data=str(data_dir), seed=3)
+    straight = tmp_path / "straight"
+    train(_args(straight, ema=0.9), spec, SMALL)
+    a = torch.load(straight / LAST, map_location="cpu", weights_only=False)
+    trained, averaged = a["ema"]["trained"], a["model"]
+    assert a["ema"]["decay"] == 0.9 and a["ema"]["n_averaged"] > 2
+    moved = [k for k, v in trained.items() if v.is_floating_point() and not torch.allclose(v, averaged[k])]
+    assert moved, "the average equals the trained weights"
+    assert "ema" not in torch.load(straight / BEST, map_location="cpu", weights_only=False)
+
+    split = tmp_path / "split"
+    train(_args(split, ema=0.9, stop_after=1), spec, SMALL)
+    train(_args(split, resume=True), None, None)  # keeps the run's --ema
+    b = torch.load(split / LAST, map_location="cpu", weights_only=False)
+    assert b["ema"]["n_averaged"] == a["ema"]["n_averaged"]
+    for k in averaged:
+        assert torch.allclose(averaged[k].float(), b["model"][k].float(), atol=1e-6), k
+        assert torch.allclose(trained[k].float(), b["ema"]["trained"][k].float(), atol=1e-6), k
+
+    # A decay of ~0 averages nothing away: the stored model is the trained one.
+    nodecay = tmp_path / "nodecay"
+    train(_args(nodecay, ema=1e-9, epochs=1), spec, SMALL)
+    c = torch.load(nodecay / LAST, map_location="cpu", weights_only=False)
+    for k, v in c["ema"]["trained"].items():
+        assert torch.allclose(v.float(), c["model"][k].float(), atol=1e-5), k
+    with pytest.raises(SonotrapError, match="--ema 1.0 must be in"):
+        train(_args(tmp_path / "bad", ema=1.0), spec, SMALL)

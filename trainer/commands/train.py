@@ -89,6 +89,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     t.add_argument("--unknown-weight", type=float, default=0.0, metavar="W",
                    help="weak labels: count unknown entries as negatives of weight W in [0, 1] "
                         "(0: ignored; 1/(classes-1) is 'weak assume negative')")
+    t.add_argument("--ema", type=float, default=0.0, metavar="DECAY",
+                   help="validate, keep and export an exponential moving average of the weights with this "
+                        "per-step decay (e.g. 0.995, about 200 steps; 0: off)")
 
     te = p.add_argument_group("teacher distillation (needs the optional extra: pip install 'sonotrap[birdnet]')")
     te.add_argument("--teacher", choices=("birdnet",),
@@ -168,7 +171,7 @@ def run(args: argparse.Namespace) -> int:
         weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs, weights=args.weights,
         freeze_epochs=args.freeze_epochs, loss=args.loss, focal_gamma=args.focal_gamma,
         balance=args.balance, max_pos_weight=args.max_pos_weight, patience=args.patience, select_by=args.select_by,
-        unknown_weight=args.unknown_weight, teacher=args.teacher,
+        unknown_weight=args.unknown_weight, teacher=args.teacher, ema=args.ema,
         max_minutes=args.max_minutes, stop_after=args.stop_after, seed=args.seed, workers=args.workers,
         threads=args.threads,
         amp=not args.no_amp, device=args.device, resume=args.resume,

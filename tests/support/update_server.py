@@ -215,6 +215,19 @@ def make_cfg(env, url=None, **update) -> Config:
     return Config(state_dir=str(env["state"]), mqtt=MqttConfig(enabled=False), update=u)
 
 
+def command_endpoint(env, broker_port: int, device: str = "dev1"):
+    """The daemon's MQTT side for update commands (a Publisher on the broker, not started) and a
+    Subscriber on the device's events topic; the caller starts, stops and attaches handlers."""
+    from edge.mqtt.outbox import Outbox
+    from edge.mqtt.publisher import Publisher
+    from tests.support.broker import Subscriber
+
+    mcfg = MqttConfig(host="127.0.0.1", port=broker_port, device_id=device, reconnect_min_s=0.1,
+                      reconnect_max_s=0.5, keepalive_s=5)
+    pub = Publisher(mcfg, Outbox(env["tmp"] / "outbox.sqlite"), device)
+    return pub, Subscriber(broker_port, f"sonotrap/{device}/events")
+
+
 def write_cli_config(env, url: str, **update) -> Path:
     """A config.toml for ``sonotrap update`` / ``sonotrap model`` run as separate processes."""
     settings = {"url": url, "trusted_keys_dir": str(env["keys"].public_dir), "jitter_s": 0.0,

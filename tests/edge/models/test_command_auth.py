@@ -16,14 +16,18 @@ import time
 
 import pytest
 
-from edge.config import MqttConfig
 from edge.models.update.attach import attach_mqtt_updates
 from edge.models.update.command_auth import MAX_COMMAND_BYTES, CommandGate, CommandRefused, sign_command
-from edge.mqtt.outbox import Outbox
-from edge.mqtt.publisher import Publisher
-from tests.support.broker import Mosquitto, Subscriber
+from tests.support.broker import Mosquitto
 from tests.support.paths import REPO
-from tests.support.update_server import BundleServer, make_cfg, make_device, make_keys, write_index
+from tests.support.update_server import (
+    BundleServer,
+    command_endpoint,
+    make_cfg,
+    make_device,
+    make_keys,
+    write_index,
+)
 
 DEVICE = "rec-auth"
 
@@ -97,10 +101,7 @@ def test_on_a_real_broker_only_signed_commands_act_and_refusals_are_counted_once
     write_index(env["srv"], {"stable": env["v1"]})
     with BundleServer(env["srv"]) as server:
         cfg = make_cfg(env, server.url)
-        mcfg = MqttConfig(host="127.0.0.1", port=mosquitto.port, device_id=DEVICE, reconnect_min_s=0.1,
-                          reconnect_max_s=0.5, keepalive_s=5)
-        pub = Publisher(mcfg, Outbox(env["tmp"] / "outbox.sqlite"), DEVICE)
-        sub = Subscriber(mosquitto.port, f"sonotrap/{DEVICE}/events")
+        pub, sub = command_endpoint(env, mosquitto.port, DEVICE)
         try:
             attach_mqtt_updates(cfg, None, pub)
             pub.start()

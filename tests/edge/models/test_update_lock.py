@@ -16,17 +16,14 @@ import time
 
 import pytest
 
-from edge.config import MqttConfig
 from edge.models.update.attach import attach_mqtt_updates
 from edge.models.update.command_auth import sign_command
 from edge.models.update.lock import BUSY_EXIT_STATUS, UpdateBusy, UpdateLock
 from edge.models.update.procedure import Updater
-from edge.mqtt.outbox import Outbox
-from edge.mqtt.publisher import Publisher
-from tests.support.broker import Subscriber
 from tests.support.daemon_helpers import run_cli, sonotrap
 from tests.support.update_server import (
     BundleServer,
+    command_endpoint,
     make_cfg,
     make_device,
     publish_bundle,
@@ -114,10 +111,7 @@ def test_mqtt_command_is_refused_while_a_cli_update_holds_the_lock(env, mosquitt
     write_index(env["srv"], {"stable": env["v1"]})  # nothing newer: a free check is "up to date"
     with BundleServer(env["srv"]) as server:
         config = write_cli_config(env, server.url)
-        mcfg = MqttConfig(host="127.0.0.1", port=mosquitto.port, device_id=DEVICE, reconnect_min_s=0.1,
-                          reconnect_max_s=0.5, keepalive_s=5)
-        pub = Publisher(mcfg, Outbox(env["tmp"] / "outbox.sqlite"), DEVICE)
-        sub = Subscriber(mosquitto.port, f"sonotrap/{DEVICE}/events")
+        pub, sub = command_endpoint(env, mosquitto.port, DEVICE)
         server.faults.trickle_s = TRICKLE_S
         holder = _start_holder(config, env["state"])
         try:

@@ -23,6 +23,7 @@ import random
 import sys
 import time
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,7 @@ from edge.errors import SonotrapError
 from edge.inference.frontend import FrontendConfig
 from edge.util.jsonio import json_safe
 from trainer import distributed as D
+from trainer.averaging import WeightAverage, restore_weights
 from trainer.checkpoint import (
     BEST,
     LAST,
@@ -90,7 +92,7 @@ class TrainArgs:
     patience: int = 8
     select_by: str = "macro_ap"  # validation metric for best.pt / early stopping: see SELECT_BY
     unknown_weight: float = 0.0  # weak labels: unknown entries count as negatives of this weight
-    ema: float = 0.0  # decay of an exponential moving average of the weights (0: off); see _Session
+    ema: float = 0.0  # decay of a moving average of the weights (0: off); trainer.averaging
     max_minutes: float | None = None
     stop_after: int | None = None  # stop after this many epochs in this session (resume later)
     seed: int = 0
@@ -219,17 +221,10 @@ class _Session:
     progress: TrainingProgress
     drop_last: bool
     data_info: dict[str, Any]  # the checkpoint's "data": root, split file, window counts
-    # --ema: a moving average of the weights, updated after every step. It is what validation
-    # scores and what best.pt/last.pt store as "model" (so export and evaluation use it); the
-    # weights being trained travel in last.pt's "ema" entry, for an exact resume.
-    ema: torch.optim.swa_utils.AveragedModel | None = None
+    ema: WeightAverage | None = None  # --ema: validated, checkpointed and exported instead
 
     def eval_model(self) -> torch.nn.Module:
-        return self.ema.module if self.ema is not None else unwrap(self.model)
-
-    def _average(self) -> None:
-        assert self.ema is not None
-        self.ema.update_parameters(unwrap(self.model))
+        return self.ema.model if self.ema is not None else unwrap(self.model)
 
     def run_epoch(self, epoch: int) -> EpochResult:
         args, info = self.args, self.info
@@ -243,7 +238,7 @@ class _Session:
             self.model, loader, self.optimizer, self.scheduler, self.scaler, self.criterion, info.device,
             self.amp_dtype, f"epoch {epoch + 1}/{args.epochs}" + (" (frozen)" if frozen else ""),
             show=args.progress and info.is_main, out_of_time=None if info.enabled else self.budget.exhausted,
-            after_step=self._average if self.ema is not None else None,
+            after_step=partial(self.ema.update, unwrap(self.model)) if self.ema is not None else None,
         )
 
     def end_epoch(self, epoch: int, result: EpochResult, t_epoch: float) -> bool:
@@ -288,8 +283,7 @@ class _Session:
             args={**asdict(args), "world_size": self.info.world_size}, data=self.data_info, progress=self.progress,
         )
         if self.ema is not None:
-            state["ema"] = {"decay": args.ema, "trained": unwrap(self.model).state_dict(),
-                            "n_averaged": int(self.ema.n_averaged)}
+            state["ema"] = self.ema.state(unwrap(self.model))
         return state
 
 
@@ -303,18 +297,8 @@ def _session(args: TrainArgs, run: RunData, ckpt: Checkpoint | None, info: D.Dis
     val_ds = WindowDataset(run, run.windows("val"))
     model = build_model(len(labels), "none" if ckpt is not None else args.weights).to(dev)
     model = model.to(memory_format=torch.channels_last)  # 1.5x faster convolutions on CPU (oneDNN)
-    ema = None
-    if args.ema:
-        multi_avg = torch.optim.swa_utils.get_ema_multi_avg_fn(args.ema)
-        ema = torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=multi_avg, use_buffers=True)
-    if ckpt is not None:
-        saved_ema = ckpt.raw.get("ema")
-        if ema is not None and saved_ema is not None:
-            model.load_state_dict(saved_ema["trained"])
-            ema.module.load_state_dict(ckpt.state_dict)
-            ema.n_averaged.fill_(int(saved_ema["n_averaged"]))
-        else:
-            model.load_state_dict(ckpt.state_dict)
+    ema = WeightAverage(model, args.ema) if args.ema else None
+    restore_weights(model, ema, ckpt)  # when resuming
     if info.enabled:
         model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[dev.index] if dev.type == "cuda" else None,

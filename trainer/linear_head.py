@@ -1,0 +1,112 @@
+"""``sonotrap linear-head``: the distilled backbone, frozen, with a logistic regression per label as its fc.
+
+Why: on nips4bplus, a linear head fitted on the stage-1 (distilled) ResNet50's 2048-d
+features scores better on validation than fine-tuning the whole network on the few
+labelled recordings (macro-AP 0.563 vs 0.509): fine-tuning forgets what the teacher taught.
+The result is the ordinary architecture (torchvision ResNet50, ``fc`` 2048 -> labels), so
+export, INT8 and the edge are unchanged, and compute per audio-second is identical.
+
+The logistic regressions (balanced class weights, L2 strength ``C`` chosen on the validation
+split's macro-AP; test is never looked at) run on standardised features; the standardisation
+is folded into ``fc``: ``w' = w / sigma``, ``b' = b - sum(w * mu / sigma)``.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from edge.errors import SonotrapError
+from trainer.checkpoint import BEST, load_checkpoint, save_checkpoint, without_resume_state
+from trainer.metrics import evaluate_scores
+from trainer.model import build_model
+from trainer.rundata import load_split_arrays
+
+log = logging.getLogger("sonotrap.trainer")
+
+C_GRID = (0.003, 0.01, 0.03, 0.1)
+OUT = "linear_head.pt"
+ABSENT_BIAS = -12.0  # a label without positives (or negatives) in train: never fires
+
+
+def fold_standardisation(coef: np.ndarray, intercept: np.ndarray, mean: np.ndarray, scale: np.ndarray,
+                         ) -> tuple[np.ndarray, np.ndarray]:
+    """Weights on raw features equal to ``coef`` applied to ``(x - mean) / scale``."""
+    w = coef / scale[None, :]
+    return w, intercept - w @ mean
+
+
+def fit_head(x: np.ndarray, targets: np.ndarray, known: np.ndarray, c: float, seed: int = 0,
+             ) -> tuple[np.ndarray, np.ndarray]:
+    """(K, D) weights and (K,) biases on raw features: one balanced logistic regression per label."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    scaler = StandardScaler().fit(x)
+    z = scaler.transform(x)
+    coef = np.zeros((targets.shape[1], x.shape[1]))
+    bias = np.full(targets.shape[1], ABSENT_BIAS)
+    for k in range(targets.shape[1]):
+        m = known[:, k]
+        y = targets[m, k] > 0.5
+        if y.all() or not y.any():
+            continue
+        clf = LogisticRegression(C=c, class_weight="balanced", max_iter=2000, random_state=seed).fit(z[m], y)
+        coef[k], bias[k] = clf.coef_[0], clf.intercept_[0]
+    scale = np.asarray(scaler.scale_, dtype=np.float64)
+    w, b = fold_standardisation(coef, np.zeros_like(bias), np.asarray(scaler.mean_), scale)
+    return w, b + bias
+
+
+@torch.no_grad()
+def features(backbone: torch.nn.Module, images: np.ndarray, batch: int = 64) -> np.ndarray:
+    """Pooled 2048-d ResNet50 features (float32 inference, as export and the edge run it)."""
+    backbone.eval()
+    out = [backbone(torch.from_numpy(images[i: i + batch]).contiguous(memory_format=torch.channels_last)).numpy()
+           for i in range(0, len(images), batch)]
+    return np.concatenate(out).astype(np.float64)
+
+
+def linear_head(run_dir: str | Path, backbone_path: str | Path | None = None, c_grid=C_GRID,
+                out_name: str = OUT, seed: int = 0) -> tuple[Path, dict[str, Any]]:
+    """Write ``RUN_DIR/linear_head.pt`` (a sonotrap checkpoint); returns it and the choice of C."""
+    run_dir = Path(run_dir)
+    template = run_dir / BEST
+    backbone_path = Path(backbone_path or run_dir / "distill" / "backbone.pt")
+    for p, hint in ((template, "train the run first"), (backbone_path, "train with --teacher, or pass --backbone")):
+        if not p.is_file():
+            raise SonotrapError(f"{p} does not exist; {hint}")
+    ckpt = load_checkpoint(template)
+    net = build_model(len(ckpt.labels), "none")
+    fc = net.fc
+    assert isinstance(fc, torch.nn.Linear)
+    net.fc = torch.nn.Identity()
+    missing = net.load_state_dict(torch.load(backbone_path, map_location="cpu", weights_only=True), strict=False)
+    if missing.missing_keys:
+        raise SonotrapError(f"{backbone_path} is not a ResNet50 backbone ({len(missing.missing_keys)} weights missing)")
+    net = net.to(memory_format=torch.channels_last)
+    data = {s: load_split_arrays(run_dir, s) for s in ("train", "val")}
+    feats = {s: features(net, a.images) for s, a in data.items()}
+    scores: dict[float, float] = {}
+    heads = {}
+    for c in c_grid:
+        w, b = fit_head(feats["train"], data["train"].targets, data["train"].known, c, seed)
+        probs = 1 / (1 + np.exp(-(feats["val"] @ w.T + b)))
+        scores[c] = evaluate_scores(probs, data["val"].targets, data["val"].known, ckpt.labels)["macro_ap"]
+        heads[c] = (w, b)
+        log.info("linear head C=%g: validation macro-AP %.4f", c, scores[c])
+    best = max(scores, key=lambda k: scores[k])
+    w, b = heads[best]
+    fc.weight.data = torch.from_numpy(w).float()
+    fc.bias.data = torch.from_numpy(b).float()
+    net.fc = fc
+    state = without_resume_state(dict(ckpt.raw))
+    state.update(model={k: v.contiguous() for k, v in net.state_dict().items()}, thresholds={}, metrics={},
+                 linear_head={"backbone": str(backbone_path), "c": best, "val_macro_ap": scores})
+    out = run_dir / out_name
+    save_checkpoint(state, out)
+    return out, {"c": best, "val_macro_ap": scores}

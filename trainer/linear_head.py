@@ -1,5 +1,8 @@
 """``sonotrap linear-head``: the distilled backbone, frozen, with a logistic regression per label as its fc.
 
+The checkpoint is finalised like ``best.pt`` at the end of training (validation thresholds,
+val and test metrics), so evaluation, quantization and the bundle treat it the same.
+
 Why: on nips4bplus, a linear head fitted on the stage-1 (distilled) ResNet50's 2048-d
 features scores better on validation than fine-tuning the whole network on the few
 labelled recordings (macro-AP 0.563 vs 0.509): fine-tuning forgets what the teacher taught.
@@ -22,9 +25,10 @@ import torch
 
 from edge.errors import SonotrapError
 from trainer.checkpoint import BEST, load_checkpoint, save_checkpoint, without_resume_state
+from trainer.evaluate import finalize
 from trainer.metrics import evaluate_scores
 from trainer.model import build_model
-from trainer.rundata import load_split_arrays
+from trainer.rundata import load_run_data, load_split_arrays
 
 log = logging.getLogger("sonotrap.trainer")
 
@@ -109,4 +113,6 @@ def linear_head(run_dir: str | Path, backbone_path: str | Path | None = None, c_
                  linear_head={"backbone": str(backbone_path), "c": best, "val_macro_ap": scores})
     out = run_dir / out_name
     save_checkpoint(state, out)
+    # as at the end of training: thresholds from validation, val and test metrics in the checkpoint
+    finalize(out, load_run_data(run_dir), torch.device("cpu"))
     return out, {"c": best, "val_macro_ap": scores}

@@ -64,7 +64,8 @@ def test_linear_head_on_a_run_writes_an_ordinary_checkpoint(data_dir, tmp_path):
     assert choice["c"] == max(choice["val_macro_ap"], key=choice["val_macro_ap"].get)
     ckpt = load_checkpoint(out)
     assert ckpt.labels == ["high", "low"] and ckpt.raw["linear_head"]["c"] == choice["c"]
-    assert "optimizer" not in ckpt.raw and ckpt.thresholds == {}
+    assert "optimizer" not in ckpt.raw and set(ckpt.thresholds) == {"high", "low"}
+    assert {"val", "test"} <= set(ckpt.raw["metrics"])  # finalised like best.pt
     model = model_from_checkpoint(ckpt).eval()
     # The backbone is the given one, untouched: only fc was fitted.
     state = model.state_dict()

@@ -27,6 +27,7 @@ from edge.models.selftest import default_reference_audio
 from edge.util.hashing import sha256_file
 from edge.util.jsonio import json_safe
 from trainer.birdnet import TEACHER_INFO
+from trainer.crossfit import KEY as CROSSFIT
 from trainer.species import SPECIES_FILE, label_fields, read_species
 
 TEACHERS = {"birdnet": TEACHER_INFO}  # what a manifest records about a distillation teacher
@@ -285,7 +286,8 @@ def bundle_from_checkpoint(
 
         run = load_run_data(validation_source, data_root)
         test = split_from_run(run, "test")
-        _, view = set_operating_points(out, split_from_run(run, "val"), target_precision,
+        val_split, scored, how = operating_point_evidence(out, ckpt, model, run)
+        _, view = set_operating_points(out, val_split, target_precision, scored=scored, how=how,
                                        report=("test", test) if test.files else None)
         if view is not None:
             metrics["user_view"] = view["headline"] | {"split": "test"}
@@ -297,6 +299,28 @@ def bundle_from_checkpoint(
         log.info("validation windows are not a run directory: window-level thresholds kept, every label enabled")
     (work / "report.json").write_text(json.dumps(_plain(metrics), indent=2) + "\n")
     return out, metrics
+
+
+def operating_point_evidence(bundle_dir: Path, ckpt, model, run):
+    """(recordings, their hop scores or None, method or None) on which to set the operating points.
+
+    Normally the validation recordings, scored by the bundle itself (None: the caller runs it).
+    A cross-fitted head (:mod:`trainer.crossfit`) brings out-of-fold scores of every train and
+    validation recording instead, each from the fold head that never saw it.
+    """
+    from trainer.edge_eval import pooled, split_from_run
+
+    if CROSSFIT not in ckpt.raw:
+        return split_from_run(run, "val"), None, None
+    from edge.models.bundle import load_bundle
+    from trainer.crossfit import HOW as CROSSFIT_HOW
+    from trainer.crossfit import out_of_fold_recordings
+
+    crossfit = ckpt.raw[CROSSFIT]
+    data = pooled(split_from_run(run, "train"), split_from_run(run, "val"))
+    log.info("operating points from out-of-fold scores of %d train + validation recordings", len(data.files))
+    recs = out_of_fold_recordings(load_bundle(bundle_dir), model, crossfit, data)
+    return data, recs, CROSSFIT_HOW.format(folds=crossfit["folds"])
 
 
 def _ort_version() -> str:

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from edge.config import Config, DetectorConfig
+from edge.contracts import ModelRuntime
 from edge.errors import SonotrapError
 from edge.inference.detector import Detector, enabled_labels, resolve_thresholds
 from trainer import operating_points, user_metrics
@@ -41,6 +42,7 @@ class RecordingScores:
     t_start: np.ndarray  # (H,)
     t_end: np.ndarray  # (H,)
     scores: np.ndarray  # (H, K)
+    gated: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))  # (H,) hops that skipped the model
 
 
 @dataclass
@@ -73,13 +75,16 @@ def load_split(data_root: str | Path, labels: list[str], split: str, split_file:
 
 
 def score_recordings(bundle, data: SplitData, cfg: Config | None = None, threads: int = 1,
-                     progress: bool = False) -> list[RecordingScores]:
-    """Run the edge pipeline over every recording of ``data``; hop scores per recording."""
+                     progress: bool = False, runtime: ModelRuntime | None = None) -> list[RecordingScores]:
+    """Run the edge pipeline over every recording of ``data``; hop scores per recording.
+
+    ``runtime`` replaces the bundle's ONNX classifier (its frontend and gate still apply).
+    """
     from edge.analysis.analyze import analyze_file
     from edge.inference.runtime import Classifier
 
     cfg = cfg or Config()
-    classifier = Classifier(bundle, threads)
+    classifier = runtime if runtime is not None else Classifier(bundle, threads)
     out = []
     for i, file in enumerate(data.files):
         hops: list = []
@@ -90,6 +95,7 @@ def score_recordings(bundle, data: SplitData, cfg: Config | None = None, threads
             file, res.duration_s, np.array([h.hop for h in hops], int),
             np.array([h.t_start for h in hops], float), np.array([h.t_end for h in hops], float),
             np.stack([h.scores for h in hops]) if hops else np.zeros((0, len(bundle.labels)), np.float32),
+            np.array([h.gated for h in hops], bool),
         ))
         if progress and (i + 1) % 20 == 0:
             log.info("scored %d/%d recordings", i + 1, len(data.files))
@@ -194,6 +200,13 @@ def split_from_run(run, split: str) -> SplitData:
     return SplitData(run.root, sorted(files), calls, {f: run.recordings[f].duration_s for f in files})
 
 
+def pooled(*splits: SplitData) -> SplitData:
+    """Several splits of one data folder as one (e.g. train + validation for cross-fitting)."""
+    files = sorted({f for d in splits for f in d.files})
+    return SplitData(splits[0].root, files, [a for d in splits for a in d.calls],
+                     {f: t for d in splits for f, t in d.durations.items()})
+
+
 def user_view_report(bundle, split: str, data: SplitData, cfg: Config | None = None,
                      threads: int = 1, progress: bool = False) -> dict[str, Any]:
     """What the daemon would publish with ``bundle`` as it is, scored on ``data``."""
@@ -207,6 +220,7 @@ def user_view_report(bundle, split: str, data: SplitData, cfg: Config | None = N
 def set_operating_points(bundle_dir: str | Path, val: SplitData, target_precision: float = 0.9,
                          cfg: Config | None = None, threads: int = 1,
                          report: tuple[str, SplitData] | None = None,
+                         scored: list[RecordingScores] | None = None, how: str | None = None,
                          ) -> tuple[dict[str, operating_points.OperatingPoint], dict[str, Any] | None]:
     """Re-estimate a bundle's thresholds and enabled flags on validation; rewrite its manifest.
 
@@ -214,15 +228,19 @@ def set_operating_points(bundle_dir: str | Path, val: SplitData, target_precisio
     settings in the manifest metrics (reporting only: nothing is chosen on it). The model
     file is untouched, so its sha256 stays valid; a signature is voided (the manifest
     changes) and must be renewed with ``sonotrap bundle sign``.
+
+    ``scored``: hop scores of ``val``'s recordings computed elsewhere (out-of-fold scores of a
+    cross-fitted head, :mod:`trainer.crossfit`), used instead of running the bundle; ``how``
+    then says where they come from.
     """
     from edge.models.bundle import load_bundle, write_bundle
 
     cfg = cfg or Config()
     bundle = load_bundle(bundle_dir)
-    recs = score_recordings(bundle, val, cfg, threads)
+    recs = scored if scored is not None else score_recordings(bundle, val, cfg, threads)
     points = choose_operating_points(recs, val, bundle.labels, target_precision)
     manifest = bundle.manifest
-    apply_operating_points(manifest, points, target_precision, HOW)
+    apply_operating_points(manifest, points, target_precision, how or HOW)
     view = None
     if report is not None:
         name, data = report

@@ -223,8 +223,8 @@ def plot_confusion(path: Path, probs, targets, known, labels, thresholds) -> Non
 
 def checkpoint_user_view(checkpoint: str | Path, run, split: str, target_precision: float,
                          work_dir: str | Path) -> dict[str, Any]:
-    """The FP32 model of a checkpoint through the edge pipeline, operating points from validation."""
-    from trainer.bundle_builder import BundleInfo, build_bundle
+    """The FP32 model of a checkpoint through the edge pipeline, operating points as its bundle would get them."""
+    from trainer.bundle_builder import BundleInfo, build_bundle, operating_point_evidence
     from trainer.checkpoint import load_checkpoint, model_from_checkpoint
     from trainer.edge_eval import set_operating_points, split_from_run
     from trainer.export import export_onnx
@@ -232,9 +232,11 @@ def checkpoint_user_view(checkpoint: str | Path, run, split: str, target_precisi
     work = Path(work_dir)
     work.mkdir(parents=True, exist_ok=True)
     ckpt = load_checkpoint(checkpoint)
-    fp32 = export_onnx(model_from_checkpoint(ckpt), work / "model_fp32.onnx", ckpt.frontend.image_shape)
+    model = model_from_checkpoint(ckpt)
+    fp32 = export_onnx(model, work / "model_fp32.onnx", ckpt.frontend.image_shape)
     bdir = build_bundle(fp32, BundleInfo.from_checkpoint(ckpt), work / "fp32-bundle")
-    _, view = set_operating_points(bdir, split_from_run(run, "val"), target_precision,
+    evidence, scored, how = operating_point_evidence(bdir, ckpt, model, run)
+    _, view = set_operating_points(bdir, evidence, target_precision, scored=scored, how=how,
                                    report=(split, split_from_run(run, split)))
     assert view is not None  # a report was asked for
     return view

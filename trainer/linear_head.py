@@ -25,8 +25,10 @@ import torch
 
 from edge.errors import SonotrapError
 from trainer.checkpoint import BEST, load_checkpoint, save_checkpoint, without_resume_state
+from trainer.crossfit import KEY as CROSSFIT
+from trainer.crossfit import cross_fit
 from trainer.evaluate import finalize
-from trainer.metrics import evaluate_scores
+from trainer.metrics import evaluate_scores, sigmoid
 from trainer.model import build_model
 from trainer.rundata import load_run_data, load_split_arrays
 
@@ -76,8 +78,14 @@ def features(backbone: torch.nn.Module, images: np.ndarray, batch: int = 64) -> 
 
 
 def linear_head(run_dir: str | Path, backbone_path: str | Path | None = None, c_grid=C_GRID,
-                out_name: str = OUT, seed: int = 0) -> tuple[Path, dict[str, Any]]:
-    """Write ``RUN_DIR/linear_head.pt`` (a sonotrap checkpoint); returns it and the choice of C."""
+                out_name: str = OUT, seed: int = 0, folds: int = 0) -> tuple[Path, dict[str, Any]]:
+    """Write ``RUN_DIR/linear_head.pt`` (a sonotrap checkpoint); returns it and the choice of C.
+
+    ``folds`` >= 2: cross-fit instead (:mod:`trainer.crossfit`): C is chosen on out-of-fold
+    macro-AP over the pooled train + validation recordings, the head is fitted on all of them,
+    and the fold heads are kept in the checkpoint so the bundle's operating points can be set
+    on every one of those recordings.
+    """
     run_dir = Path(run_dir)
     template = run_dir / BEST
     backbone_path = Path(backbone_path or run_dir / "distill" / "backbone.pt")
@@ -95,24 +103,47 @@ def linear_head(run_dir: str | Path, backbone_path: str | Path | None = None, c_
     net = net.to(memory_format=torch.channels_last)
     data = {s: load_split_arrays(run_dir, s) for s in ("train", "val")}
     feats = {s: features(net, a.images) for s, a in data.items()}
-    scores: dict[float, float] = {}
-    heads = {}
-    for c in c_grid:
-        w, b = fit_head(feats["train"], data["train"].targets, data["train"].known, c, seed)
-        probs = 1 / (1 + np.exp(-(feats["val"] @ w.T + b)))
-        scores[c] = evaluate_scores(probs, data["val"].targets, data["val"].known, ckpt.labels)["macro_ap"]
-        heads[c] = (w, b)
-        log.info("linear head C=%g: validation macro-AP %.4f", c, scores[c])
-    best = max(scores, key=lambda k: scores[k])
-    w, b = heads[best]
+    extra: dict[str, Any] = {}
+    if folds >= 2:
+        x = np.concatenate([feats["train"], feats["val"]])
+        y = np.concatenate([data["train"].targets, data["val"].targets])
+        known = np.concatenate([data["train"].known, data["val"].known])
+        files = [str(p) for a in data.values() for p, _, _ in (a.sources or [])]
+        cf = cross_fit(x, y, known, files, folds, c_grid, fit_head, ckpt.labels, seed)
+        root = load_run_data(run_dir).root
+        files_rel = {_relative(f, root): fold for f, fold in cf["assignment"].items()}
+        best, scores = cf["c"], cf["cv_macro_ap"]
+        w, b = fit_head(x, y, known, best, seed)
+        extra[CROSSFIT] = {"folds": folds, "seed": seed, "c": best, "cv_macro_ap": scores,
+                           "assignment": files_rel, "weights": torch.from_numpy(cf["weights"]),
+                           "biases": torch.from_numpy(cf["biases"])}
+        how = {"fit_on": "train+val", "cv_macro_ap": scores}
+    else:
+        scores = {}
+        heads = {}
+        for c in c_grid:
+            w, b = fit_head(feats["train"], data["train"].targets, data["train"].known, c, seed)
+            probs = sigmoid(feats["val"] @ w.T + b)
+            scores[c] = evaluate_scores(probs, data["val"].targets, data["val"].known, ckpt.labels)["macro_ap"]
+            heads[c] = (w, b)
+            log.info("linear head C=%g: validation macro-AP %.4f", c, scores[c])
+        best = max(scores, key=lambda k: scores[k])
+        w, b = heads[best]
+        how = {"fit_on": "train", "val_macro_ap": scores}
     fc.weight.data = torch.from_numpy(w).float()
     fc.bias.data = torch.from_numpy(b).float()
     net.fc = fc
     state = without_resume_state(dict(ckpt.raw))
     state.update(model={k: v.contiguous() for k, v in net.state_dict().items()}, thresholds={}, metrics={},
-                 linear_head={"backbone": str(backbone_path), "c": best, "val_macro_ap": scores})
+                 linear_head={"backbone": str(backbone_path), "c": best, **how}, **extra)
     out = run_dir / out_name
     save_checkpoint(state, out)
     # as at the end of training: thresholds from validation, val and test metrics in the checkpoint
     finalize(out, load_run_data(run_dir), torch.device("cpu"))
-    return out, {"c": best, "val_macro_ap": scores}
+    return out, {"c": best, **how}
+
+
+def _relative(file: str, root: Path) -> str:
+    """A window source's recording as the split names it (relative to the data root)."""
+    p = Path(file)
+    return str(p.relative_to(root)) if p.is_relative_to(root) else str(p)

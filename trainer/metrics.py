@@ -17,6 +17,11 @@ import numpy as np
 from scipy.stats import rankdata
 
 
+def sigmoid(z: np.ndarray) -> np.ndarray:
+    """Probabilities from logits (a linear head's scores), without overflow warnings."""
+    return 1.0 / (1.0 + np.exp(-np.clip(z, -60, 60)))
+
+
 def pr_curve(y: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(precision, recall, thresholds) at each distinct score, thresholds descending."""
     y = np.asarray(y, dtype=bool)

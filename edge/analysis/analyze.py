@@ -21,10 +21,10 @@ from pathlib import Path
 import numpy as np
 
 from edge.config import Config
+from edge.contracts import ModelRuntime
 from edge.errors import SonotrapError
 from edge.inference.detector import DetectionEvent, Detector
 from edge.inference.pipeline import HopPipeline, HopResult
-from edge.inference.runtime import Classifier
 
 RAVEN_HEADER = ["Selection", "View", "Channel", "Begin Time (s)", "End Time (s)",
                 "Low Freq (Hz)", "High Freq (Hz)", "Species", "Score"]
@@ -43,7 +43,7 @@ class FileResult:
 
 def analyze_file(
     path: Path,
-    classifier: Classifier,
+    classifier: ModelRuntime,
     cfg: Config,
     batch: int = 16,
     progress: Callable[[float], None] | None = None,

@@ -11,18 +11,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backbone", type=Path, default=None,
                         help="ResNet50 state dict (default: RUN/distill/backbone.pt)")
     parser.add_argument("--out-name", default="linear_head.pt", help="checkpoint file name in the run directory")
+    parser.add_argument("--folds", type=int, default=0, metavar="K",
+                        help="cross-fit: pool train + validation recordings into K folds by recording; C is "
+                             "chosen on out-of-fold macro-AP, the head is fitted on all of them, and the bundle's "
+                             "operating points are set on every one (0: fit on train, choose C on validation)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for the feature pass")
 
 
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from edge.errors import SonotrapError
     from trainer.linear_head import linear_head
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    out, choice = linear_head(args.run, args.backbone, out_name=args.out_name)
-    grid = ", ".join(f"C={c:g}: {ap:.4f}" for c, ap in choice["val_macro_ap"].items())
-    print(f"wrote {out}: validation macro-AP {grid}; chose C={choice['c']:g}")
+    if args.folds == 1 or args.folds < 0:
+        raise SonotrapError(f"--folds {args.folds}: use 0 (no cross-fitting) or at least 2 folds")
+    out, choice = linear_head(args.run, args.backbone, out_name=args.out_name, folds=args.folds)
+    key, what = (("cv_macro_ap", f"{args.folds}-fold out-of-fold macro-AP") if args.folds
+                 else ("val_macro_ap", "validation macro-AP"))
+    grid = ", ".join(f"C={c:g}: {ap:.4f}" for c, ap in choice[key].items())
+    print(f"wrote {out}: {what} {grid}; chose C={choice['c']:g}")
     print(f"next: sonotrap evaluate --checkpoint {out} --split test, then sonotrap quantize {out} -o BUNDLE")
     return 0

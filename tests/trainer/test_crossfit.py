@@ -1,0 +1,193 @@
+"""Cross-fitted linear heads: held-out scores on every labelled recording, operating points set on them."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("sklearn")
+pytest.importorskip("onnx")
+
+from edge.errors import SonotrapError  # noqa: E402
+from edge.inference.frontend import FrontendConfig  # noqa: E402
+from edge.models.bundle import load_bundle  # noqa: E402
+from tests.trainer.test_export import write_checkpoint  # noqa: E402
+from trainer.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint  # noqa: E402
+from trainer.crossfit import KEY, assign_folds, cross_fit, out_of_fold_recordings  # noqa: E402
+from trainer.edge_eval import pooled, score_recordings, split_from_run  # noqa: E402
+from trainer.linear_head import fit_head, linear_head  # noqa: E402
+from trainer.metrics import sigmoid  # noqa: E402
+from trainer.model import build_model  # noqa: E402
+from trainer.prepare import DataSpec, prepare_run  # noqa: E402
+from trainer.rundata import load_run_data  # noqa: E402
+from trainer.split import read_split  # noqa: E402
+
+SMALL = FrontendConfig(n_mels=32, n_frames=32, hop_length=2000)
+
+
+def test_folds_are_balanced_seeded_and_cover_every_recording():
+    files = [f"r{i:02d}.wav" for i in range(23)] * 3  # windows: each recording several times
+    a = assign_folds(files, 5, seed=1)
+    assert set(a) == set(files) and set(a.values()) == set(range(5))
+    sizes = np.bincount(list(a.values()))
+    assert sizes.max() - sizes.min() <= 1
+    assert assign_folds(list(reversed(files)), 5, seed=1) == a  # order of windows does not matter
+    assert assign_folds(files, 5, seed=2) != a
+    with pytest.raises(ValueError, match="at least 2 folds"):
+        assign_folds(files, 1)
+
+
+def test_out_of_fold_scores_never_come_from_a_head_that_saw_the_recording():
+    # Each recording has its own feature dimension and a random label: a head that saw a
+    # recording memorises it (AP ~1); held out, the label cannot be predicted (AP ~ chance).
+    rng = np.random.default_rng(0)
+    n_rec, per = 40, 4
+    files = [f"r{i}" for i in range(n_rec) for _ in range(per)]
+    x = np.zeros((n_rec * per, n_rec + 1))
+    x[np.arange(n_rec * per), np.repeat(np.arange(n_rec), per)] = 1.0
+    label = np.repeat(rng.random(n_rec) < 0.5, per)
+    informative = label + rng.normal(0, 0.3, len(label))  # a real cue, shared by every recording
+    y = np.stack([label, label], axis=1).astype(np.float32)
+    known = np.ones_like(y, dtype=bool)
+    x_id = x.copy()
+    x_cue = x.copy()
+    x_cue[:, -1] = informative
+    memorised = cross_fit(x_id, y, known, files, 4, (10.0,), fit_head, ["a", "b"])
+    assert memorised["cv_macro_ap"][10.0] < 0.75
+    w, b = fit_head(x_id, y, known, 10.0)  # in-sample, for contrast
+    from trainer.metrics import evaluate_scores
+
+    assert evaluate_scores(sigmoid(x_id @ w.T + b), y, known, ["a", "b"])["macro_ap"] > 0.95
+    cued = cross_fit(x_cue, y, known, files, 4, (0.01, 10.0), fit_head, ["a", "b"])
+    assert cued["cv_macro_ap"][cued["c"]] > 0.9 and cued["c"] == max(cued["cv_macro_ap"], key=cued["cv_macro_ap"].get)
+    assert cued["weights"].shape == (4, 2, n_rec + 1) and cued["biases"].shape == (4, 2)
+
+
+class TorchRuntime:
+    """A plain PyTorch model as the edge pipeline's model runtime (sigmoid of its logits)."""
+
+    def __init__(self, bundle, model):
+        self.bundle, self.model = bundle, model.eval()
+
+    @property
+    def labels(self):
+        return self.bundle.labels
+
+    @torch.no_grad()
+    def predict(self, images):
+        return torch.sigmoid(self.model(torch.from_numpy(np.ascontiguousarray(images)))).numpy()
+
+    def self_test(self):
+        return np.zeros(len(self.labels), np.float32)
+
+    def latency_ms(self):
+        return {}
+
+
+@pytest.fixture(scope="module")
+def crossfit_run(data_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("cf") / "run"
+    prepared = prepare_run(DataSpec(data=str(data_dir), seed=3), SMALL, out)
+    torch.manual_seed(0)
+    write_checkpoint(out / "best.pt", build_model(len(prepared.run.labels), "none").eval(),
+                     prepared.run.labels, frontend=SMALL.to_dict())
+    torch.manual_seed(5)
+    backbone = build_model(1, "none")
+    backbone.fc = torch.nn.Identity()
+    (out / "distill").mkdir()
+    save_checkpoint(backbone.state_dict(), out / "distill" / "backbone.pt")
+    torch.set_num_threads(2)
+    ckpt_path, choice = linear_head(out, c_grid=(0.01, 1.0), folds=2, out_name="cf.pt")
+    return out, ckpt_path, choice
+
+
+@pytest.fixture(scope="module")
+def crossfit_bundle(crossfit_run, tmp_path_factory):
+    from trainer.bundle_builder import bundle_from_checkpoint
+    from trainer.quantize import QuantSettings
+
+    _, ckpt_path, _ = crossfit_run
+    tmp = tmp_path_factory.mktemp("cfb")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SONOTRAP_CACHE_DIR", str(tmp / "cache"))
+        out, _ = bundle_from_checkpoint(ckpt_path, tmp / "bundle", settings=QuantSettings(calibration_windows=8),
+                                        max_ap_drop=1.0, reference_audio="synthetic")
+    return out
+
+
+def test_cross_fitted_head_is_fitted_on_train_and_validation_and_keeps_its_fold_heads(crossfit_run):
+    run_dir, ckpt_path, choice = crossfit_run
+    ckpt = load_checkpoint(ckpt_path)
+    split = read_split(run_dir / "split.json")
+    cf = ckpt.raw[KEY]
+    assert set(cf["assignment"]) == set(split["train"]) | set(split["val"])  # never a test recording
+    assert not set(cf["assignment"]) & set(split["test"])
+    assert cf["weights"].shape == (2, 2, 2048) and choice["c"] == cf["c"]
+    assert ckpt.raw["linear_head"]["fit_on"] == "train+val" and set(choice["cv_macro_ap"]) == {0.01, 1.0}
+    # The shipped fc is none of the fold heads: it was fitted on all pooled windows.
+    fc = ckpt.state_dict["fc.weight"].numpy()
+    assert all(not np.allclose(fc, cf["weights"][j].numpy(), atol=1e-6) for j in range(2))
+
+
+def test_out_of_fold_hop_scores_are_each_recordings_own_fold_head(crossfit_run, crossfit_bundle):
+    run_dir, ckpt_path, _ = crossfit_run
+    ckpt = load_checkpoint(ckpt_path)
+    cf = ckpt.raw[KEY]
+    run = load_run_data(run_dir)
+    data = pooled(split_from_run(run, "train"), split_from_run(run, "val"))
+    bundle = load_bundle(crossfit_bundle)
+    model = model_from_checkpoint(ckpt)
+    recs = out_of_fold_recordings(bundle, model, cf, data)
+    assert [r.file for r in recs] == data.files
+    for r in recs[:4]:
+        fold = cf["assignment"][r.file]
+        ref_model = model_from_checkpoint(ckpt)
+        ref_model.fc.weight.data = cf["weights"][fold].float()
+        ref_model.fc.bias.data = cf["biases"][fold].float()
+        one = pooled(split_from_run(run, "train"))
+        one.files = [r.file]
+        [ref] = score_recordings(bundle, one, runtime=TorchRuntime(bundle, ref_model))
+        np.testing.assert_allclose(r.t_start, ref.t_start)
+        np.testing.assert_allclose(r.scores, ref.scores, atol=1e-4)
+        other = model_from_checkpoint(ckpt)  # the other fold's head gives other scores
+        other.fc.weight.data = cf["weights"][1 - fold].float()
+        other.fc.bias.data = cf["biases"][1 - fold].float()
+        [wrong] = score_recordings(bundle, one, runtime=TorchRuntime(bundle, other))
+        assert not np.allclose(r.scores, wrong.scores, atol=1e-4)
+    with pytest.raises(ValueError, match="not in the cross-fit folds"):
+        out_of_fold_recordings(bundle, model, cf, split_from_run(run, "test"))
+
+
+def test_bundle_of_a_cross_fitted_head_sets_operating_points_on_every_pooled_recording(crossfit_bundle):
+    m = json.loads((crossfit_bundle / "manifest.json").read_text())
+    op = m["metrics"]["operating_points"]
+    assert op["method"].startswith("out-of-fold hop scores") and "2 folds" in op["method"]
+    assert m["metrics"]["user_view"]["split"] == "test"
+    for lab in m["labels"]:
+        assert isinstance(lab["enabled"], bool) and (lab["enabled"] or lab["disabled_reason"])
+    load_bundle(crossfit_bundle)
+
+
+def test_linear_head_refuses_one_fold(crossfit_run, capsys):
+    import argparse
+
+    from trainer.commands import linear_head as cmd
+
+    run_dir, _, _ = crossfit_run
+    p = argparse.ArgumentParser()
+    cmd.add_arguments(p)
+    with pytest.raises(SonotrapError, match="--folds 1: use 0"):
+        cmd.run(p.parse_args([str(run_dir), "--folds", "1"]))
+
+
+def test_evaluate_checkpoint_sets_a_cross_fitted_heads_operating_points_the_same_way(crossfit_run, tmp_path):
+    from trainer.evaluate import checkpoint_user_view
+
+    run_dir, ckpt_path, _ = crossfit_run
+    view = checkpoint_user_view(ckpt_path, load_run_data(run_dir), "test", 0.9, tmp_path / "w")
+    m = load_bundle(tmp_path / "w" / "fp32-bundle").manifest
+    assert m.metrics["operating_points"]["method"].startswith("out-of-fold hop scores")
+    assert view["split"] == "test" and view["enabled_labels"] == len(load_bundle(tmp_path / "w" / "fp32-bundle").enabled_labels)

@@ -47,7 +47,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from edge.util.jsonio import json_safe  # noqa: E402
-from trainer.metrics import choose_threshold, evaluate_scores  # noqa: E402
+from trainer.linear_head import fit_head  # noqa: E402
+from trainer.metrics import choose_threshold, evaluate_scores, sigmoid  # noqa: E402
 from trainer.rundata import AudioCache, RunData, load_run_data, window_image  # noqa: E402
 from trainer.teacher_cache import ensure_cache  # noqa: E402
 from trainer.windows import to_arrays  # noqa: E402
@@ -116,28 +117,12 @@ class Probe:
     """One logistic regression per label on standardised BirdNET embeddings (the peer's model)."""
 
     def __init__(self, x_train: np.ndarray, targets: np.ndarray, known: np.ndarray, c: float, seed: int) -> None:
-        from sklearn.linear_model import LogisticRegression
-        from sklearn.preprocessing import StandardScaler
-
-        self.scaler = StandardScaler().fit(x_train)
-        x = self.scaler.transform(x_train)
-        self.models: list = []
-        for k in range(targets.shape[1]):
-            m = known[:, k]
-            y = targets[m, k] > 0.5
-            if y.all() or not y.any():
-                self.models.append(None)  # nothing to learn: scores stay 0 (the label ends up disabled)
-                continue
-            clf = LogisticRegression(C=c, class_weight="balanced", max_iter=2000, random_state=seed)
-            self.models.append(clf.fit(x[m], y))
+        # The same regressions as ``sonotrap linear-head`` fits on the student's features: a label
+        # with nothing to learn never fires (and ends up disabled).
+        self.weights, self.bias = fit_head(x_train, targets, known, c, seed)
 
     def predict(self, embeddings: np.ndarray) -> np.ndarray:
-        x = self.scaler.transform(embeddings)
-        out = np.zeros((len(x), len(self.models)), dtype=np.float32)
-        for k, clf in enumerate(self.models):
-            if clf is not None and len(x):
-                out[:, k] = clf.predict_proba(x)[:, 1]
-        return out
+        return sigmoid(np.asarray(embeddings, np.float64) @ self.weights.T + self.bias).astype(np.float32)
 
 
 def probe_scores(cache, groups, targets: dict, known: dict, c: float, seed: int) -> tuple[Probe, dict]:
@@ -204,7 +189,7 @@ def teacher_hop_scores(run: RunData, recs: list, probe: Probe, threads: int = 1,
     wins = [[TeacherWindow(LABELLED, r.file, round(float(t), 3)) for t in r.t_start] for r in recs]
     cache = compute_cache(run.run_dir, [w for ws in wins for w in ws], {LABELLED: Path(run.root)}, threads,
                           window_s=run.frontend.window_s, model=teacher)
-    empty = np.zeros((0, len(probe.models)), dtype=np.float32)
+    empty = np.zeros((0, len(probe.bias)), dtype=np.float32)
     return [dataclasses.replace(r, scores=probe.predict(cache.embeddings[cache.rows(ws)]) if ws else empty)
             for r, ws in zip(recs, wins, strict=True)]
 

@@ -178,8 +178,8 @@ def checkpoint_scores(run: RunData, path: str, threads: int) -> dict:
 
 # ---- the user's view: what the daemon would publish -------------------------------------
 
-def teacher_hop_scores(run: RunData, recs: list, probe: Probe, threads: int = 1, teacher=None) -> list:
-    """The probe's scores at the daemon's hops (the windows of ``recs``, a bundle's edge run).
+def teacher_hop_embeddings(run: RunData, recs: list, threads: int = 1, teacher=None) -> list[np.ndarray]:
+    """BirdNET's embedding of every hop window of ``recs`` (a bundle's edge run), per recording.
 
     BirdNET runs on exactly those windows; its outputs join the run's teacher cache, so a
     second report costs no BirdNET time. ``teacher``: a stand-in with BirdNET's ``run`` (tests).
@@ -189,9 +189,40 @@ def teacher_hop_scores(run: RunData, recs: list, probe: Probe, threads: int = 1,
     wins = [[TeacherWindow(LABELLED, r.file, round(float(t), 3)) for t in r.t_start] for r in recs]
     cache = compute_cache(run.run_dir, [w for ws in wins for w in ws], {LABELLED: Path(run.root)}, threads,
                           window_s=run.frontend.window_s, model=teacher)
-    empty = np.zeros((0, len(probe.bias)), dtype=np.float32)
-    return [dataclasses.replace(r, scores=probe.predict(cache.embeddings[cache.rows(ws)]) if ws else empty)
-            for r, ws in zip(recs, wins, strict=True)]
+    return [cache.embeddings[cache.rows(ws)] if ws else np.zeros((0, cache.embeddings.shape[1]), np.float32)
+            for ws in wins]
+
+
+def teacher_hop_scores(run: RunData, recs: list, probe: Probe, threads: int = 1, teacher=None) -> list:
+    """The probe's scores at the daemon's hops (the windows of ``recs``, a bundle's edge run)."""
+    return [dataclasses.replace(r, scores=probe.predict(e))
+            for r, e in zip(recs, teacher_hop_embeddings(run, recs, threads, teacher), strict=True)]
+
+
+def crossfit_probe_points(run: RunData, cache, groups, hops: list, data, folds: int, c: float, seed: int,
+                          target_precision: float, threads: int = 1, teacher=None) -> tuple[Probe, dict]:
+    """The probe cross-fitted as ``sonotrap linear-head --folds`` fits the student's head.
+
+    Train + validation recordings in the same folds (same seed), each recording's hops scored by
+    the fold probe that never saw it, operating points on all of them, the final probe fitted on
+    every pooled window. ``hops``/``data``: the pooled recordings' edge run and split.
+    """
+    from trainer.crossfit import cross_fit
+    from trainer.edge_eval import choose_operating_points
+
+    ws = [w for s in ("train", "val") for w in groups[s]]
+    x = cache.embeddings[cache.rows(ws)]
+    y, k = to_arrays([w for s in ("train", "val") for w in run.windows(s)], run.labels)
+    files = [w.file for w in ws]
+    cf = cross_fit(x, y, k, files, folds, (c,), fit_head, run.labels, seed)
+    emb = teacher_hop_embeddings(run, hops, threads, teacher)
+    oof = []
+    for r, e in zip(hops, emb, strict=True):
+        j = cf["assignment"][r.file]
+        scores = sigmoid(e.astype(np.float64) @ cf["weights"][j].T.astype(np.float64) + cf["biases"][j])
+        oof.append(dataclasses.replace(r, scores=scores.astype(np.float32)))
+    points = choose_operating_points(oof, data, run.labels, target_precision)
+    return Probe(x, y, k, c, seed), points
 
 
 def user_view_rows(name: str, recs: dict[str, list], labels: list[str], data: dict, target_precision: float,
@@ -220,8 +251,13 @@ def user_view_rows(name: str, recs: dict[str, list], labels: list[str], data: di
 
 
 def user_view_report(run: RunData, probe: Probe, bundles: list[tuple[str, str]], target_precision: float,
-                     threads: int = 1, teacher=None) -> list[dict]:
-    """The user's view of the probe and of each bundle on the same recordings and hops."""
+                     threads: int = 1, teacher=None, folds: int = 0, c: float = 1.0, seed: int = 0) -> list[dict]:
+    """The user's view of the probe and of each bundle on the same recordings and hops.
+
+    ``folds``: also the probe cross-fitted on train + validation (its operating points on
+    out-of-fold hop scores), the rule a bundle from ``sonotrap linear-head --folds`` ships with;
+    its hops come from the first bundle's edge run of the training recordings.
+    """
     from edge.config import Config, DetectorConfig
     from edge.models.bundle import load_bundle
     from trainer.edge_eval import bundle_settings, score_recordings, split_from_run
@@ -238,7 +274,25 @@ def user_view_report(run: RunData, probe: Probe, bundles: list[tuple[str, str]],
                                bundle_settings(bundle, DetectorConfig()))
     assert hops is not None
     probe_recs = {s: teacher_hop_scores(run, hops[s], probe, threads, teacher) for s in data}
-    return user_view_rows(PROBE, probe_recs, run.labels, data, target_precision) + rows
+    rows = user_view_rows(PROBE, probe_recs, run.labels, data, target_precision) + rows
+    if folds:
+        from trainer.edge_eval import measure, pooled
+        from trainer.teacher_cache import ensure_cache
+
+        cache, groups = ensure_cache(run, None, threads=threads, model=teacher)
+        pool = pooled(split_from_run(run, "train"), data["val"])
+        pool_hops = score_recordings(load_bundle(bundles[0][1]), pool, Config(), threads)
+        cf_probe, points = crossfit_probe_points(run, cache, groups, pool_hops, pool, folds, c, seed,
+                                                 target_precision, threads, teacher)
+        test_recs = teacher_hop_scores(run, hops["test"], cf_probe, threads, teacher)
+        view = measure(test_recs, data["test"], run.labels, {lab: p.threshold for lab, p in points.items()},
+                       DetectorConfig(), {lab for lab, p in points.items() if p.enabled})
+        from trainer.user_metrics import headline
+
+        rows.insert(0, {"model": f"{PROBE}, cross-fitted on train+val ({folds} folds)",
+                        "thresholds": f"out-of-fold-hops-p{target_precision:g}", "split": "test",
+                        "metrics": {**headline(view), "enabled_labels": view["enabled_labels"]}})
+    return rows
 
 
 # ---- report ------------------------------------------------------------------------------
@@ -290,6 +344,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="also score what the daemon would publish (event and presence precision/recall, false "
                          "detections per hour) for the probe and each --bundle; runs BirdNET at every hop of the "
                          "val and test recordings once (cached in the run)")
+    ap.add_argument("--folds", type=int, default=0, metavar="K",
+                    help="with --user-view: also the probe cross-fitted on train+val in K folds by recording "
+                         "(as sonotrap linear-head --folds K), operating points on out-of-fold hop scores")
     ap.add_argument("--json", metavar="FILE")
     ap.add_argument("--markdown", metavar="FILE")
     args = ap.parse_args(argv)
@@ -330,7 +387,8 @@ def main(argv: list[str] | None = None) -> int:
               "num_windows": {s: len(files[s]) for s in files}, "rows": rows}
     if args.user_view:
         report["user_view_rows"] = user_view_report(run, probe, _named(args.bundle, "--bundle"),
-                                                    args.target_precision, args.threads)
+                                                    args.target_precision, args.threads, folds=args.folds,
+                                                    c=args.c, seed=args.seed)
         md += "\n\nWhat the daemon would publish (events merged as it merges them):\n\n"
         md += markdown(report["user_view_rows"], USER_COLUMNS)
     report["wall_s"] = time.monotonic() - t0

@@ -122,3 +122,34 @@ def test_user_view_scores_the_probe_at_the_daemons_hops_next_to_a_bundle(tmp_pat
 
     md = probe.markdown(rows, probe.USER_COLUMNS)
     assert "| band (INT8 bundle) | manifest | test | 1.000 | 1.000 |" in md
+
+
+def test_user_view_can_cross_fit_the_probe_like_the_students_head(tmp_path):
+    """--folds: the probe's operating points on out-of-fold hop scores of every train+val recording."""
+    from tests.support.synth_calls import make_dataset
+    from tests.support.tiny_model import make_tiny_bundle
+    from trainer.prepare import DataSpec, prepare_run
+    from trainer.rundata import load_run_data
+    from trainer.teacher_cache import ensure_cache
+    from trainer.windows import to_arrays
+
+    data = tmp_path / "data"
+    make_dataset(data, n_files=18, n_negative=3)
+    files = [f"audio/rec{i:02d}.{'flac' if i % 3 else 'wav'}" for i in range(21)]
+    split = {"train": files[:9] + files[18:19], "val": files[9:15] + files[19:20], "test": files[15:18] + files[20:]}
+    (data / "split.json").write_text(json.dumps(split))
+    prepare_run(DataSpec(data=str(data), split_file=str(data / "split.json")), FrontendConfig(), tmp_path / "run")
+    run = load_run_data(tmp_path / "run")
+    teacher = BandTeacher()
+    cache, groups = ensure_cache(run, None, model=teacher)
+    targets, known = to_arrays(run.windows("train"), run.labels)
+    model = probe.Probe(cache.embeddings[cache.rows(groups["train"])], targets, known, 1.0, 0)
+    bundle = make_tiny_bundle(tmp_path / "b", bands={"low": (1000.0, 1400.0), "high": (3800.0, 4400.0)})
+    before = teacher.windows
+    rows = probe.user_view_report(run, model, [("band", str(bundle))], 0.7, teacher=teacher, folds=3)
+    cf = [r for r in rows if "cross-fitted" in r["model"]]
+    assert len(cf) == 1 and cf[0]["split"] == "test" and cf[0]["thresholds"] == "out-of-fold-hops-p0.7"
+    m = cf[0]["metrics"]
+    assert m["enabled_labels"] >= 1 and m["event_precision"] > 0.5 and m["event_recall"] > 0.5
+    # BirdNET also ran at the hops of the 17 train + val recordings (once each), not only val/test.
+    assert teacher.windows - before >= 21 * 3

@@ -243,7 +243,17 @@ def bundle_from_checkpoint(
 
     calib = load_windows(calibration_source, "train", settings.calibration_windows, settings.seed, data_root)
     int8 = work / "model_int8.onnx"
-    report = quantize_and_verify(fp32, int8, calib, val, settings, max_ap_drop=max_ap_drop)
+    held_out = None
+    if CROSSFIT in ckpt.raw:  # the head saw the validation windows: judge INT8 with the fold heads
+        from trainer.crossfit import held_out_predict
+        from trainer.rundata import load_run_data
+
+        if val.sources is None:
+            raise SonotrapError("a cross-fitted head is checked on its run directory's validation windows; "
+                                "pass the run directory as the validation source")
+        root = load_run_data(validation_source, data_root).root
+        held_out = held_out_predict(ckpt.raw[CROSSFIT], [str(Path(p).relative_to(root)) for p, _, _ in val.sources])
+    report = quantize_and_verify(fp32, int8, calib, val, settings, max_ap_drop=max_ap_drop, predict=held_out)
 
     from trainer.export import onnx_predict
 

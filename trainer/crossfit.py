@@ -136,3 +136,43 @@ def out_of_fold_recordings(bundle: ModelBundle, model: torch.nn.Module, crossfit
     finally:
         model.fc = fc
     return out
+
+
+def head_inputs(model_path, images: np.ndarray, batch: int = 16) -> np.ndarray:
+    """The pooled features an ONNX model (FP32 or INT8) feeds its final Gemm, ``(N, D)``.
+
+    The head stays in float in the INT8 graph, so its input is a float tensor; exposing it as an
+    extra output measures what quantization did to the backbone, on held-out fold heads.
+    """
+    import onnx
+    import onnxruntime as ort
+
+    model = onnx.load(str(model_path))
+    gemms = [n for n in model.graph.node if n.op_type == "Gemm"]
+    if not gemms:
+        raise ValueError(f"{model_path} has no Gemm head")
+    name = gemms[-1].input[0]
+    model.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    sess = ort.InferenceSession(model.SerializeToString(), sess_options=opts, providers=["CPUExecutionProvider"])
+    inp = sess.get_inputs()[0].name
+    outs = [sess.run([name], {inp: np.ascontiguousarray(images[i: i + batch])})[0]
+            for i in range(0, len(images), batch)]
+    return np.concatenate(outs).reshape(len(images), -1)
+
+
+def held_out_predict(crossfit: dict[str, Any], files: list[str]):
+    """``predict(model_path, images)`` for the INT8 check: each window scored by its recording's fold head.
+
+    The shipped head was fitted on the validation windows, so its own scores there say nothing
+    about an INT8 drop (AP ~1 either way); the fold heads never saw those recordings.
+    """
+    folds = np.array([crossfit["assignment"][f] for f in files])
+    w, b = np.asarray(crossfit["weights"], np.float64), np.asarray(crossfit["biases"], np.float64)
+
+    def predict(model_path, images: np.ndarray) -> np.ndarray:
+        x = head_inputs(model_path, images).astype(np.float64)
+        return sigmoid(np.einsum("nd,nkd->nk", x, w[folds]) + b[folds]).astype(np.float32)
+
+    return predict

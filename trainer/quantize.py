@@ -313,17 +313,24 @@ def quantize_and_verify(
     settings: QuantSettings,
     max_ap_drop: float = DEFAULT_MAX_AP_DROP,
     check: bool = True,
+    predict=None,
 ) -> QuantReport:
-    """Quantize, run both models on the validation windows, report, and enforce the bound."""
+    """Quantize, run both models on the validation windows, report, and enforce the bound.
+
+    ``predict(model_path, images)`` replaces the models' own outputs in the comparison (a
+    cross-fitted head scores validation with held-out fold heads: :mod:`trainer.crossfit`).
+    """
     from trainer.export import onnx_predict
+
+    predict = predict or onnx_predict
 
     if calibration.labels != validation.labels:
         raise SonotrapError("calibration and validation windows have different label lists; use one run directory")
     calib = calibration.subset(settings.calibration_windows, settings.seed)
     log.info("calibrating (%s) on %d windows from %s", settings.method, len(calib.images), calib.source)
     quantize_model(fp32_path, out_path, calib.images, settings)
-    p32 = onnx_predict(fp32_path, validation.images)
-    p8 = onnx_predict(out_path, validation.images)
+    p32 = predict(fp32_path, validation.images)
+    p8 = predict(out_path, validation.images)
     report = compare(p32, p8, validation)
     log.info("%s", report.summary())
     if check:

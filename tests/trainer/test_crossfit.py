@@ -161,8 +161,37 @@ def test_out_of_fold_hop_scores_are_each_recordings_own_fold_head(crossfit_run, 
         out_of_fold_recordings(bundle, model, cf, split_from_run(run, "test"))
 
 
-def test_bundle_of_a_cross_fitted_head_sets_operating_points_on_every_pooled_recording(crossfit_bundle):
+def test_bundle_of_a_cross_fitted_head_sets_operating_points_on_every_pooled_recording(crossfit_run, crossfit_bundle):
+    from trainer.metrics import evaluate_scores
+    from trainer.rundata import load_split_arrays
+
+    run_dir, ckpt_path, _ = crossfit_run
     m = json.loads((crossfit_bundle / "manifest.json").read_text())
+    # The INT8 check scored validation with the held-out fold heads, not the head fitted on it.
+    ckpt = load_checkpoint(ckpt_path)
+    cf = ckpt.raw[KEY]
+    val = load_split_arrays(run_dir, "val")
+    root = load_run_data(run_dir).root
+    folds = [cf["assignment"][str(p.relative_to(root))] for p, _, _ in val.sources]
+    net = model_from_checkpoint(ckpt).eval()
+    net.fc = torch.nn.Identity()
+    with torch.no_grad():
+        feats = net(torch.from_numpy(val.images)).double().numpy()
+    w, b = cf["weights"].double().numpy(), cf["biases"].double().numpy()
+    held_out = sigmoid(np.einsum("nd,nkd->nk", feats, w[folds]) + b[folds])
+    expected = evaluate_scores(held_out, val.targets, val.known, ckpt.labels)["macro_ap"]
+    assert m["metrics"]["fp32"]["macro_ap"] == pytest.approx(expected, abs=1e-3)
+    # Window by window: the FP32 and INT8 graphs' head inputs with each recording's fold head.
+    from trainer.crossfit import held_out_predict
+
+    files = [str(p.relative_to(root)) for p, _, _ in val.sources]
+    work = crossfit_bundle.parent / f".{crossfit_bundle.name}-work"
+    got = held_out_predict(cf, files)(work / "model_fp32.onnx", val.images)
+    np.testing.assert_allclose(got, held_out, atol=1e-4)
+    shipped = sigmoid(feats @ ckpt.state_dict["fc.weight"].double().numpy().T + ckpt.state_dict["fc.bias"].double().numpy())
+    assert np.abs(got - shipped).max() > 1e-2  # not the head that was fitted on these windows
+    int8 = held_out_predict(cf, files)(work / "model_int8.onnx", val.images)
+    assert np.abs(int8 - got).mean() < 0.05
     op = m["metrics"]["operating_points"]
     assert op["method"].startswith("out-of-fold hop scores") and "2 folds" in op["method"]
     assert m["metrics"]["user_view"]["split"] == "test"

@@ -25,13 +25,13 @@ import torch
 
 from edge.config import Config
 from edge.models.bundle import ModelBundle
-from trainer.edge_eval import RecordingScores, SplitData, score_recordings
+from trainer.edge_eval import CROSS_FITTED, RecordingScores, SplitData, score_recordings
 from trainer.metrics import evaluate_scores, sigmoid
 
 log = logging.getLogger("sonotrap.trainer")
 
 KEY = "crossfit"  # checkpoint entry: fold assignment and the out-of-fold heads
-HOW = ("out-of-fold hop scores of every train + validation recording ({folds} folds by recording), "
+HOW = (CROSS_FITTED + " hop scores of every train + validation recording ({folds} folds by recording), "
        "by-recording bootstrap precision lower bound (see docs/training.md)")
 
 

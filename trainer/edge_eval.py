@@ -237,6 +237,11 @@ def set_operating_points(bundle_dir: str | Path, val: SplitData, target_precisio
 
     cfg = cfg or Config()
     bundle = load_bundle(bundle_dir)
+    previous = str(bundle.manifest.metrics.get("operating_points", {}).get("method", ""))
+    if scored is None and previous.startswith(CROSS_FITTED):
+        raise SonotrapError(f"{bundle_dir}: its head was fitted on the validation recordings (cross-fitted), so "
+                            "validation cannot judge it; set its operating points from the checkpoint instead: "
+                            "sonotrap quantize CHECKPOINT -o BUNDLE --target-precision P")
     recs = scored if scored is not None else score_recordings(bundle, val, cfg, threads)
     points = choose_operating_points(recs, val, bundle.labels, target_precision)
     manifest = bundle.manifest
@@ -255,4 +260,5 @@ def set_operating_points(bundle_dir: str | Path, val: SplitData, target_precisio
     return points, view
 
 
+CROSS_FITTED = "out-of-fold"  # how trainer.crossfit's method description starts
 HOW = "validation hop windows, by-recording bootstrap precision lower bound (see docs/training.md)"

@@ -220,3 +220,17 @@ def test_evaluate_checkpoint_sets_a_cross_fitted_heads_operating_points_the_same
     m = load_bundle(tmp_path / "w" / "fp32-bundle").manifest
     assert m.metrics["operating_points"]["method"].startswith("out-of-fold hop scores")
     assert view["split"] == "test" and view["enabled_labels"] == len(load_bundle(tmp_path / "w" / "fp32-bundle").enabled_labels)
+
+
+def test_a_cross_fitted_bundles_operating_points_are_not_reset_on_validation(crossfit_run, crossfit_bundle, tmp_path):
+    import shutil
+
+    from trainer.edge_eval import set_operating_points
+
+    run_dir, _, _ = crossfit_run
+    copy = tmp_path / "copy"
+    shutil.copytree(crossfit_bundle, copy)
+    before = (copy / "manifest.json").read_text()
+    with pytest.raises(SonotrapError, match="fitted on the validation recordings .*sonotrap quantize CHECKPOINT"):
+        set_operating_points(copy, split_from_run(load_run_data(run_dir), "val"))
+    assert (copy / "manifest.json").read_text() == before  # nothing rewritten

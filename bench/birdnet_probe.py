@@ -226,19 +226,22 @@ def crossfit_probe_points(run: RunData, cache, groups, hops: list, data, folds: 
 
 
 def user_view_rows(name: str, recs: dict[str, list], labels: list[str], data: dict, target_precision: float,
-                   shipped: tuple[dict[str, float], set[str]] | None = None) -> list[dict]:
+                   shipped: tuple[dict[str, float], set[str]] | None = None, val_rule: bool = True) -> list[dict]:
     """Event, presence and false-alarm figures of one model on val and test.
 
     Every model gets operating points by the bundles' own rule (validation hops, by-recording
-    bootstrap); a bundle is also scored with its manifest's thresholds and enabled labels.
+    bootstrap) unless ``val_rule`` is off (a cross-fitted head saw validation); a bundle is also
+    scored with its manifest's thresholds and enabled labels.
     """
     from edge.config import DetectorConfig
     from trainer.edge_eval import choose_operating_points, measure
     from trainer.user_metrics import headline
 
-    points = choose_operating_points(recs["val"], data["val"], labels, target_precision)
-    settings = [(f"val-hops-p{target_precision:g}", {lab: p.threshold for lab, p in points.items()},
-                 {lab for lab, p in points.items() if p.enabled})]
+    settings = []
+    if val_rule:
+        points = choose_operating_points(recs["val"], data["val"], labels, target_precision)
+        settings.append((f"val-hops-p{target_precision:g}", {lab: p.threshold for lab, p in points.items()},
+                         {lab for lab, p in points.items() if p.enabled}))
     if shipped is not None:
         settings.insert(0, ("manifest", *shipped))
     rows = []
@@ -248,6 +251,13 @@ def user_view_rows(name: str, recs: dict[str, list], labels: list[str], data: di
             rows.append({"model": name, "thresholds": tname, "split": s,
                          "metrics": {**headline(view), "enabled_labels": view["enabled_labels"]}})
     return rows
+
+
+def cross_fitted(bundle) -> bool:
+    """Its head was fitted on the validation windows too: validation cannot judge it."""
+    from trainer.edge_eval import CROSS_FITTED
+
+    return str(bundle.manifest.metrics.get("operating_points", {}).get("method", "")).startswith(CROSS_FITTED)
 
 
 def user_view_report(run: RunData, probe: Probe, bundles: list[tuple[str, str]], target_precision: float,
@@ -271,7 +281,7 @@ def user_view_report(run: RunData, probe: Probe, bundles: list[tuple[str, str]],
         recs = {s: score_recordings(bundle, data[s], Config(), threads) for s in data}
         hops = hops or recs
         rows += user_view_rows(f"{name} (INT8 bundle)", recs, bundle.labels, data, target_precision,
-                               bundle_settings(bundle, DetectorConfig()))
+                               bundle_settings(bundle, DetectorConfig()), val_rule=not cross_fitted(bundle))
     assert hops is not None
     probe_recs = {s: teacher_hop_scores(run, hops[s], probe, threads, teacher) for s in data}
     rows = user_view_rows(PROBE, probe_recs, run.labels, data, target_precision) + rows
@@ -362,24 +372,28 @@ def main(argv: list[str] | None = None) -> int:
 
     t0 = time.monotonic()
     cache, groups = ensure_cache(run, None, threads=args.threads)
-    models: list[tuple[str, dict, dict[str, float] | None]] = []
+    models: list[tuple[str, dict, dict[str, float] | None, bool]] = []
     probe, probe_probs = probe_scores(cache, groups, targets, known, args.c, args.seed)
-    models.append((PROBE, probe_probs, None))
+    models.append((PROBE, probe_probs, None, False))
     for name, path in _named(args.bundle, "--bundle"):
+        from edge.models.bundle import load_bundle
+
         probs, shipped = bundle_scores(run, path, args.threads)
-        models.append((f"{name} (INT8 bundle)", probs, shipped))
+        models.append((f"{name} (INT8 bundle)", probs, shipped, cross_fitted(load_bundle(path))))
     for name, path in _named(args.checkpoint, "--checkpoint"):
-        models.append((f"{name} (FP32 checkpoint)", checkpoint_scores(run, path, args.threads), None))
+        models.append((f"{name} (FP32 checkpoint)", checkpoint_scores(run, path, args.threads), None, False))
 
     rows = []
-    for name, probs, shipped in models:
-        rule = val_thresholds(probs["val"], targets["val"], known["val"], labels, args.target_precision)
-        options = [(f"val-p{args.target_precision:g}", rule)]
+    for name, probs, shipped, saw_val in models:
+        options = []
+        if not saw_val:  # a cross-fitted head was fitted on validation: only test says anything
+            rule = val_thresholds(probs["val"], targets["val"], known["val"], labels, args.target_precision)
+            options.append((f"val-p{args.target_precision:g}", rule))
         if shipped is not None:
             options.insert(0, ("manifest", {lab: {"threshold": shipped.get(lab, 0.5), "enabled": True}
                                             for lab in labels}))
         for tname, th in options:
-            for s in ("val", "test"):
+            for s in (("test",) if saw_val else ("val", "test")):
                 rows.append({"model": name, "thresholds": tname, "split": s,
                              "metrics": score(probs[s], targets[s], known[s], labels, files[s], th)})
     md = markdown(rows)

@@ -153,3 +153,10 @@ def test_user_view_can_cross_fit_the_probe_like_the_students_head(tmp_path):
     assert m["enabled_labels"] >= 1 and m["event_precision"] > 0.5 and m["event_recall"] > 0.5
     # BirdNET also ran at the hops of the 17 train + val recordings (once each), not only val/test.
     assert teacher.windows - before >= 21 * 3
+
+    # A cross-fitted bundle saw validation: it is scored with its manifest only, never by a val rule.
+    man = json.loads((bundle / "manifest.json").read_text())
+    man.setdefault("metrics", {})["operating_points"] = {"method": "out-of-fold hop scores of every ..."}
+    (bundle / "manifest.json").write_text(json.dumps(man))
+    rows = probe.user_view_report(run, model, [("band", str(bundle))], 0.7, teacher=teacher)
+    assert {r["thresholds"] for r in rows if r["model"].startswith("band")} == {"manifest"}

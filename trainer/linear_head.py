@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from edge.errors import SonotrapError
-from trainer.checkpoint import BEST, load_checkpoint, save_checkpoint, without_resume_state
+from trainer.checkpoint import BEST, load_checkpoint, save_checkpoint, update_checkpoint, without_resume_state
 from trainer.crossfit import KEY as CROSSFIT
 from trainer.crossfit import cross_fit
 from trainer.evaluate import finalize
@@ -140,7 +140,24 @@ def linear_head(run_dir: str | Path, backbone_path: str | Path | None = None, c_
     save_checkpoint(state, out)
     # as at the end of training: thresholds from validation, val and test metrics in the checkpoint
     finalize(out, load_run_data(run_dir), torch.device("cpu"))
+    if folds >= 2:
+        mark_in_sample(out, folds, scores[best])
     return out, {"c": best, **how}
+
+
+def mark_in_sample(path: Path, folds: int, cv_macro_ap: float) -> None:
+    """A cross-fitted head was fitted on the validation windows: its figure there is not evidence.
+
+    ``val`` becomes ``val_in_sample`` and ``cross_fit`` carries the held-out (out-of-fold)
+    macro-AP, so ``bundle inspect`` and reports do not show an in-sample 1.0 as validation.
+    """
+    ckpt = load_checkpoint(path)
+    metrics = dict(ckpt.metrics)
+    if "val" in metrics:
+        metrics["val_in_sample"] = metrics.pop("val")
+    metrics["cross_fit"] = {"macro_ap": cv_macro_ap, "folds": folds,
+                            "note": "out-of-fold over the pooled train + validation windows"}
+    update_checkpoint(ckpt, metrics=metrics)
 
 
 def _relative(file: str, root: Path) -> str:

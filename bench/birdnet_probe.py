@@ -246,7 +246,7 @@ def user_view_rows(name: str, recs: dict[str, list], labels: list[str], data: di
         settings.insert(0, ("manifest", *shipped))
     rows = []
     for tname, thresholds, enabled in settings:
-        for s in ("val", "test"):
+        for s in ("val", "test") if val_rule else ("test",):  # without the rule, validation is in-sample
             view = measure(recs[s], data[s], labels, thresholds, DetectorConfig(), enabled)
             rows.append({"model": name, "thresholds": tname, "split": s,
                          "metrics": {**headline(view), "enabled_labels": view["enabled_labels"]}})

@@ -159,4 +159,4 @@ def test_user_view_can_cross_fit_the_probe_like_the_students_head(tmp_path):
     man.setdefault("metrics", {})["operating_points"] = {"method": "out-of-fold hop scores of every ..."}
     (bundle / "manifest.json").write_text(json.dumps(man))
     rows = probe.user_view_report(run, model, [("band", str(bundle))], 0.7, teacher=teacher)
-    assert {r["thresholds"] for r in rows if r["model"].startswith("band")} == {"manifest"}
+    assert {(r["thresholds"], r["split"]) for r in rows if r["model"].startswith("band")} == {("manifest", "test")}

@@ -8,8 +8,9 @@ other folds and scores the held-out recordings. Those out-of-fold scores are hon
 evidence on about five times as many recordings: the L2 strength ``C`` is chosen on their
 macro-AP, and at bundle time each recording's hops are scored by the head that never saw it
 (through the edge pipeline, as the daemon runs) so the operating points rest on all of them.
-The shipped head is then fitted on all pooled windows with that ``C``. The test split is
-never part of any of it.
+The shipped head is the mean of the fold heads of that ``C`` (so the scores it publishes are
+those of the heads the thresholds were set on, averaged). The test split is never part of
+any of it.
 
 The backbone was distilled on the training recordings' audio (no labels), so it has heard the
 training folds; it has never been told what is in them.

@@ -296,7 +296,7 @@ def bundle_from_checkpoint(
 
         run = load_run_data(validation_source, data_root)
         test = split_from_run(run, "test")
-        val_split, scored, how = operating_point_evidence(out, ckpt, model, run)
+        val_split, scored, how = operating_point_evidence(out, ckpt, run)
         _, view = set_operating_points(out, val_split, target_precision, scored=scored, how=how,
                                        report=("test", test) if test.files else None)
         if view is not None:
@@ -311,7 +311,7 @@ def bundle_from_checkpoint(
     return out, metrics
 
 
-def operating_point_evidence(bundle_dir: Path, ckpt, model, run):
+def operating_point_evidence(bundle_dir: Path, ckpt, run):
     """(recordings, their hop scores or None, method or None) on which to set the operating points.
 
     Normally the validation recordings, scored by the bundle itself (None: the caller runs it).
@@ -329,7 +329,7 @@ def operating_point_evidence(bundle_dir: Path, ckpt, model, run):
     crossfit = ckpt.raw[CROSSFIT]
     data = pooled(split_from_run(run, "train"), split_from_run(run, "val"))
     log.info("operating points from out-of-fold scores of %d train + validation recordings", len(data.files))
-    recs = out_of_fold_recordings(load_bundle(bundle_dir), model, crossfit, data)
+    recs = out_of_fold_recordings(load_bundle(bundle_dir), crossfit, data)
     return data, recs, CROSSFIT_HOW.format(folds=crossfit["folds"])
 
 

@@ -22,7 +22,6 @@ import logging
 from typing import Any
 
 import numpy as np
-import torch
 
 from edge.config import Config
 from edge.models.bundle import ModelBundle
@@ -74,26 +73,25 @@ def cross_fit(x: np.ndarray, targets: np.ndarray, known: np.ndarray, files: list
 
 
 class FeatureTap:
-    """A model runtime that runs the bundle's frontend and gate but records backbone features.
+    """A model runtime that runs the bundle's frontend and gate but records its head's inputs.
 
-    It stands in for the ONNX classifier in the edge pipeline: every hop that reaches the model
-    is turned into the frozen backbone's pooled features (kept in ``features``, in order), and
-    the scores it returns are placeholders that :func:`out_of_fold_recordings` replaces.
+    It stands in for the classifier in the edge pipeline: every hop that reaches the model is
+    run through the bundle's own graph (INT8 for a quantized bundle, as on the device) up to
+    the pooled features its float head reads (kept in ``features``, in order); the scores it
+    returns are placeholders that :func:`out_of_fold_recordings` replaces.
     """
 
-    def __init__(self, bundle: ModelBundle, backbone: torch.nn.Module) -> None:
+    def __init__(self, bundle: ModelBundle) -> None:
         self.bundle = bundle
-        self.backbone = backbone.eval()
+        self._run = feature_runner(bundle.model_path)
         self.features: list[np.ndarray] = []
 
     @property
     def labels(self) -> list[str]:
         return self.bundle.labels
 
-    @torch.no_grad()
     def predict(self, images: np.ndarray) -> np.ndarray:
-        x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
-        self.features.append(self.backbone(x.contiguous(memory_format=torch.channels_last)).numpy())
+        self.features.append(self._run(images))
         return np.zeros((len(images), len(self.bundle.labels)), dtype=np.float32)
 
     def take(self) -> np.ndarray:
@@ -108,42 +106,37 @@ class FeatureTap:
         return {}
 
 
-def out_of_fold_recordings(bundle: ModelBundle, model: torch.nn.Module, crossfit: dict[str, Any],
-                           data: SplitData, cfg: Config | None = None) -> list[RecordingScores]:
+def out_of_fold_recordings(bundle: ModelBundle, crossfit: dict[str, Any], data: SplitData,
+                           cfg: Config | None = None) -> list[RecordingScores]:
     """Hop scores of ``data``'s recordings through the edge pipeline, each by the head that never saw it.
 
-    ``model`` is the checkpoint's network (its ``fc`` is set aside; the backbone is shared by
-    every fold). Gated hops keep score 0, as on the device.
+    The features come from the bundle's own graph (every fold shares the backbone), so the
+    evidence is what the device computes. Gated hops keep score 0, as on the device.
     """
     cfg = cfg or Config()
-    fc = model.fc
-    model.fc = torch.nn.Identity()
-    try:
-        tap = FeatureTap(bundle, model.to(memory_format=torch.channels_last))
-        out = []
-        for file in data.files:
-            fold = crossfit["assignment"].get(file)
-            if fold is None:
-                raise ValueError(f"{file} is not in the cross-fit folds")
-            [rec] = score_recordings(bundle, SplitData(data.root, [file], [], data.durations), cfg, runtime=tap)
-            feats = tap.take()
-            scores = np.zeros_like(rec.scores)
-            active = ~rec.gated
-            if feats.shape[0] != int(active.sum()):
-                raise RuntimeError(f"{file}: {feats.shape[0]} feature rows for {int(active.sum())} model hops")
-            w, b = np.asarray(crossfit["weights"][fold]), np.asarray(crossfit["biases"][fold])
-            scores[active] = sigmoid(feats.astype(np.float64) @ w.T.astype(np.float64) + b).astype(np.float32)
-            out.append(RecordingScores(rec.file, rec.duration_s, rec.hops, rec.t_start, rec.t_end, scores, rec.gated))
-    finally:
-        model.fc = fc
+    tap = FeatureTap(bundle)
+    out = []
+    for file in data.files:
+        fold = crossfit["assignment"].get(file)
+        if fold is None:
+            raise ValueError(f"{file} is not in the cross-fit folds")
+        [rec] = score_recordings(bundle, SplitData(data.root, [file], [], data.durations), cfg, runtime=tap)
+        feats = tap.take()
+        scores = np.zeros_like(rec.scores)
+        active = ~rec.gated
+        if feats.shape[0] != int(active.sum()):
+            raise RuntimeError(f"{file}: {feats.shape[0]} feature rows for {int(active.sum())} model hops")
+        w, b = np.asarray(crossfit["weights"][fold]), np.asarray(crossfit["biases"][fold])
+        scores[active] = sigmoid(feats.astype(np.float64) @ w.T.astype(np.float64) + b).astype(np.float32)
+        out.append(RecordingScores(rec.file, rec.duration_s, rec.hops, rec.t_start, rec.t_end, scores, rec.gated))
     return out
 
 
-def head_inputs(model_path, images: np.ndarray, batch: int = 16) -> np.ndarray:
-    """The pooled features an ONNX model (FP32 or INT8) feeds its final Gemm, ``(N, D)``.
+def feature_runner(model_path, batch: int = 16):
+    """``run(images) -> (N, D)``: the pooled features an ONNX model (FP32 or INT8) feeds its final Gemm.
 
     The head stays in float in the INT8 graph, so its input is a float tensor; exposing it as an
-    extra output measures what quantization did to the backbone, on held-out fold heads.
+    extra output gives what the device's backbone computed, for held-out fold heads.
     """
     import onnx
     import onnxruntime as ort
@@ -158,9 +151,14 @@ def head_inputs(model_path, images: np.ndarray, batch: int = 16) -> np.ndarray:
     opts.log_severity_level = 3
     sess = ort.InferenceSession(model.SerializeToString(), sess_options=opts, providers=["CPUExecutionProvider"])
     inp = sess.get_inputs()[0].name
-    outs = [sess.run([name], {inp: np.ascontiguousarray(images[i: i + batch])})[0]
-            for i in range(0, len(images), batch)]
-    return np.concatenate(outs).reshape(len(images), -1)
+
+    def run(images: np.ndarray) -> np.ndarray:
+        images = np.asarray(images, dtype=np.float32)
+        outs = [sess.run([name], {inp: np.ascontiguousarray(images[i: i + batch])})[0]
+                for i in range(0, len(images), batch)]
+        return np.concatenate(outs).reshape(len(images), -1)
+
+    return run
 
 
 def held_out_predict(crossfit: dict[str, Any], files: list[str]):
@@ -173,7 +171,7 @@ def held_out_predict(crossfit: dict[str, Any], files: list[str]):
     w, b = np.asarray(crossfit["weights"], np.float64), np.asarray(crossfit["biases"], np.float64)
 
     def predict(model_path, images: np.ndarray) -> np.ndarray:
-        x = head_inputs(model_path, images).astype(np.float64)
+        x = feature_runner(model_path)(images).astype(np.float64)
         return sigmoid(np.einsum("nd,nkd->nk", x, w[folds]) + b[folds]).astype(np.float32)
 
     return predict

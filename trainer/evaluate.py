@@ -235,7 +235,7 @@ def checkpoint_user_view(checkpoint: str | Path, run, split: str, target_precisi
     model = model_from_checkpoint(ckpt)
     fp32 = export_onnx(model, work / "model_fp32.onnx", ckpt.frontend.image_shape)
     bdir = build_bundle(fp32, BundleInfo.from_checkpoint(ckpt), work / "fp32-bundle")
-    evidence, scored, how = operating_point_evidence(bdir, ckpt, model, run)
+    evidence, scored, how = operating_point_evidence(bdir, ckpt, run)
     _, view = set_operating_points(bdir, evidence, target_precision, scored=scored, how=how,
                                    report=(split, split_from_run(run, split)))
     assert view is not None  # a report was asked for

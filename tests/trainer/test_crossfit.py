@@ -137,15 +137,20 @@ def test_cross_fitted_head_is_fitted_on_train_and_validation_and_keeps_its_fold_
     assert all(not np.allclose(fc, cf["weights"][j].numpy(), atol=1e-6) for j in range(2))
 
 
-def test_out_of_fold_hop_scores_are_each_recordings_own_fold_head(crossfit_run, crossfit_bundle):
+def test_out_of_fold_hop_scores_are_each_recordings_own_fold_head(crossfit_run, crossfit_bundle, tmp_path):
+    from trainer.bundle_builder import BundleInfo, build_bundle
+    from trainer.export import export_onnx
+
     run_dir, ckpt_path, _ = crossfit_run
     ckpt = load_checkpoint(ckpt_path)
     cf = ckpt.raw[KEY]
     run = load_run_data(run_dir)
     data = pooled(split_from_run(run, "train"), split_from_run(run, "val"))
-    bundle = load_bundle(crossfit_bundle)
+    # An FP32 bundle of the checkpoint: its graph's features must give the PyTorch fold heads' scores.
     model = model_from_checkpoint(ckpt)
-    recs = out_of_fold_recordings(bundle, model, cf, data)
+    fp32 = export_onnx(model, tmp_path / "fp32.onnx", ckpt.frontend.image_shape)
+    bundle = load_bundle(build_bundle(fp32, BundleInfo.from_checkpoint(ckpt), tmp_path / "fp32-bundle"))
+    recs = out_of_fold_recordings(bundle, cf, data)
     assert [r.file for r in recs] == data.files
     for r in recs[:4]:
         fold = cf["assignment"][r.file]
@@ -163,7 +168,11 @@ def test_out_of_fold_hop_scores_are_each_recordings_own_fold_head(crossfit_run, 
         [wrong] = score_recordings(bundle, one, runtime=TorchRuntime(bundle, other))
         assert not np.allclose(r.scores, wrong.scores, atol=1e-4)
     with pytest.raises(ValueError, match="not in the cross-fit folds"):
-        out_of_fold_recordings(bundle, model, cf, split_from_run(run, "test"))
+        out_of_fold_recordings(bundle, cf, split_from_run(run, "test"))
+    # The INT8 bundle's own graph gives nearly the same evidence (what the device computes).
+    int8 = out_of_fold_recordings(load_bundle(crossfit_bundle), cf, data)
+    assert [r.file for r in int8] == data.files
+    assert np.mean([np.abs(a.scores - b.scores).mean() for a, b in zip(int8, recs, strict=True)]) < 0.05
 
 
 def test_bundle_of_a_cross_fitted_head_sets_operating_points_on_every_pooled_recording(crossfit_run, crossfit_bundle):

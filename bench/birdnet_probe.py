@@ -140,10 +140,14 @@ def split_images(run: RunData, split: str, frontend) -> np.ndarray:
     return images
 
 
-def bundle_scores(run: RunData, path: str, threads: int) -> tuple[dict, dict[str, float]]:
-    """Scores of an INT8 bundle through the edge's frontend and runtime, in the run's label order."""
+def bundle_scores(run: RunData, path: str, threads: int) -> tuple[dict, dict[str, float], bool]:
+    """Scores of an INT8 bundle through the edge's frontend and runtime, in the run's label order.
+
+    Also its thresholds, and whether its head was cross-fitted (then validation is in-sample).
+    """
     from edge.inference.runtime import Classifier
     from edge.models.bundle import load_bundle
+    from trainer.edge_eval import cross_fitted
 
     bundle = load_bundle(path)
     clf = Classifier(bundle, threads=threads)
@@ -153,7 +157,7 @@ def bundle_scores(run: RunData, path: str, threads: int) -> tuple[dict, dict[str
         images = split_images(run, s, bundle.frontend)
         probs = np.concatenate([clf.predict(images[i: i + 32]) for i in range(0, len(images), 32)])
         out[s] = np.where(np.array(cols) >= 0, probs[:, np.maximum(cols, 0)], 0.0).astype(np.float32)
-    return out, bundle.thresholds
+    return out, bundle.thresholds, cross_fitted(bundle.manifest)
 
 
 def checkpoint_scores(run: RunData, path: str, threads: int) -> dict:
@@ -204,10 +208,11 @@ def crossfit_probe_points(run: RunData, cache, groups, hops: list, data, folds: 
     """The probe cross-fitted as ``sonotrap linear-head --folds`` fits the student's head.
 
     Train + validation recordings in the same folds (same seed), each recording's hops scored by
-    the fold probe that never saw it, operating points on all of them, the final probe fitted on
-    every pooled window. ``hops``/``data``: the pooled recordings' edge run and split.
+    the fold probe that never saw it, operating points on all of them. The probe that scores
+    test is refitted on every pooled window (the student ships the mean of its fold heads
+    instead). ``hops``/``data``: the pooled recordings' edge run and split.
     """
-    from trainer.crossfit import cross_fit
+    from trainer.crossfit import cross_fit, fold_scores
     from trainer.edge_eval import choose_operating_points
 
     ws = [w for s in ("train", "val") for w in groups[s]]
@@ -216,11 +221,9 @@ def crossfit_probe_points(run: RunData, cache, groups, hops: list, data, folds: 
     files = [w.file for w in ws]
     cf = cross_fit(x, y, k, files, folds, (c,), fit_head, run.labels, seed)
     emb = teacher_hop_embeddings(run, hops, threads, teacher)
-    oof = []
-    for r, e in zip(hops, emb, strict=True):
-        j = cf["assignment"][r.file]
-        scores = sigmoid(e.astype(np.float64) @ cf["weights"][j].T.astype(np.float64) + cf["biases"][j])
-        oof.append(dataclasses.replace(r, scores=scores.astype(np.float32)))
+    oof = [dataclasses.replace(r, scores=fold_scores(e, cf["weights"], cf["biases"],
+                                                     np.full(len(e), cf["assignment"][r.file])))
+           for r, e in zip(hops, emb, strict=True)]
     points = choose_operating_points(oof, data, run.labels, target_precision)
     return Probe(x, y, k, c, seed), points
 
@@ -253,13 +256,6 @@ def user_view_rows(name: str, recs: dict[str, list], labels: list[str], data: di
     return rows
 
 
-def cross_fitted(bundle) -> bool:
-    """Its head was fitted on the validation windows too: validation cannot judge it."""
-    from trainer.edge_eval import CROSS_FITTED
-
-    return str(bundle.manifest.metrics.get("operating_points", {}).get("method", "")).startswith(CROSS_FITTED)
-
-
 def user_view_report(run: RunData, probe: Probe, bundles: list[tuple[str, str]], target_precision: float,
                      threads: int = 1, teacher=None, folds: int = 0, c: float = 1.0, seed: int = 0) -> list[dict]:
     """The user's view of the probe and of each bundle on the same recordings and hops.
@@ -270,7 +266,7 @@ def user_view_report(run: RunData, probe: Probe, bundles: list[tuple[str, str]],
     """
     from edge.config import Config, DetectorConfig
     from edge.models.bundle import load_bundle
-    from trainer.edge_eval import bundle_settings, score_recordings, split_from_run
+    from trainer.edge_eval import bundle_settings, cross_fitted, score_recordings, split_from_run
 
     if not bundles:
         raise SystemExit("--user-view needs a --bundle: the probe is scored at the hops the daemon runs")
@@ -281,13 +277,14 @@ def user_view_report(run: RunData, probe: Probe, bundles: list[tuple[str, str]],
         recs = {s: score_recordings(bundle, data[s], Config(), threads) for s in data}
         hops = hops or recs
         rows += user_view_rows(f"{name} (INT8 bundle)", recs, bundle.labels, data, target_precision,
-                               bundle_settings(bundle, DetectorConfig()), val_rule=not cross_fitted(bundle))
+                               bundle_settings(bundle, DetectorConfig()), val_rule=not cross_fitted(bundle.manifest))
     assert hops is not None
     probe_recs = {s: teacher_hop_scores(run, hops[s], probe, threads, teacher) for s in data}
     rows = user_view_rows(PROBE, probe_recs, run.labels, data, target_precision) + rows
     if folds:
         from trainer.edge_eval import measure, pooled
         from trainer.teacher_cache import ensure_cache
+        from trainer.user_metrics import headline
 
         cache, groups = ensure_cache(run, None, threads=threads, model=teacher)
         pool = pooled(split_from_run(run, "train"), data["val"])
@@ -297,8 +294,6 @@ def user_view_report(run: RunData, probe: Probe, bundles: list[tuple[str, str]],
         test_recs = teacher_hop_scores(run, hops["test"], cf_probe, threads, teacher)
         view = measure(test_recs, data["test"], run.labels, {lab: p.threshold for lab, p in points.items()},
                        DetectorConfig(), {lab for lab, p in points.items() if p.enabled})
-        from trainer.user_metrics import headline
-
         rows.insert(0, {"model": f"{PROBE}, cross-fitted on train+val ({folds} folds)",
                         "thresholds": f"out-of-fold-hops-p{target_precision:g}", "split": "test",
                         "metrics": {**headline(view), "enabled_labels": view["enabled_labels"]}})
@@ -376,10 +371,8 @@ def main(argv: list[str] | None = None) -> int:
     probe, probe_probs = probe_scores(cache, groups, targets, known, args.c, args.seed)
     models.append((PROBE, probe_probs, None, False))
     for name, path in _named(args.bundle, "--bundle"):
-        from edge.models.bundle import load_bundle
-
-        probs, shipped = bundle_scores(run, path, args.threads)
-        models.append((f"{name} (INT8 bundle)", probs, shipped, cross_fitted(load_bundle(path))))
+        probs, shipped, saw_val = bundle_scores(run, path, args.threads)
+        models.append((f"{name} (INT8 bundle)", probs, shipped, saw_val))
     for name, path in _named(args.checkpoint, "--checkpoint"):
         models.append((f"{name} (FP32 checkpoint)", checkpoint_scores(run, path, args.threads), None, False))
 

@@ -72,6 +72,19 @@ def cross_fit(x: np.ndarray, targets: np.ndarray, known: np.ndarray, files: list
             "biases": np.stack([b for _, b in heads[best]]).astype(np.float32)}
 
 
+def fold_scores(x: np.ndarray, weights, biases, folds: np.ndarray) -> np.ndarray:
+    """Probabilities of each row by its own fold's head (row i by head ``folds[i]``), ``(N, K)``.
+
+    One matrix product per fold: gathering a head per row would build an (N, K, D) array.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    logits = np.zeros((len(x), np.shape(weights)[1]))
+    for j in np.unique(folds):
+        rows = folds == j
+        logits[rows] = x[rows] @ np.asarray(weights[j], np.float64).T + np.asarray(biases[j], np.float64)
+    return sigmoid(logits).astype(np.float32)
+
+
 class FeatureTap:
     """A model runtime that runs the bundle's frontend and gate but records its head's inputs.
 
@@ -126,8 +139,7 @@ def out_of_fold_recordings(bundle: ModelBundle, crossfit: dict[str, Any], data: 
         active = ~rec.gated
         if feats.shape[0] != int(active.sum()):
             raise RuntimeError(f"{file}: {feats.shape[0]} feature rows for {int(active.sum())} model hops")
-        w, b = np.asarray(crossfit["weights"][fold]), np.asarray(crossfit["biases"][fold])
-        scores[active] = sigmoid(feats.astype(np.float64) @ w.T.astype(np.float64) + b).astype(np.float32)
+        scores[active] = fold_scores(feats, crossfit["weights"], crossfit["biases"], np.full(len(feats), fold))
         out.append(RecordingScores(rec.file, rec.duration_s, rec.hops, rec.t_start, rec.t_end, scores, rec.gated))
     return out
 
@@ -168,10 +180,8 @@ def held_out_predict(crossfit: dict[str, Any], files: list[str]):
     about an INT8 drop (AP ~1 either way); the fold heads never saw those recordings.
     """
     folds = np.array([crossfit["assignment"][f] for f in files])
-    w, b = np.asarray(crossfit["weights"], np.float64), np.asarray(crossfit["biases"], np.float64)
 
     def predict(model_path, images: np.ndarray) -> np.ndarray:
-        x = feature_runner(model_path)(images).astype(np.float64)
-        return sigmoid(np.einsum("nd,nkd->nk", x, w[folds]) + b[folds]).astype(np.float32)
+        return fold_scores(feature_runner(model_path)(images), crossfit["weights"], crossfit["biases"], folds)
 
     return predict

@@ -237,8 +237,7 @@ def set_operating_points(bundle_dir: str | Path, val: SplitData, target_precisio
 
     cfg = cfg or Config()
     bundle = load_bundle(bundle_dir)
-    previous = str(bundle.manifest.metrics.get("operating_points", {}).get("method", ""))
-    if scored is None and previous.startswith(CROSS_FITTED):
+    if scored is None and cross_fitted(bundle.manifest):
         raise SonotrapError(f"{bundle_dir}: its head was fitted on the validation recordings (cross-fitted), so "
                             "validation cannot judge it; set its operating points from the checkpoint instead: "
                             "sonotrap quantize CHECKPOINT -o BUNDLE --target-precision P")
@@ -261,4 +260,10 @@ def set_operating_points(bundle_dir: str | Path, val: SplitData, target_precisio
 
 
 CROSS_FITTED = "out-of-fold"  # how trainer.crossfit's method description starts
+
+
+def cross_fitted(manifest) -> bool:
+    """The bundle's head was fitted on the validation windows too (its operating points are
+    out-of-fold, :mod:`trainer.crossfit`): validation cannot judge it."""
+    return str(manifest.metrics.get("operating_points", {}).get("method", "")).startswith(CROSS_FITTED)
 HOW = "validation hop windows, by-recording bootstrap precision lower bound (see docs/training.md)"

@@ -108,17 +108,16 @@ def linear_head(run_dir: str | Path, backbone_path: str | Path | None = None, c_
         x = np.concatenate([feats["train"], feats["val"]])
         y = np.concatenate([data["train"].targets, data["val"].targets])
         known = np.concatenate([data["train"].known, data["val"].known])
-        files = [str(p) for a in data.values() for p, _, _ in (a.sources or [])]
+        run = load_run_data(run_dir)  # its windows in the order load_split_arrays read them
+        files = [w.file for s in ("train", "val") for w in run.windows(s)]  # as split.json names them
         cf = cross_fit(x, y, known, files, folds, c_grid, fit_head, ckpt.labels, seed)
-        root = load_run_data(run_dir).root
-        files_rel = {_relative(f, root): fold for f, fold in cf["assignment"].items()}
         best, scores = cf["c"], cf["cv_macro_ap"]
         # The shipped head is the mean of the fold heads (a linear head, so the mean of their
         # logits): the heads whose out-of-fold scores set the thresholds. A refit on all windows
         # has larger weights (about 14 % on nips4bplus) and fires where the thresholds never looked.
         w, b = cf["weights"].astype(np.float64).mean(axis=0), cf["biases"].astype(np.float64).mean(axis=0)
         extra[CROSSFIT] = {"folds": folds, "seed": seed, "c": best, "cv_macro_ap": scores,
-                           "assignment": files_rel, "weights": torch.from_numpy(cf["weights"]),
+                           "assignment": cf["assignment"], "weights": torch.from_numpy(cf["weights"]),
                            "biases": torch.from_numpy(cf["biases"])}
         how = {"fit_on": "train+val (mean of the fold heads)", "cv_macro_ap": scores}
     else:
@@ -162,8 +161,3 @@ def mark_in_sample(path: Path, folds: int, cv_macro_ap: float) -> None:
                             "note": "out-of-fold over the pooled train + validation windows"}
     update_checkpoint(ckpt, metrics=metrics)
 
-
-def _relative(file: str, root: Path) -> str:
-    """A window source's recording as the split names it (relative to the data root)."""
-    p = Path(file)
-    return str(p.relative_to(root)) if p.is_relative_to(root) else str(p)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -313,7 +314,7 @@ def quantize_and_verify(
     settings: QuantSettings,
     max_ap_drop: float = DEFAULT_MAX_AP_DROP,
     check: bool = True,
-    predict=None,
+    predict: Callable[[str | Path, np.ndarray], np.ndarray] | None = None,
 ) -> QuantReport:
     """Quantize, run both models on the validation windows, report, and enforce the bound.
 

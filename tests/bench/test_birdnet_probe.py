@@ -81,8 +81,9 @@ class BandTeacher:
         return Outputs(emb, emb[:, :8])
 
 
-def test_user_view_scores_the_probe_at_the_daemons_hops_next_to_a_bundle(tmp_path):
-    """Probe and bundle on the same recordings and hops, through the daemon's detector."""
+def _user_view_setup(tmp_path):
+    """21 synthetic recordings split 10/7/4, the band-energy teacher, a probe on its train
+    embeddings and a band-detector bundle: (run, teacher, probe, bundle directory)."""
     from tests.support.synth_calls import make_dataset
     from tests.support.tiny_model import make_tiny_bundle
     from trainer.prepare import DataSpec, prepare_run
@@ -102,6 +103,12 @@ def test_user_view_scores_the_probe_at_the_daemons_hops_next_to_a_bundle(tmp_pat
     targets, known = to_arrays(run.windows("train"), run.labels)
     model = probe.Probe(cache.embeddings[cache.rows(groups["train"])], targets, known, 1.0, 0)
     bundle = make_tiny_bundle(tmp_path / "b", bands={"low": (1000.0, 1400.0), "high": (3800.0, 4400.0)})
+    return run, teacher, model, bundle
+
+
+def test_user_view_scores_the_probe_at_the_daemons_hops_next_to_a_bundle(tmp_path):
+    """Probe and bundle on the same recordings and hops, through the daemon's detector."""
+    run, teacher, model, bundle = _user_view_setup(tmp_path)
     before = teacher.windows
 
     # A handful of validation calls cannot promise 0.9 (the bootstrap bound); 0.7 they can.
@@ -126,25 +133,7 @@ def test_user_view_scores_the_probe_at_the_daemons_hops_next_to_a_bundle(tmp_pat
 
 def test_user_view_can_cross_fit_the_probe_like_the_students_head(tmp_path):
     """--folds: the probe's operating points on out-of-fold hop scores of every train+val recording."""
-    from tests.support.synth_calls import make_dataset
-    from tests.support.tiny_model import make_tiny_bundle
-    from trainer.prepare import DataSpec, prepare_run
-    from trainer.rundata import load_run_data
-    from trainer.teacher_cache import ensure_cache
-    from trainer.windows import to_arrays
-
-    data = tmp_path / "data"
-    make_dataset(data, n_files=18, n_negative=3)
-    files = [f"audio/rec{i:02d}.{'flac' if i % 3 else 'wav'}" for i in range(21)]
-    split = {"train": files[:9] + files[18:19], "val": files[9:15] + files[19:20], "test": files[15:18] + files[20:]}
-    (data / "split.json").write_text(json.dumps(split))
-    prepare_run(DataSpec(data=str(data), split_file=str(data / "split.json")), FrontendConfig(), tmp_path / "run")
-    run = load_run_data(tmp_path / "run")
-    teacher = BandTeacher()
-    cache, groups = ensure_cache(run, None, model=teacher)
-    targets, known = to_arrays(run.windows("train"), run.labels)
-    model = probe.Probe(cache.embeddings[cache.rows(groups["train"])], targets, known, 1.0, 0)
-    bundle = make_tiny_bundle(tmp_path / "b", bands={"low": (1000.0, 1400.0), "high": (3800.0, 4400.0)})
+    run, teacher, model, bundle = _user_view_setup(tmp_path)
     before = teacher.windows
     rows = probe.user_view_report(run, model, [("band", str(bundle))], 0.7, teacher=teacher, folds=3)
     cf = [r for r in rows if "cross-fitted" in r["model"]]

@@ -41,9 +41,16 @@ from trainer.birdnet import EMBEDDING_DIM, l2_normalise
 from trainer.checkpoint import LAST, rng_state, save_checkpoint, set_rng_state
 from trainer.engine import amp_dtype_for
 from trainer.model import build_model
-from trainer.rundata import DATASET_FILE, AudioCache, RunData, load_run_data, window_image
+from trainer.rundata import DATASET_FILE, AudioCache, RunData, load_run_data, mixed_image, window_image
 from trainer.schedule import lr_lambda
-from trainer.teacher_cache import LABELLED, UNLABELED, TeacherWindow, ensure_cache
+from trainer.teacher_cache import (
+    LABELLED,
+    UNLABELED,
+    TeacherWindow,
+    compute_cache,
+    ensure_cache,
+    mixed_windows,
+)
 from trainer.train import TrainArgs, train
 
 log = logging.getLogger("sonotrap.trainer")
@@ -69,6 +76,8 @@ class DistillArgs:
     time_masks: int = 2
     freq_masks: int = 2
     mask_frac: float = 0.08
+    mixes: int = 0  # mixed windows (two recordings summed) added to the fit set, teacher on the mix
+    init: str | None = None  # a stage-1 state (distill/last.pt) to start from: backbone and head
 
 
 class Student(nn.Module):
@@ -90,11 +99,17 @@ def cosine_loss(pred: torch.Tensor, target_unit: torch.Tensor) -> torch.Tensor:
 
 
 def window_images(run: RunData, windows: list[TeacherWindow], roots: dict[str, Path]) -> torch.Tensor:
-    """Unaugmented frontend images (float16, to halve the memory) of teacher windows."""
+    """Unaugmented frontend images (float16, to halve the memory) of teacher windows, mixes too."""
     cache = AudioCache(64 * 2**20)
-    out = torch.zeros((len(windows), *run.frontend.image_shape), dtype=torch.float16)
+    cfg = run.frontend
+    out = torch.zeros((len(windows), *cfg.image_shape), dtype=torch.float16)
     for i, w in enumerate(windows):
-        img = window_image(cache, roots[w.source] / w.file, w.start_s, run.frontend.window_s, run.frontend)
+        if w.partner is None:
+            img = window_image(cache, roots[w.source] / w.file, w.start_s, cfg.window_s, cfg)
+        else:
+            p = w.partner
+            img = mixed_image(cache, [(roots[w.source] / w.file, w.start_s, 1.0),
+                                      (roots[p.source] / p.file, p.start_s, w.partner_gain)], cfg.window_s, cfg)
         out[i] = torch.from_numpy(img)
     return out
 
@@ -155,9 +170,14 @@ def distill(targs: TrainArgs, dargs: DistillArgs, run: RunData, t_start: float, 
     cache, groups = ensure_cache(run, dargs.unlabeled, dargs.teacher_threads, targs.progress, teacher)
     roots = {LABELLED: Path(run.root), UNLABELED: Path(dargs.unlabeled or ".")}
     fit_w = groups["train"] + groups.get(UNLABELED, [])
+    mixes = mixed_windows(fit_w, dargs.mixes, seed=targs.seed)
+    if mixes:
+        cache = compute_cache(run.run_dir, mixes, roots, dargs.teacher_threads, window_s=run.frontend.window_s,
+                              progress=targs.progress, model=teacher)
+        fit_w = fit_w + mixes
     val_w = groups["val"]
-    log.info("stage 1: %d windows to fit (%d unlabeled), %d validation windows", len(fit_w),
-             len(groups.get(UNLABELED, [])), len(val_w))
+    log.info("stage 1: %d windows to fit (%d unlabeled, %d mixed), %d validation windows", len(fit_w),
+             len(groups.get(UNLABELED, [])), len(mixes), len(val_w))
     fit_x, val_x = window_images(run, fit_w, roots), window_images(run, val_w, roots)
     fit_t = torch.from_numpy(l2_normalise(cache.embeddings[cache.rows(fit_w)]))
     val_t = torch.from_numpy(l2_normalise(cache.embeddings[cache.rows(val_w)]))
@@ -174,6 +194,9 @@ def distill(targs: TrainArgs, dargs: DistillArgs, run: RunData, t_start: float, 
         time_fraction))
     amp_dtype = amp_dtype_for(torch.device("cpu")) if targs.amp else None
     start_epoch, best, best_epoch, history = 0, math.inf, 0, []
+    if dargs.init and not state:
+        model.load_state_dict(_stage1_model(Path(dargs.init)))
+        log.info("stage 1: starting from %s", dargs.init)
     if state:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -241,9 +264,21 @@ def distill(targs: TrainArgs, dargs: DistillArgs, run: RunData, t_start: float, 
     summary = {"teacher": "birdnet", "best_epoch": best_epoch, "best_val_loss": best,
                "epochs_run": len(history), "stop_reason": stop_reason, "elapsed_s": used(),
                "fit_windows": len(fit_w), "unlabeled_windows": len(groups.get(UNLABELED, [])),
-               "backbone": str(folder / BACKBONE)}
+               "mixed_windows": len(mixes), "init": dargs.init, "backbone": str(folder / BACKBONE)}
     summary_path.write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
     return summary
+
+
+def _stage1_model(path: Path) -> dict[str, torch.Tensor]:
+    """The student (backbone and projection head) saved in another run's stage-1 state."""
+    if path.is_dir():
+        path = path / DISTILL_DIR / LAST
+    if not path.is_file():
+        raise SonotrapError(f"{path} does not exist; pass --distill-init RUN_DIR or its distill/{LAST}")
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+        raise SonotrapError(f"{path} is not a stage-1 state ({STATE_FORMAT}); pass a run's distill/{LAST}")
+    return state["model"]
 
 
 def train_with_teacher(targs: TrainArgs, dargs: DistillArgs, spec=None, frontend=None, teacher=None):

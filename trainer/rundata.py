@@ -189,6 +189,23 @@ def window_image(
     return compute(cut(audio, sr, start_s, length_s), sr, cfg)
 
 
+def mixed_image(
+    cache: AudioCache, parts: list[tuple[Path, float, float]], length_s: float, cfg: FrontendConfig
+) -> np.ndarray:
+    """The model input of a sum of windows ``(path, start_s, gain)``, each cut at its own rate.
+
+    The pieces are resampled to the frontend's rate before they are added, so recordings of
+    different rates mix; the frontend then sees the sum as it would see any recording.
+    """
+    total = np.zeros(int(round(length_s * cfg.sample_rate)), dtype=np.float32)
+    for path, start_s, gain in parts:
+        audio, sr = cache.get(path)
+        piece = resample(cut(audio, sr, start_s, length_s), sr, cfg.sample_rate)
+        n = min(len(piece), len(total))
+        total[:n] += np.float32(gain) * piece[:n]
+    return compute(total, cfg.sample_rate, cfg)
+
+
 def load_split_arrays(
     run_dir: str | Path, split: str, limit: int | None = None, seed: int = 0,
     root: str | Path | None = None,

@@ -10,7 +10,9 @@ resumes where it stopped and loses at most one part.
 Windows: the labelled windows of the run's train/val/test splits (their fixed starts, exactly
 the rows of ``windows_<split>.csv``) and, for each unlabeled recording, 2-s windows every
 second (``0, 1, 2, ...`` while the window fits; one zero-padded window for a recording
-shorter than 2 s).
+shorter than 2 s). Stage 1 may add mixed windows (:func:`mixed_windows`): the sum of two
+windows of different recordings, the second attenuated, which the teacher hears mixed exactly
+as the student sees it (a consistent teacher on new inputs, not a blend of two answers).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import csv
 import logging
 import os
 import time
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,10 +43,33 @@ class TeacherWindow:
     source: str  # LABELLED | UNLABELED
     file: str  # relative to the source's root
     start_s: float
+    partner: TeacherWindow | None = None  # mixed in (a window of another recording) ...
+    partner_gain: float = 0.0  # ... at this amplitude factor
 
     @property
     def key(self) -> str:
-        return f"{self.source}:{self.file}@{self.start_s:.3f}"
+        own = f"{self.source}:{self.file}@{self.start_s:.3f}"
+        return own if self.partner is None else f"{own}+{self.partner_gain:.4f}*{self.partner.key}"
+
+
+def mixed_windows(pool: list[TeacherWindow], n: int, seed: int = 0,
+                  gain_db: tuple[float, float] = (-12.0, 0.0)) -> list[TeacherWindow]:
+    """``n`` seeded mixes of two windows of ``pool`` from different recordings.
+
+    The partner's gain is drawn uniformly in ``gain_db`` (dB relative to its recorded level).
+    """
+    if n <= 0:
+        return []
+    if len({(w.source, w.file) for w in pool}) < 2:
+        raise SonotrapError("mixed windows need windows of at least two recordings")
+    rng = np.random.default_rng(seed)
+    out: list[TeacherWindow] = []
+    while len(out) < n:
+        a, b = (pool[i] for i in rng.integers(0, len(pool), size=2))
+        gain = round(float(10 ** (rng.uniform(*gain_db) / 20)), 4)
+        if (a.source, a.file) != (b.source, b.file):
+            out.append(TeacherWindow(a.source, a.file, a.start_s, b, gain))
+    return out
 
 
 def labelled_windows(run, splits: tuple[str, ...] = SPLITS) -> dict[str, list[TeacherWindow]]:
@@ -140,6 +165,7 @@ def compute_cache(
         return load_cache(run_dir)
     log.info("teacher cache: %d windows to compute (%d cached)", total, len(done) - total)
     model = model if model is not None else birdnet.BirdNET(threads=threads)
+    partners = _Audio48(roots)
     number = len([p for p in folder.glob("part-*.npz") if not p.name.endswith(".tmp.npz")])
     keys: list[str] = []
     inputs: list[np.ndarray] = []
@@ -154,15 +180,14 @@ def compute_cache(
         inputs.clear()
 
     for (source, file), wins in todo.items():
-        path = roots[source] / file
-        try:
-            audio, sr = sf.read(str(path), dtype="float32", always_2d=True)
-        except Exception as err:
-            raise SonotrapError(f"audio file {path} cannot be read ({str(err).splitlines()[0][:100]})") from None
-        audio48 = birdnet.resample_to_48k(audio.mean(axis=1), sr)
+        audio48 = _read48(roots[source] / file)
         for w in wins:
             keys.append(w.key)
-            inputs.append(birdnet.teacher_input(audio48, w.start_s, window_s))
+            x = birdnet.teacher_input(audio48, w.start_s, window_s)
+            if w.partner is not None:
+                p = w.partner
+                x = x + np.float32(w.partner_gain) * birdnet.teacher_input(partners.get(p), p.start_s, window_s)
+            inputs.append(x)
             if len(inputs) == batch:
                 flush_batch()
             if len(keys) == PART_SIZE:
@@ -180,6 +205,35 @@ def compute_cache(
     if keys:
         _write_part(folder, number, keys, np.concatenate(embs), np.concatenate(logits))
     return load_cache(run_dir)
+
+
+def _read48(path: Path) -> np.ndarray:
+    """A whole recording, downmixed and resampled to the teacher's 48 kHz."""
+    from trainer import birdnet
+
+    try:
+        audio, sr = sf.read(str(path), dtype="float32", always_2d=True)
+    except Exception as err:
+        raise SonotrapError(f"audio file {path} cannot be read ({str(err).splitlines()[0][:100]})") from None
+    return birdnet.resample_to_48k(audio.mean(axis=1), sr)
+
+
+class _Audio48:
+    """Mix partners' recordings at 48 kHz, the most recent few hundred kept (a few MB each)."""
+
+    def __init__(self, roots: dict[str, Path], keep: int = 256) -> None:
+        self.roots, self.keep = roots, keep
+        self.items: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()
+
+    def get(self, w: TeacherWindow) -> np.ndarray:
+        key = (w.source, w.file)
+        if key in self.items:
+            self.items.move_to_end(key)
+        else:
+            self.items[key] = _read48(self.roots[w.source] / w.file)
+            if len(self.items) > self.keep:
+                self.items.popitem(last=False)
+        return self.items[key]
 
 
 def ensure_cache(

@@ -113,3 +113,50 @@ def test_stage1_resumes_and_refuses_to_overwrite(setup, tmp_path):
     # Stage 2 resumes through the ordinary trainer.
     result, _ = train_with_teacher(_args(tmp_path / "full", resume=True, epochs=2), more, None, None, teacher)
     assert result.epochs_run == 2
+
+
+def test_a_mixed_image_is_the_frontend_of_the_summed_audio(setup):
+    import numpy as np
+
+    from edge.inference.frontend import compute, resample
+    from trainer.rundata import AudioCache, cut, mixed_image, window_image
+
+    data, _ = setup
+    a, b = data / "audio" / "rec00.wav", data / "audio" / "rec01.flac"
+    cache = AudioCache()
+    (xa, sr), (xb, srb) = cache.get(a), cache.get(b)
+    assert sr != srb  # recordings of two rates: each piece is resampled to the frontend's, then added
+    rate = SMALL.sample_rate
+    summed = (resample(cut(xa, sr, 0.5, 2.0), sr, rate) + np.float32(0.3) * resample(cut(xb, srb, 1.0, 2.0), srb, rate))
+    expected = compute(summed, rate, SMALL)
+    got = mixed_image(cache, [(a, 0.5, 1.0), (b, 1.0, 0.3)], 2.0, SMALL)
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    np.testing.assert_allclose(mixed_image(cache, [(a, 0.5, 1.0)], 2.0, SMALL),
+                               window_image(cache, a, 0.5, 2.0, SMALL), atol=1e-5)
+    assert not np.allclose(got, window_image(cache, a, 0.5, 2.0, SMALL), atol=1e-3)
+
+
+@pytest.mark.slow
+def test_stage1_fits_mixes_heard_by_the_teacher_and_can_start_from_another_run(setup, tmp_path):
+    data, unlabeled = setup
+    spec = DataSpec(data=str(data), seed=1)
+    first = tmp_path / "first"
+    dargs = DistillArgs(epochs=1, batch_size=8, unlabeled=str(unlabeled))
+    _, plain = train_with_teacher(_args(first, epochs=1), dargs, spec, SMALL, FakeTeacher())
+
+    teacher = FakeTeacher()
+    # lr 0: the continued run keeps the first run's student exactly, so its backbone is that one.
+    mixed = DistillArgs(epochs=1, batch_size=8, unlabeled=str(unlabeled), mixes=12, init=str(first), lr=0.0)
+    _, summary = train_with_teacher(_args(tmp_path / "second", epochs=1), mixed, spec, SMALL, teacher)
+    assert summary["mixed_windows"] == 12 and summary["fit_windows"] == plain["fit_windows"] + 12
+    assert summary["init"] == str(first)
+    assert teacher.windows >= plain["fit_windows"] + 12  # the mixes went through the teacher too
+    start = torch.load(first / DISTILL_DIR / LAST, weights_only=False)["model"]
+    saved = torch.load(tmp_path / "second" / DISTILL_DIR / BACKBONE, weights_only=True)
+    assert all(torch.equal(saved[k], start[f"backbone.{k}"]) for k in saved if not k.endswith("num_batches_tracked")
+               and "running" not in k)
+
+    with pytest.raises(SonotrapError, match="stage-1 state"):
+        train_with_teacher(_args(tmp_path / "third", epochs=1),
+                           DistillArgs(epochs=1, batch_size=8, init=str(first / "best.pt")), spec, SMALL,
+                           FakeTeacher())

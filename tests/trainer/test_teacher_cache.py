@@ -6,8 +6,10 @@ import csv
 from pathlib import Path
 
 import numpy as np
+import pytest
 import soundfile as sf
 
+from edge.errors import SonotrapError
 from tests.support.fake_teacher import FakeTeacher
 from trainer.birdnet import SAMPLE_RATE, WINDOW_SAMPLES, teacher_input
 from trainer.teacher_cache import UNLABELED, compute_cache, load_cache, unlabeled_windows
@@ -63,3 +65,45 @@ def test_cache_resumes_and_computes_each_window_once(tmp_path):
     assert len(load_cache(tmp_path / "b").keys) == len(windows)
     # Windows of different audio get different teacher outputs.
     assert not np.allclose(cache.embeddings[rows[0]], cache.embeddings[rows[3]])
+
+
+class _Recording(FakeTeacher):
+    """Keeps every input it was given, by row."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inputs: list[np.ndarray] = []
+
+    def run(self, audio: np.ndarray):
+        self.inputs.extend(audio.copy())
+        return super().run(audio)
+
+
+def test_mixed_windows_pair_two_recordings_and_the_teacher_hears_the_sum(tmp_path):
+    from trainer.birdnet import resample_to_48k
+    from trainer.teacher_cache import mixed_windows
+
+    folder = _unlabeled(tmp_path / "u", [3.0, 4.0, 2.5])
+    pool = unlabeled_windows(folder)
+    mixes = mixed_windows(pool, 20, seed=4)
+    assert len(mixes) == 20 and mixes == mixed_windows(pool, 20, seed=4)  # seeded
+    assert mixes != mixed_windows(pool, 20, seed=5)
+    assert all(m.partner is not None and m.partner.file != m.file for m in mixes)
+    assert all(10 ** (-12 / 20) - 1e-4 <= m.partner_gain <= 1.0 for m in mixes)
+    assert len({m.key for m in mixes} | {w.key for w in pool}) == len(set(mixes)) + len(pool)
+    with pytest.raises(SonotrapError, match="two recordings"):
+        mixed_windows([w for w in pool if w.file == pool[0].file], 3)
+
+    teacher = _Recording()
+    cache = compute_cache(tmp_path / "run", pool + mixes, {UNLABELED: folder}, batch=4, model=teacher)
+    assert teacher.windows == len(pool) + len(set(mixes))
+    m = mixes[0]
+    a = resample_to_48k(sf.read(folder / m.file, dtype="float32")[0], 44100)
+    b = resample_to_48k(sf.read(folder / m.partner.file, dtype="float32")[0], 44100)
+    expected = teacher_input(a, m.start_s) + np.float32(m.partner_gain) * teacher_input(b, m.partner.start_s)
+    heard = min(teacher.inputs, key=lambda x: float(np.abs(x - expected).max()))
+    np.testing.assert_allclose(heard, expected, atol=1e-7)
+    # The cached output of the mix is the teacher's output on that sum, not on either part.
+    np.testing.assert_allclose(cache.embeddings[cache.rows([m])[0]],
+                               FakeTeacher().run(expected[None]).embeddings[0], rtol=1e-5)
+    assert not np.allclose(cache.embeddings[cache.rows([m])[0]], cache.embeddings[cache.rows([pool[0]])[0]])

@@ -17,9 +17,7 @@ MAX_LINES = 400
 # Modules over MAX_LINES today, with their size when this list was written. They may shrink,
 # not grow (by more than GROWTH lines); take an entry out once the module is split (the test
 # says when).
-OVERSIZED = {
-    "edge/mqtt/publisher.py": 425,
-}
+OVERSIZED: dict[str, int] = {}
 GROWTH = 20
 
 # Import circles that exist today (each as its sorted module set). Fix, then delete the entry.

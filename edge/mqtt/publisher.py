@@ -5,9 +5,9 @@ Threads and why:
   and sets an Event, so a dead broker never stalls audio or inference;
 - paho's network thread (``loop_start``) does socket I/O, connects and reconnects (also when
   the very first connect at boot fails) with our exponential backoff + jitter;
-- one sender thread owns the in-flight window: it hands outbox rows to paho oldest-first,
-  at most ``max_inflight`` unacknowledged, and deletes a row when its PUBACK arrives. PUBACKs
-  come from paho's thread through a queue (never a lock shared with paho: that deadlocks);
+- one sender thread owns the in-flight window (``edge.mqtt.inflight``): it hands outbox rows
+  to paho oldest-first, at most ``max_inflight`` unacknowledged, and deletes a row when its
+  PUBACK arrives (PUBACKs come from paho's thread through a queue);
 - one callback thread runs ``subscribe`` callbacks so a slow handler never blocks MQTT I/O.
 
 Delivery is at-least-once, in order: paho keeps in-flight messages across a reconnect and
@@ -19,7 +19,6 @@ Subscribers dedup by the payload ``id``.
 from __future__ import annotations
 
 import logging
-import queue
 import random
 import threading
 import time
@@ -29,7 +28,6 @@ from typing import Any
 
 from edge.config import MqttConfig
 from edge.mqtt.connection import (
-    PUBLISH_QUEUED,
     Client,
     backoff_delay,
     connect_async,
@@ -39,7 +37,8 @@ from edge.mqtt.connection import (
 )
 from edge.mqtt.discovery import Announced
 from edge.mqtt.dispatch import Dispatcher
-from edge.mqtt.outbox import Outbox
+from edge.mqtt.inflight import InflightWindow
+from edge.mqtt.outbox import Outbox, OutboxRow
 from edge.mqtt.payloads import encode, event_payload, offline_payload, status_fields, status_payload
 from edge.util.jsonio import json_safe
 
@@ -62,7 +61,6 @@ class Publisher:
         self.status_topic = f"{self.base}/status"
         self.events_topic = f"{self.base}/events"
         self.client_id = cfg.client_id or f"sonotrap-{device_id}"
-        self.sent_hook: Callable[[str | None, float], None] | None = None  # (payload id, monotonic)
 
         self._status_provider: Callable[[], dict] | None = None
         self._subs: dict[str, Callable[[str, bytes], None]] = {}
@@ -70,26 +68,21 @@ class Publisher:
         self._discovery = Announced(cfg.discovery_prefix, device_id, ha_record)
         self._lock = threading.Lock()  # our own state only; never held while calling paho
         self._wake = threading.Event()
-        self._acks: queue.SimpleQueue = queue.SimpleQueue()  # from paho's thread to the sender
         self._stopping = threading.Event()
         self._status_due = threading.Event()
         self._connected_status = threading.Event()  # a (re)connect: status within the grace period
         self._discovery_due = threading.Event()
         self._connected = threading.Event()
-        self._inflight: dict[int, tuple[int, float]] = {}  # paho mid -> (row id, monotonic sent)
-        self._last_sent_id = 0
         self._max_qos = 2  # lowered by an MQTT 5 broker's Maximum QoS (CONNACK)
         # QoS 2 re-sends after a reconnect mix PUBREL and PUBLISH, which can release a window
         # out of order: exactly once AND in order needs one message in flight at a time
-        self._window = 1 if cfg.qos == 2 else cfg.max_inflight
-        self._payload_ids: dict[int, str | None] = {}
+        self._window = InflightWindow(outbox, 1 if cfg.qos == 2 else cfg.max_inflight)
         self._attempt = 0
         self._refused = False
         self._next_delay = cfg.reconnect_min_s
         self._rng = random.Random()
-        self._stats = dict.fromkeys(("published", "rejected", "connects", "failed_attempts", "disconnects", "lost"), 0)
+        self._stats = dict.fromkeys(("connects", "failed_attempts", "disconnects", "lost"), 0)
         self._last_error: str | None = None
-        self._last_sent_monotonic: float | None = None
         self._started_at = time.monotonic()
         self._sender: threading.Thread | None = None
         self._dispatcher = Dispatcher()
@@ -189,10 +182,11 @@ class Publisher:
                 "outbox_error": ob["error"],
                 "outbox_unpersisted": ob["unpersisted"],
                 "outbox_recovered": ob.get("recovered"),
-                "inflight": len(self._inflight),
+                "inflight": len(self._window),
                 "reconnects": max(0, self._stats["connects"] - 1),
                 "last_error": self._last_error,
-                "last_sent_monotonic": self._last_sent_monotonic,
+                "published": self._window.published,
+                "rejected": self._window.rejected,
                 **self._stats,
             }
 
@@ -209,7 +203,7 @@ class Publisher:
         # paho caps everything in flight (detections + status + discovery) at the same bound, so
         # an MQTT 5 broker's Receive Maximum (mosquitto: 20) is never exceeded; extra QoS-1
         # messages wait in paho's FIFO, order kept
-        client.max_inflight_messages_set(self._window)
+        client.max_inflight_messages_set(self._window.size)
         client.before_connect = self._set_will
         self._set_will(client)
         client.on_connect = self._on_connect
@@ -299,7 +293,7 @@ class Publisher:
             self._error(f"lost connection to {self.cfg.host}:{self.cfg.port} ({reason_code})")
 
     def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
-        self._acks.put((mid, reason_code))
+        self._window.acknowledged(mid, reason_code)
         self._wake.set()
 
     def _on_message(self, client, userdata, message) -> None:
@@ -329,9 +323,6 @@ class Publisher:
             with self._lock:
                 self._stats["lost"] += 1
             return None
-        if self.sent_hook is not None and topic == self.detections_topic:
-            with self._lock:
-                self._payload_ids[row_id] = payload.get("id")
         self._wake.set()
         return row_id
 
@@ -344,7 +335,7 @@ class Publisher:
                 self._connected_status.clear()
                 next_status = min(next_status, time.monotonic() + CONNECT_STATUS_GRACE_S)
             try:
-                self._process_acks()
+                self._window.apply_acks()
                 if not self._connected.is_set():
                     continue
                 if self._discovery_due.is_set():
@@ -354,62 +345,14 @@ class Publisher:
                     self._status_due.clear()
                     self._send_status()
                     next_status = time.monotonic() + self.cfg.status_interval_s
-                self._pump()
+                self._window.fill(self._send_row, self._stopping)
             except Exception:  # noqa: BLE001 - keep sending whatever happens
                 log.exception("mqtt: sender error")
                 time.sleep(0.5)
-        self._process_acks()
+        self._window.apply_acks()
 
-    def _process_acks(self) -> None:
-        """Delete every acknowledged row received so far, in one transaction."""
-        done: list[int] = []
-        while True:
-            try:
-                mid, reason_code = self._acks.get_nowait()
-            except queue.Empty:
-                break
-            with self._lock:
-                entry = self._inflight.pop(mid, None)
-            if entry is None:
-                continue  # status / discovery / offline messages
-            row_id = entry[0]
-            if getattr(reason_code, "is_failure", False):
-                log.error("mqtt: broker rejected outbox message %d (%s); dropping it", row_id, reason_code)
-                with self._lock:
-                    self._stats["rejected"] += 1
-            else:
-                with self._lock:
-                    self._stats["published"] += 1
-            done.append(row_id)
-        self.outbox.ack_many(done)
-
-    def _pump(self) -> None:
-        """Hand the oldest unsent rows to paho while the in-flight window has room."""
-        while not self._stopping.is_set():
-            with self._lock:
-                room = self._window - len(self._inflight)
-            if room <= 0:
-                return
-            rows = self.outbox.pending(after_id=self._last_sent_id, limit=room)
-            if not rows:
-                return
-            for row in rows:
-                info = self._client.publish(row.topic, row.payload, qos=min(row.qos, self._max_qos))
-                if info.rc not in PUBLISH_QUEUED:
-                    log.warning("mqtt: publish of outbox row %d failed (%s); will retry", row.id, info.rc)
-                    return
-                now = time.monotonic()
-                with self._lock:
-                    self._inflight[info.mid] = (row.id, now)
-                    self._last_sent_monotonic = now
-                    pid = self._payload_ids.pop(row.id, None)
-                self._last_sent_id = row.id
-                hook = self.sent_hook
-                if hook is not None and row.topic == self.detections_topic:
-                    try:
-                        hook(pid, now)
-                    except Exception:  # noqa: BLE001
-                        log.exception("mqtt: sent_hook failed")
+    def _send_row(self, row: OutboxRow):
+        return self._client.publish(row.topic, row.payload, qos=min(row.qos, self._max_qos))
 
     def _send_status(self) -> None:
         fields: dict[str, Any] = {}

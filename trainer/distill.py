@@ -184,7 +184,7 @@ def distill(targs: TrainArgs, dargs: DistillArgs, run: RunData, t_start: float, 
     fill = fit_x.float().amin(dim=(0, 2, 3))  # masks take the quietest value per channel
 
     torch.manual_seed(targs.seed)
-    model = Student("none" if state else targs.weights).to(memory_format=torch.channels_last)
+    model = Student("none" if state or dargs.init else targs.weights).to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=dargs.lr, weight_decay=dargs.weight_decay)
     steps_per_epoch = max(1, len(fit_w) // dargs.batch_size)
     budget_s = dargs.minutes * 60 if dargs.minutes else math.inf

@@ -147,7 +147,9 @@ def test_stage1_fits_mixes_heard_by_the_teacher_and_can_start_from_another_run(s
     teacher = FakeTeacher()
     # lr 0: the continued run keeps the first run's student exactly, so its backbone is that one.
     mixed = DistillArgs(epochs=1, batch_size=8, unlabeled=str(unlabeled), mixes=12, init=str(first), lr=0.0)
-    _, summary = train_with_teacher(_args(tmp_path / "second", epochs=1), mixed, spec, SMALL, teacher)
+    # --weights is not even opened when stage 1 starts from another run's student.
+    second = _args(tmp_path / "second", epochs=1, weights=str(tmp_path / "absent.pth"))
+    _, summary = train_with_teacher(second, mixed, spec, SMALL, teacher)
     assert summary["mixed_windows"] == 12 and summary["fit_windows"] == plain["fit_windows"] + 12
     assert summary["init"] == str(first)
     assert teacher.windows >= plain["fit_windows"] + 12  # the mixes went through the teacher too

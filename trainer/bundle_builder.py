@@ -62,6 +62,12 @@ class BundleInfo:
         }
         if args.get("teacher") in TEACHERS:
             prov["teacher"] = dict(TEACHERS[args["teacher"]])
+        head = ckpt.extra.get("linear_head")
+        if isinstance(head, dict):  # sonotrap linear-head: a frozen backbone plus a fitted fc
+            prov["init_weights"] = head.get("backbone", "unknown")
+            prov["linear_head"] = _plain({k: v for k, v in head.items() if k != "backbone"})
+            prov["training_args_note"] = ("the run whose labels, frontend and split the head was fitted on; "
+                                          "the weights are its backbone file plus the fitted fc")
         for key in ("git_commit", "created", "epoch", "best_epoch", "torch_version"):
             if key in ckpt.extra:
                 prov[key] = _plain(ckpt.extra[key])

@@ -16,6 +16,7 @@ is folded into ``fc``: ``w' = w / sigma``, ``b' = b - sum(w * mu / sigma)``.
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -137,7 +138,8 @@ def linear_head(run_dir: str | Path, backbone_path: str | Path | None = None, c_
     net.fc = fc
     state = without_resume_state(dict(ckpt.raw))
     state.update(model={k: v.contiguous() for k, v in net.state_dict().items()}, thresholds={}, metrics={},
-                 linear_head={"backbone": str(backbone_path), "c": best, **how}, **extra)
+                 linear_head={"backbone": str(backbone_path), "c": best, **how,
+                              "stage1": _stage1_summary(backbone_path)}, **extra)
     out = run_dir / out_name
     save_checkpoint(state, out)
     # as at the end of training: thresholds from validation, val and test metrics in the checkpoint
@@ -145,6 +147,15 @@ def linear_head(run_dir: str | Path, backbone_path: str | Path | None = None, c_
     if folds >= 2:
         mark_in_sample(out, folds, scores[best])
     return out, {"c": best, **how}
+
+
+def _stage1_summary(backbone_path: Path) -> dict[str, Any] | None:
+    """How the backbone was distilled (its ``distill/summary.json``), for the bundle's provenance."""
+    path = backbone_path.parent / "summary.json"
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
 
 
 def mark_in_sample(path: Path, folds: int, cv_macro_ap: float) -> None:

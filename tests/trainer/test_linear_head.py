@@ -78,3 +78,13 @@ def test_linear_head_on_a_run_writes_an_ordinary_checkpoint(data_dir, tmp_path):
         logits = model(torch.from_numpy(val.images)).double().numpy()
     w, b = ckpt.state_dict["fc.weight"].double().numpy(), ckpt.state_dict["fc.bias"].double().numpy()
     np.testing.assert_allclose(logits, feats @ w.T + b, atol=1e-3)
+
+    # The bundle names the backbone that is in it and how it was distilled, not the template run's init.
+    from trainer.bundle_builder import BundleInfo
+
+    (run / "distill" / "summary.json").write_text('{"teacher": "birdnet", "mixed_windows": 12}')
+    out, _ = linear_head(run, c_grid=(0.01,), out_name="again.pt")
+    prov = BundleInfo.from_checkpoint(load_checkpoint(out)).provenance
+    assert prov["init_weights"] == str(run / "distill" / "backbone.pt")
+    assert prov["linear_head"]["stage1"] == {"teacher": "birdnet", "mixed_windows": 12}
+    assert prov["linear_head"]["c"] == 0.01 and "training_args_note" in prov

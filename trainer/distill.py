@@ -43,14 +43,7 @@ from trainer.engine import amp_dtype_for
 from trainer.model import build_model
 from trainer.rundata import DATASET_FILE, AudioCache, RunData, load_run_data, mixed_image, window_image
 from trainer.schedule import lr_lambda
-from trainer.teacher_cache import (
-    LABELLED,
-    UNLABELED,
-    TeacherWindow,
-    compute_cache,
-    ensure_cache,
-    mixed_windows,
-)
+from trainer.teacher_cache import LABELLED, MIXED, UNLABELED, TeacherWindow, ensure_cache
 from trainer.train import TrainArgs, train
 
 log = logging.getLogger("sonotrap.trainer")
@@ -167,14 +160,11 @@ def distill(targs: TrainArgs, dargs: DistillArgs, run: RunData, t_start: float, 
     def used() -> float:
         return elapsed_before + time.monotonic() - t_start
 
-    cache, groups = ensure_cache(run, dargs.unlabeled, dargs.teacher_threads, targs.progress, teacher)
+    cache, groups = ensure_cache(run, dargs.unlabeled, dargs.teacher_threads, targs.progress, teacher,
+                                 dargs.mixes, targs.seed)
     roots = {LABELLED: Path(run.root), UNLABELED: Path(dargs.unlabeled or ".")}
-    fit_w = groups["train"] + groups.get(UNLABELED, [])
-    mixes = mixed_windows(fit_w, dargs.mixes, seed=targs.seed)
-    if mixes:
-        cache = compute_cache(run.run_dir, mixes, roots, dargs.teacher_threads, window_s=run.frontend.window_s,
-                              progress=targs.progress, model=teacher)
-        fit_w = fit_w + mixes
+    mixes = groups.get(MIXED, [])
+    fit_w = groups["train"] + groups.get(UNLABELED, []) + mixes
     val_w = groups["val"]
     log.info("stage 1: %d windows to fit (%d unlabeled, %d mixed), %d validation windows", len(fit_w),
              len(groups.get(UNLABELED, [])), len(mixes), len(val_w))

@@ -21,20 +21,21 @@ import csv
 import logging
 import os
 import time
-from collections import OrderedDict, defaultdict
+from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 
 from edge.errors import SonotrapError
+from trainer.rundata import AudioCache
 from trainer.split import SPLITS
 
 log = logging.getLogger("sonotrap.trainer")
 
 CACHE_DIR = Path("teacher") / "birdnet"
 LABELLED, UNLABELED = "labelled", "unlabeled"
+MIXED = "mixed"  # a group of windows, not a source: each mix names its two sources
 PART_SIZE = 256
 
 
@@ -61,7 +62,7 @@ def mixed_windows(pool: list[TeacherWindow], n: int, seed: int = 0,
     if n <= 0:
         return []
     if len({(w.source, w.file) for w in pool}) < 2:
-        raise SonotrapError("mixed windows need windows of at least two recordings")
+        raise SonotrapError("mixed windows need windows of at least two recordings; pass more audio or no mixes")
     rng = np.random.default_rng(seed)
     out: list[TeacherWindow] = []
     while len(out) < n:
@@ -165,7 +166,7 @@ def compute_cache(
         return load_cache(run_dir)
     log.info("teacher cache: %d windows to compute (%d cached)", total, len(done) - total)
     model = model if model is not None else birdnet.BirdNET(threads=threads)
-    partners = _Audio48(roots)
+    audio = AudioCache()  # recordings at their own rate; a mix partner is read again from here
     number = len([p for p in folder.glob("part-*.npz") if not p.name.endswith(".tmp.npz")])
     keys: list[str] = []
     inputs: list[np.ndarray] = []
@@ -180,13 +181,14 @@ def compute_cache(
         inputs.clear()
 
     for (source, file), wins in todo.items():
-        audio48 = _read48(roots[source] / file)
+        audio48 = birdnet.resample_to_48k(*audio.get(roots[source] / file))
         for w in wins:
             keys.append(w.key)
             x = birdnet.teacher_input(audio48, w.start_s, window_s)
             if w.partner is not None:
                 p = w.partner
-                x = x + np.float32(w.partner_gain) * birdnet.teacher_input(partners.get(p), p.start_s, window_s)
+                other = birdnet.resample_to_48k(*audio.get(roots[p.source] / p.file))
+                x = x + np.float32(w.partner_gain) * birdnet.teacher_input(other, p.start_s, window_s)
             inputs.append(x)
             if len(inputs) == batch:
                 flush_batch()
@@ -207,44 +209,21 @@ def compute_cache(
     return load_cache(run_dir)
 
 
-def _read48(path: Path) -> np.ndarray:
-    """A whole recording, downmixed and resampled to the teacher's 48 kHz."""
-    from trainer import birdnet
-
-    try:
-        audio, sr = sf.read(str(path), dtype="float32", always_2d=True)
-    except Exception as err:
-        raise SonotrapError(f"audio file {path} cannot be read ({str(err).splitlines()[0][:100]})") from None
-    return birdnet.resample_to_48k(audio.mean(axis=1), sr)
-
-
-class _Audio48:
-    """Mix partners' recordings at 48 kHz, the most recent few hundred kept (a few MB each)."""
-
-    def __init__(self, roots: dict[str, Path], keep: int = 256) -> None:
-        self.roots, self.keep = roots, keep
-        self.items: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()
-
-    def get(self, w: TeacherWindow) -> np.ndarray:
-        key = (w.source, w.file)
-        if key in self.items:
-            self.items.move_to_end(key)
-        else:
-            self.items[key] = _read48(self.roots[w.source] / w.file)
-            if len(self.items) > self.keep:
-                self.items.popitem(last=False)
-        return self.items[key]
-
-
 def ensure_cache(
     run, unlabeled: str | Path | None, threads: int = 1, progress: bool = False, model=None,
+    mixes: int = 0, seed: int = 0,
 ) -> tuple[TeacherCache, dict[str, list[TeacherWindow]]]:
-    """Teacher windows by group (train/val/test/unlabeled) and a cache that covers all of them."""
+    """Teacher windows by group (train/val/test/unlabeled/mixed) and a cache that covers all of them.
+
+    ``mixes``: that many :func:`mixed_windows` of the training and unlabeled windows (group MIXED).
+    """
     groups = labelled_windows(run)
     roots = {LABELLED: Path(run.root)}
     if unlabeled:
         groups[UNLABELED] = unlabeled_windows(unlabeled, run.frontend.window_s)
         roots[UNLABELED] = Path(unlabeled)
+    if mixes:
+        groups[MIXED] = mixed_windows(groups["train"] + groups.get(UNLABELED, []), mixes, seed)
     every = [w for ws in groups.values() for w in ws]
     cache = compute_cache(run.run_dir, every, roots, threads, window_s=run.frontend.window_s, progress=progress,
                           model=model)

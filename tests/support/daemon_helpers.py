@@ -13,6 +13,7 @@ import soundfile as sf
 
 from edge.config import Config
 from tests.support.paths import REPO
+from tests.support.process import Spawned
 from tests.support.tiny_model import tone
 
 SR = 32000
@@ -51,11 +52,10 @@ def stream_t0(hops: list[dict], sr: int = SR) -> float:
     return hops[0]["t_end"] - hops[0]["sample_end"] / sr
 
 
-def sonotrap(*args: str, **kw) -> subprocess.Popen:
+def sonotrap(*args: str, **kw) -> Spawned:
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     env.pop("NOTIFY_SOCKET", None)
-    return subprocess.Popen([sys.executable, "-m", "edge", *args], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+    return Spawned([sys.executable, "-m", "edge", *args], cwd=REPO, env=env, **kw)
 
 
 def run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:

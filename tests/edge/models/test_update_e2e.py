@@ -23,6 +23,7 @@ from edge.models.update.lock import UpdateLock
 from tests.support.broker import Subscriber
 from tests.support.daemon_helpers import LOW, read_jsonl, write_tones
 from tests.support.paths import REPO
+from tests.support.process import Spawned
 from tests.support.update_server import BundleServer, make_device, publish_bundle, write_index
 from tests.support.waiting import wait_for
 
@@ -75,10 +76,10 @@ health_timeout_s = 30.0
         with Subscriber(mosquitto.port, f"sonotrap/{DEVICE}/#") as sub:
             env = dict(os.environ, PYTHONUNBUFFERED="1")
             env.pop("NOTIFY_SOCKET", None)
-            daemon = subprocess.Popen(
+            daemon = Spawned(
                 [sys.executable, "-m", "edge", "run", "--config", str(cfg), "--file", str(wav), "--realtime",
                  "--loop", "--hops-jsonl", str(tmp_path / "hops.jsonl")],
-                cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                cwd=REPO, env=env,
             )
             try:
                 sub.wait_for(lambda ms: "1.0.0" in _versions(ms), timeout=40)

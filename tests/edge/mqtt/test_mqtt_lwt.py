@@ -4,21 +4,21 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import sys
 from pathlib import Path
 
 from tests.support.broker import Mosquitto, Subscriber
 from tests.support.paths import REPO
+from tests.support.process import Spawned
 
 
 def test_sigkill_publishes_the_retained_last_will(mosquitto: Mosquitto, tmp_path: Path) -> None:
     sub = Subscriber(mosquitto.port, "sonotrap/lwt-01/#")
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen(
+    proc = Spawned(
         [sys.executable, "-m", "tests.support.publisher_proc", "--port", str(mosquitto.port), "--device", "lwt-01",
          "--outbox", str(tmp_path / "o.sqlite"), "--jsonl", str(tmp_path / "d.jsonl"), "--every", "0.3"],
-        cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        cwd=REPO, env=env,
     )
     try:
         online = sub.wait_for(lambda ms: [m.json() for m in ms if m.topic.endswith("/status")

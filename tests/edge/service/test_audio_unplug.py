@@ -4,7 +4,6 @@ running, reports the loss and the recovery over MQTT, and detects calls again af
 from __future__ import annotations
 
 import signal
-import subprocess
 import sys
 import time
 
@@ -13,6 +12,7 @@ import pytest
 from tests.support import pulse as pulse_support
 from tests.support.broker import Subscriber
 from tests.support.paths import REPO
+from tests.support.process import Spawned
 from tests.support.pulse import PulseServer
 from tests.support.tiny_model import tone
 from tests.support.waiting import wait_for
@@ -28,11 +28,11 @@ def test_microphone_removed_and_re_added_mid_run(tmp_path, tiny_bundle, mosquitt
         pytest.skip(reason)
     server = PulseServer(tmp_path / "pa").start()
     sub = Subscriber(mosquitto.port, f"sonotrap/{DEVICE}/#")
-    proc = subprocess.Popen(
+    proc = Spawned(
         [sys.executable, "-m", "edge", "run", "--model", str(tiny_bundle), "--source", "mic", "--device", "pulse",
          "--broker", f"127.0.0.1:{mosquitto.port}", "--device-id", DEVICE, "--state-dir", str(tmp_path / "state"),
          "--set", "audio.retry_initial_s=0.3", "--set", "audio.retry_max_s=1.0", "--set", "audio.silence_timeout_s=0"],
-        env=server.client_env(), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        env=server.client_env(), cwd=REPO)
 
     def kinds() -> list[str]:
         return [m.json().get("event") for m in sub.on_topic("/events")]

@@ -20,6 +20,7 @@ from edge.mqtt.outbox import Outbox
 from edge.service.status import read_status
 from tests.support.broker import Mosquitto, Subscriber, free_port
 from tests.support.daemon_helpers import HIGH, LOW, REPO, read_jsonl, sonotrap, write_tones
+from tests.support.process import Spawned
 from tests.support.tiny_model import make_tiny_bundle
 from tests.support.waiting import wait_for
 
@@ -174,26 +175,25 @@ def test_sigkill_at_random_points_never_corrupts_the_outbox_or_loses_a_commit(tm
                 broker.start()
             elif not up and broker.running:
                 broker.stop()
-            proc = subprocess.Popen(
+            proc = Spawned(
                 [sys.executable, "-m", "tests.support.publisher_proc", "--port", str(broker.port),
                  "--outbox", str(outbox), "--jsonl", str(jsonl), "--every", "0.003"],
-                cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                cwd=REPO, env=env)
             start = len(ids(jsonl))  # kill at a random moment once it is publishing (slow start on a busy CI)
             wait_for(lambda p=proc, n=start: len(ids(jsonl)) > n or p.poll() is not None, 60)
             time.sleep(rng.uniform(0.0, 0.8))
             proc.send_signal(signal.SIGKILL)
             proc.wait(10)
-            proc.stderr.close()
             with sqlite3.connect(outbox) as db:
                 assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok", f"round {round_}"
             box = Outbox(outbox)
             assert box.recovered is None and box.mode == "disk"
             box.close()
         broker.start()
-        proc = subprocess.Popen(  # a clean run drains what the killed ones left behind
+        proc = Spawned(  # a clean run drains what the killed ones left behind
             [sys.executable, "-m", "tests.support.publisher_proc", "--port", str(broker.port),
              "--outbox", str(outbox), "--jsonl", str(jsonl), "--every", "0.05", "--count", "1"],
-            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            cwd=REPO, env=env)
         committed = ids(jsonl)
         assert len(committed) > 50
         wait_for(lambda: set(committed) <= {m.json()["id"] for m in sub.on_topic("/detections")}, 40)

@@ -23,6 +23,7 @@ from edge.service.daemon import Daemon
 from edge.service.sdnotify import Notifier
 from tests.support.daemon_helpers import LOW, file_config, read_jsonl, write_tones
 from tests.support.paths import REPO
+from tests.support.process import Spawned
 from tests.support.waiting import wait_for
 
 
@@ -101,11 +102,11 @@ def test_daemon_ready_watchdog_rate_reload_and_stopping(tmp_path, notify_socket,
     wav = write_tones(tmp_path / "t.wav", [(None, 1.0), (LOW, 1.0)])
     env = dict(os.environ, NOTIFY_SOCKET=notify_socket.address, WATCHDOG_USEC="1000000", PYTHONUNBUFFERED="1")
     env.pop("WATCHDOG_PID", None)
-    proc = subprocess.Popen(
+    proc = Spawned(
         [sys.executable, "-m", "edge", "run", "--file", str(wav), "--realtime", "--loop", "--no-mqtt",
          "--model", str(tiny_bundle), "--state-dir", str(tmp_path / "state"), "--hop", "0.25",
          "--hops-jsonl", str(tmp_path / "hops.jsonl")],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=REPO, env=env,
     )
     try:
         wait_for(lambda: len(notify_socket.times("WATCHDOG=1")) >= 8, timeout=40)

@@ -43,7 +43,7 @@ from trainer.engine import amp_dtype_for
 from trainer.model import build_model
 from trainer.rundata import DATASET_FILE, AudioCache, RunData, load_run_data, mixed_image, window_image
 from trainer.schedule import lr_lambda
-from trainer.teacher_cache import LABELLED, MIXED, UNLABELED, TeacherWindow, ensure_cache
+from trainer.teacher_cache import MIXED, UNLABELED, TeacherWindow, ensure_cache, source_roots
 from trainer.train import TrainArgs, train
 
 log = logging.getLogger("sonotrap.trainer")
@@ -162,7 +162,7 @@ def distill(targs: TrainArgs, dargs: DistillArgs, run: RunData, t_start: float, 
 
     cache, groups = ensure_cache(run, dargs.unlabeled, dargs.teacher_threads, targs.progress, teacher,
                                  dargs.mixes, targs.seed)
-    roots = {LABELLED: Path(run.root), UNLABELED: Path(dargs.unlabeled or ".")}
+    roots = source_roots(run, dargs.unlabeled)
     mixes = groups.get(MIXED, [])
     fit_w = groups["train"] + groups.get(UNLABELED, []) + mixes
     val_w = groups["val"]

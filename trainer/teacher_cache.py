@@ -209,6 +209,14 @@ def compute_cache(
     return load_cache(run_dir)
 
 
+def source_roots(run, unlabeled: str | Path | None) -> dict[str, Path]:
+    """Where each source's recordings are: a window's audio is ``roots[w.source] / w.file``."""
+    roots = {LABELLED: Path(run.root)}
+    if unlabeled:
+        roots[UNLABELED] = Path(unlabeled)
+    return roots
+
+
 def ensure_cache(
     run, unlabeled: str | Path | None, threads: int = 1, progress: bool = False, model=None,
     mixes: int = 0, seed: int = 0,
@@ -218,10 +226,9 @@ def ensure_cache(
     ``mixes``: that many :func:`mixed_windows` of the training and unlabeled windows (group MIXED).
     """
     groups = labelled_windows(run)
-    roots = {LABELLED: Path(run.root)}
+    roots = source_roots(run, unlabeled)
     if unlabeled:
         groups[UNLABELED] = unlabeled_windows(unlabeled, run.frontend.window_s)
-        roots[UNLABELED] = Path(unlabeled)
     if mixes:
         groups[MIXED] = mixed_windows(groups["train"] + groups.get(UNLABELED, []), mixes, seed)
     every = [w for ws in groups.values() for w in ws]

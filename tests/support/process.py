@@ -22,8 +22,6 @@ class Spawned(subprocess.Popen):
     """
 
     def __init__(self, args, **kw) -> None:
-        for key in ("stdout", "stderr", "text", "universal_newlines"):
-            kw.pop(key, None)
         self._dir = tempfile.TemporaryDirectory(prefix="sonotrap-child-")
         self.stdout_path = Path(self._dir.name) / "stdout"
         self.stderr_path = Path(self._dir.name) / "stderr"

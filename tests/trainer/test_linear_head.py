@@ -10,6 +10,7 @@ pytest.importorskip("sklearn")
 
 from edge.errors import SonotrapError  # noqa: E402
 from edge.inference.frontend import FrontendConfig  # noqa: E402
+from trainer.bundle_builder import BundleInfo  # noqa: E402
 from trainer.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint  # noqa: E402
 from trainer.dataset import AugmentConfig  # noqa: E402
 from trainer.linear_head import fit_head, fold_standardisation, linear_head  # noqa: E402
@@ -80,8 +81,6 @@ def test_linear_head_on_a_run_writes_an_ordinary_checkpoint(data_dir, tmp_path):
     np.testing.assert_allclose(logits, feats @ w.T + b, atol=1e-3)
 
     # The bundle names the backbone that is in it and how it was distilled, not the template run's init.
-    from trainer.bundle_builder import BundleInfo
-
     (run / "distill" / "summary.json").write_text('{"teacher": "birdnet", "mixed_windows": 12}')
     out, _ = linear_head(run, c_grid=(0.01,), out_name="again.pt")
     prov = BundleInfo.from_checkpoint(load_checkpoint(out)).provenance

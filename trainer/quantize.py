@@ -7,7 +7,8 @@ built with ``edge.inference.frontend.compute``. Never random tensors: activation
 noise do not match spectrograms.
 
 Default settings (reasons in ``models/README.md``): QDQ, weights QInt8 symmetric per channel,
-activations QUInt8 (asymmetric; ReLU outputs use all 256 levels), no reduce-range, MinMax
+activations QUInt8 (asymmetric; ReLU outputs use all 256 levels), 7-bit weights (reduce-range:
+full 8-bit weights give wrong outputs on x86 CPUs without VNNI), MinMax
 calibration on 256 training windows. The classifier head (the final Gemm/MatMul, its bias
 Add and the Sigmoid) stays in float: a quantized sigmoid output can only take 256 values
 (multiples of 1/255), too coarse for thresholds and ranking, and the head is a negligible
@@ -47,7 +48,11 @@ class QuantSettings:
     activation_type: str = "uint8"
     weight_type: str = "int8"
     per_channel: bool = True
-    reduce_range: bool = False
+    # 7-bit weights: with 8-bit ones, the U8S8 kernels of x86 CPUs without VNNI (AVX2 only:
+    # AMD Zen 2/3, Intel before Ice Lake) saturate 16-bit sums and the model's outputs are
+    # wrong there (top-label agreement with FP32 fell to 0.61 on one). A bundle goes to every
+    # recorder and lab machine, so it must be right on all of them.
+    reduce_range: bool = True
     percentile: float = 99.999
     quant_format: str = "QDQ"
     batch_size: int = 8

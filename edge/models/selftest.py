@@ -177,11 +177,20 @@ def run_self_test(bundle: ModelBundle, sess=None, src: Path | None = None) -> fl
     if not diff <= atol:
         raise SonotrapError(
             f"model in {src} fails its self-test: output differs from the stored reference by {diff:.4f} "
-            f"(> {atol}); the model or this onnxruntime is broken, re-download the bundle"
+            f"(> {atol}); {_self_test_hint(bundle.manifest.quantization)}"
         )
     if ref.get("audio") is not None:
         diff = max(diff, check_reference_audio(bundle.path, bundle.manifest, bundle.frontend, sess, src))
     return diff
+
+
+def _self_test_hint(quantization: dict | None) -> str:
+    """The likely cause and fix of a failed self-test, for the one-line error."""
+    q = quantization or {}
+    if q.get("weight_type") == "int8" and q.get("reduce_range") is False:
+        return ("its INT8 weights use the full 8-bit range, which gives wrong outputs on x86 CPUs without "
+                "VNNI (AVX2 only); rebuild it with sonotrap quantize, whose default 7-bit weights run on every CPU")
+    return "the model or this onnxruntime is broken, re-download the bundle"
 
 
 def has_reference_audio(bundle: ModelBundle) -> bool:

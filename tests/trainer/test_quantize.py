@@ -52,6 +52,24 @@ def test_quantization_within_bound(small, method):
     assert {"QuantizeLinear", "DequantizeLinear", "Conv"} <= ops  # QDQ format
 
 
+def test_weights_use_7_bits_unless_full_range_is_asked_for(small):
+    """8-bit weights saturate the 16-bit sums of x86 kernels without VNNI: bundles default to 7."""
+    import onnx
+    from onnx import numpy_helper
+
+    d, fp32, train, val = small
+
+    def widest(settings):
+        out = d / f"range_{settings.reduce_range}.onnx"
+        quantize_and_verify(fp32, out, train, val, settings, check=False)
+        weights = [numpy_helper.to_array(i) for i in onnx.load(out).graph.initializer]
+        return max(int(np.abs(w.astype(int)).max()) for w in weights if w.dtype == np.int8)
+
+    assert QuantSettings().reduce_range
+    assert widest(QuantSettings(calibration_windows=32)) == 64
+    assert widest(QuantSettings(calibration_windows=32, reduce_range=False)) == 127
+
+
 def test_broken_calibration_on_silence_fails_loudly(small):
     d, fp32, _train, val = small
     xs, ys, labels = make_windows(32, silent=True)

@@ -26,8 +26,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--percentile", type=float, default=99.999, help="for --method percentile")
     parser.add_argument("--activation-type", choices=("uint8", "int8"), default="uint8",
                         help="activation type (uint8 = U8S8, fastest on x86 and fine on ARM; see models/README.md)")
-    parser.add_argument("--reduce-range", action="store_true",
-                        help="7-bit weights (only for old x86 without VNNI if accuracy saturates)")
+    parser.add_argument("--full-range", action="store_true",
+                        help="8-bit weights instead of 7-bit: slightly more accurate, but wrong outputs on x86 "
+                             "CPUs without VNNI; only for fleets of ARM or VNNI hosts (see models/README.md)")
     parser.add_argument("--max-ap-drop", type=float, default=0.02, help="fail when INT8 macro-AP drops more than this")
     parser.add_argument("--min-threshold", type=float, default=0.1,
                         help="floor for the per-class thresholds written into the bundle (default 0.1)")
@@ -57,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
             raise SonotrapError(f"--provenance {item!r} is not KEY=VALUE")
         extra[key] = value
     settings = QuantSettings(method=args.method, calibration_windows=args.calib_windows,
-                             activation_type=args.activation_type, reduce_range=args.reduce_range,
+                             activation_type=args.activation_type, reduce_range=not args.full_range,
                              percentile=args.percentile, seed=args.seed)
     if not 0.0 <= args.min_threshold < 1.0:
         raise SonotrapError(f"--min-threshold {args.min_threshold} must be in [0, 1)")

@@ -64,6 +64,9 @@ class BundleInfo:
             prov["teacher"] = dict(TEACHERS[args["teacher"]])
         head = ckpt.extra.get("linear_head")
         if isinstance(head, dict):  # sonotrap linear-head: a frozen backbone plus a fitted fc
+            teacher = _teacher_of(head.get("stage1"))
+            if teacher:  # the backbone's teacher, whatever the template run was trained with
+                prov["teacher"] = teacher
             prov["init_weights"] = head.get("backbone", "unknown")
             prov["linear_head"] = _plain({k: v for k, v in head.items() if k != "backbone"})
             prov["training_args_note"] = ("the run whose labels, frontend and split the head was fitted on; "
@@ -83,6 +86,23 @@ class BundleInfo:
             metrics={"training": _plain(ckpt.metrics)},
             species=_run_species(ckpt.path.parent, list(ckpt.labels)),
         )
+
+
+def _teacher_of(stage1: Any) -> dict[str, Any] | None:
+    """The distillation teacher (and its licence) behind a linear head's backbone, if any.
+
+    A stage-1 summary names it (``teacher: birdnet``); a backbone read from a bundle carries
+    that bundle's own record, or its stage-1 summary, one level down.
+    """
+    if not isinstance(stage1, dict):
+        return None
+    source = stage1.get("from_bundle")
+    if isinstance(source, dict):
+        if isinstance(source.get("teacher"), dict):
+            return dict(source["teacher"])
+        return _teacher_of(source.get("stage1"))
+    name = stage1.get("teacher")
+    return dict(TEACHERS[name]) if name in TEACHERS else None
 
 
 def _plain(value: Any) -> Any:
@@ -285,7 +305,7 @@ def bundle_from_checkpoint(
         "calibration_windows_used": int(len(calib.images)),
         "tool": "onnxruntime.quantization quant_pre_process + quantize_static",
         "onnxruntime": _ort_version(),
-        "weights": "int8 symmetric per-channel",
+        "weights": f"int8 symmetric per-channel{', 7-bit range' if settings.reduce_range else ''}",
         "activations": f"{settings.activation_type} asymmetric per-tensor",
         "fp32_sha256": sha256_file(fp32),
         "fp32_bytes": fp32.stat().st_size,

@@ -91,14 +91,15 @@ def linear_head(run_dir: str | Path, backbone_path: str | Path | None = None, c_
     template = run_dir / BEST
     backbone_path = Path(backbone_path or run_dir / "distill" / "backbone.pt")
     for p, hint in ((template, "train the run first"), (backbone_path, "train with --teacher, or pass --backbone")):
-        if not p.is_file():
+        if not p.exists():
             raise SonotrapError(f"{p} does not exist; {hint}")
     ckpt = load_checkpoint(template)
     net = build_model(len(ckpt.labels), "none")
     fc = net.fc
     assert isinstance(fc, torch.nn.Linear)
     net.fc = torch.nn.Identity()
-    missing = net.load_state_dict(torch.load(backbone_path, map_location="cpu", weights_only=True), strict=False)
+    backbone, stage1 = _read_backbone(backbone_path)
+    missing = net.load_state_dict(backbone, strict=False)
     if missing.missing_keys:
         raise SonotrapError(f"{backbone_path} is not a ResNet50 backbone ({len(missing.missing_keys)} weights missing)")
     net = net.to(memory_format=torch.channels_last)
@@ -138,8 +139,7 @@ def linear_head(run_dir: str | Path, backbone_path: str | Path | None = None, c_
     net.fc = fc
     state = without_resume_state(dict(ckpt.raw))
     state.update(model={k: v.contiguous() for k, v in net.state_dict().items()}, thresholds={}, metrics={},
-                 linear_head={"backbone": str(backbone_path), "c": best, **how,
-                              "stage1": _stage1_summary(backbone_path)}, **extra)
+                 linear_head={"backbone": str(backbone_path), "c": best, **how, "stage1": stage1}, **extra)
     out = run_dir / out_name
     save_checkpoint(state, out)
     # as at the end of training: thresholds from validation, val and test metrics in the checkpoint
@@ -147,6 +147,24 @@ def linear_head(run_dir: str | Path, backbone_path: str | Path | None = None, c_
     if folds >= 2:
         mark_in_sample(out, folds, scores[best])
     return out, {"c": best, **how}
+
+
+def _read_backbone(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
+    """(ResNet50 weights, how they were made) from a state dict file or a bundle.
+
+    A bundle (directory, ``.tar.gz`` or its ``model.onnx``) gives its own backbone, dequantized
+    (:mod:`trainer.onnx_backbone`): a head for new labels needs no FP32 checkpoint. Its
+    manifest's stage-1 record, when it has one, travels on into the new bundle's provenance.
+    """
+    from trainer.onnx_backbone import state_dict_from_bundle, state_dict_from_onnx
+
+    if path.is_dir() or path.name.endswith((".tar.gz", ".tgz")):
+        state, info = state_dict_from_bundle(path)
+    elif path.suffix == ".onnx":
+        state, info = state_dict_from_onnx(path), {"model": str(path)}
+    else:
+        return torch.load(path, map_location="cpu", weights_only=True), _stage1_summary(path)
+    return {k: v for k, v in state.items() if not k.startswith("fc.")}, {"from_bundle": info}
 
 
 def _stage1_summary(backbone_path: Path) -> dict[str, Any] | None:

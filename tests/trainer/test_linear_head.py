@@ -86,4 +86,6 @@ def test_linear_head_on_a_run_writes_an_ordinary_checkpoint(data_dir, tmp_path):
     prov = BundleInfo.from_checkpoint(load_checkpoint(out)).provenance
     assert prov["init_weights"] == str(run / "distill" / "backbone.pt")
     assert prov["linear_head"]["stage1"] == {"teacher": "birdnet", "mixed_windows": 12}
+    # the template run had no teacher; the backbone's stage 1 did, and its licence is recorded
+    assert prov["teacher"]["licence"] == "CC BY-NC-SA 4.0"
     assert prov["linear_head"]["c"] == 0.01 and "training_args_note" in prov

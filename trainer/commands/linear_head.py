@@ -9,7 +9,8 @@ from pathlib import Path
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run", type=Path, help="run directory trained with --teacher (its best.pt and distill/)")
     parser.add_argument("--backbone", type=Path, default=None,
-                        help="ResNet50 state dict (default: RUN/distill/backbone.pt)")
+                        help="ResNet50 state dict, or a bundle (directory, .tar.gz or model.onnx) whose backbone "
+                             "is reused, dequantized (default: RUN/distill/backbone.pt)")
     parser.add_argument("--out-name", default="linear_head.pt", help="checkpoint file name in the run directory")
     parser.add_argument("--folds", type=int, default=0, metavar="K",
                         help="cross-fit: pool train + validation recordings into K folds by recording; C is "

@@ -98,7 +98,7 @@ def linear_head(run_dir: str | Path, backbone_path: str | Path | None = None, c_
     fc = net.fc
     assert isinstance(fc, torch.nn.Linear)
     net.fc = torch.nn.Identity()
-    backbone, stage1 = _read_backbone(backbone_path)
+    backbone, stage1 = backbone_weights(backbone_path)
     missing = net.load_state_dict(backbone, strict=False)
     if missing.missing_keys:
         raise SonotrapError(f"{backbone_path} is not a ResNet50 backbone ({len(missing.missing_keys)} weights missing)")
@@ -149,16 +149,17 @@ def linear_head(run_dir: str | Path, backbone_path: str | Path | None = None, c_
     return out, {"c": best, **how}
 
 
-def _read_backbone(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
+def backbone_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
     """(ResNet50 weights, how they were made) from a state dict file or a bundle.
 
     A bundle (directory, ``.tar.gz`` or its ``model.onnx``) gives its own backbone, dequantized
     (:mod:`trainer.onnx_backbone`): a head for new labels needs no FP32 checkpoint. Its
     manifest's stage-1 record, when it has one, travels on into the new bundle's provenance.
     """
+    from edge.models.archive import is_archive
     from trainer.onnx_backbone import state_dict_from_bundle, state_dict_from_onnx
 
-    if path.is_dir() or path.name.endswith((".tar.gz", ".tgz")):
+    if path.is_dir() or is_archive(path):
         state, info = state_dict_from_bundle(path)
     elif path.suffix == ".onnx":
         state, info = state_dict_from_onnx(path), {"model": str(path)}

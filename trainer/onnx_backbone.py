@@ -7,7 +7,8 @@ the bundle has them: its convolutions, with batch norm folded in by the exporter
 INT8 bundle its weights on a per-channel int8 grid. Dequantizing gives those exact weights
 (``(q - zero_point) * scale``); each folded batch norm becomes an identity (``gamma = 1``,
 ``beta`` = the conv's bias, ``mean = 0``, ``var = 1 - eps``), so torchvision's ResNet50 computes
-the same function in float. Quantizing such a model again lands on the same weight grid.
+the same function in float. Quantizing it again with the same weight range lands on the same
+grid; with 7-bit weights (the default) from an 8-bit bundle, each weight is rounded once more.
 What is not recovered is the activation quantization, so the float features differ from the
 INT8 ones by the usual INT8 error (the bundle's ``int8_vs_fp32`` metrics say how large).
 

@@ -309,6 +309,12 @@ def _cache_root() -> Path:
     return Path(base) / sub / "bundles"
 
 
+def is_archive(path: str | Path) -> bool:
+    """Whether ``path`` is a file this module would unpack as a bundle archive."""
+    p = Path(path)
+    return p.is_file() and tarfile.is_tarfile(p)
+
+
 def open_bundle_dir(path: str | Path) -> Path:
     """A bundle directory for ``path``: itself, or a safely unpacked copy of a ``.tar.gz``.
 
@@ -321,7 +327,7 @@ def open_bundle_dir(path: str | Path) -> Path:
         return p
     if not p.exists():
         raise SonotrapError(f"model bundle {p} does not exist; point model.bundle at a bundle directory or .tar.gz")
-    if not tarfile.is_tarfile(p):
+    if not is_archive(p):
         raise SonotrapError(f"model bundle {p} is neither a directory nor a .tar.gz archive; re-download it")
     digest = sha256_file(p)[:20]
     for root in (_cache_root(), None):

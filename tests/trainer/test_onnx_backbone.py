@@ -23,7 +23,7 @@ from tests.trainer.test_export import write_checkpoint  # noqa: E402
 from trainer.bundle_builder import BundleInfo, bundle_from_checkpoint  # noqa: E402
 from trainer.checkpoint import load_checkpoint, model_from_checkpoint  # noqa: E402
 from trainer.export import export_onnx  # noqa: E402
-from trainer.linear_head import features, linear_head  # noqa: E402
+from trainer.linear_head import backbone_weights, features, linear_head  # noqa: E402
 from trainer.model import build_model  # noqa: E402
 from trainer.onnx_backbone import state_dict_from_onnx  # noqa: E402
 from trainer.prepare import DataSpec, prepare_run  # noqa: E402
@@ -82,8 +82,13 @@ def test_an_int8_bundle_reads_back_on_its_weight_grid_and_gets_a_new_head(run, t
     torch.set_num_threads(2)
     run_dir, ckpt = run
     bundle, _ = bundle_from_checkpoint(ckpt, tmp_path / "bundle", settings=QuantSettings(calibration_windows=8),
-                                       max_ap_drop=1.0, operating_points=False, reference_audio="synthetic")
+                                       max_ap_drop=1.0, operating_points=False, reference_audio="synthetic",
+                                       archive=tmp_path / "bundle.tar.gz")
     state = state_dict_from_onnx(bundle / "model.onnx")
+    # the archive of the same bundle gives the same backbone (unpacked by the one archive reader)
+    packed, info = backbone_weights(tmp_path / "bundle.tar.gz")
+    assert info["from_bundle"]["model_sha256"] == json.loads((bundle / "manifest.json").read_text())["model_sha256"]
+    assert all(torch.equal(packed[k], state[k]) for k in packed) and "fc.weight" not in packed
     # Each conv weight is an integer multiple of its channel's scale, within the 7-bit range.
     graph = onnx.load(bundle / "model.onnx").graph
     inits = {i.name: onnx.numpy_helper.to_array(i) for i in graph.initializer}

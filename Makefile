@@ -28,9 +28,13 @@ system-deps:
 demo: $(VENV)/.edge-installed
 	scripts/demo
 
-## make test: install what the tests need, check style and types, then run the whole suite
+## make test [TEST_JOBS=2]: install what the tests need, check style and types, then run the whole suite
+## in TEST_JOBS processes (pytest-xdist, a test file at a time per process: its module fixtures
+## are built once). Many tests wait on a real broker, a real sound server or a child daemon, so
+## two processes halve the time even on two cores; TEST_JOBS=0 runs it in one process.
+TEST_JOBS ?= 2
 test: system-deps $(VENV)/.dev-installed lint
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q $(if $(filter-out 0,$(TEST_JOBS)),-n $(TEST_JOBS) --dist loadfile)
 
 ## make lint: ruff and mypy (edge/ and trainer/, default mode), as CI runs them
 lint: $(VENV)/.dev-installed

@@ -12,6 +12,11 @@ export, INT8 and the edge are unchanged, and compute per audio-second is identic
 The logistic regressions (balanced class weights, L2 strength ``C`` chosen on the validation
 split's macro-AP; test is never looked at) run on standardised features; the standardisation
 is folded into ``fc``: ``w' = w / sigma``, ``b' = b - sum(w * mu / sigma)``.
+
+With ``unlabeled`` recordings the head may also self-train (:func:`self_training`): a head
+fitted on the labelled windows pseudo-labels the unlabeled windows it is sure about and is
+fitted again with them. It competes with the plain head on the same held-out figure, so it is
+used only when it scores better there.
 """
 
 from __future__ import annotations
@@ -31,7 +36,8 @@ from trainer.crossfit import cross_fit
 from trainer.evaluate import finalize
 from trainer.metrics import evaluate_scores, sigmoid
 from trainer.model import build_model
-from trainer.rundata import load_run_data, load_split_arrays
+from trainer.pseudo import check_bounds, pseudo_label
+from trainer.rundata import AudioCache, load_run_data, load_split_arrays, window_image
 
 log = logging.getLogger("sonotrap.trainer")
 
@@ -78,14 +84,52 @@ def features(backbone: torch.nn.Module, images: np.ndarray, batch: int = 64) -> 
     return np.concatenate(out).astype(np.float64)
 
 
+def self_training(x_unlabeled: np.ndarray, high: float = 0.9, low: float = 0.1, fit=fit_head):
+    """A ``fit`` that also learns from the unlabeled windows its first head is sure about.
+
+    ``fit(x, targets, known, c, seed)`` fits a head on the labelled windows; it scores the
+    unlabeled windows, and per label a score ``>= high`` makes a positive, ``<= low`` a
+    negative, anything between stays unknown (:func:`trainer.pseudo.pseudo_label`); the head
+    is then fitted on both. Why: 7-16 labelled recordings per call type leave each regression
+    few examples of what else the region sounds like; the unlabeled recordings of the same
+    region add them. Used inside cross-fitting, each fold's pseudo labels come from a head that
+    never saw that fold, so its out-of-fold score stays held out.
+    """
+    check_bounds(high, low)
+
+    def fit_self_trained(x, targets, known, c, seed=0):
+        w, b = fit(x, targets, known, c, seed)
+        probs = sigmoid(x_unlabeled @ w.T + b)
+        none = np.zeros(probs.shape, dtype=bool)
+        pl = pseudo_label(probs, none.astype(np.float32), none, high, low)
+        return fit(np.concatenate([x, x_unlabeled]), np.concatenate([targets, pl.targets]),
+                   np.concatenate([known, pl.known]), c, seed)
+
+    return fit_self_trained
+
+
+def unlabeled_features(backbone: torch.nn.Module, folder: Path, windows, cfg, chunk: int = 512) -> np.ndarray:
+    """Pooled features of ``windows`` (:func:`trainer.teacher_cache.unlabeled_windows` of ``folder``)."""
+    cache = AudioCache()
+    out = [features(backbone, np.stack([window_image(cache, folder / w.file, w.start_s, cfg.window_s, cfg)
+                                        for w in windows[i: i + chunk]]))
+           for i in range(0, len(windows), chunk)]
+    return np.concatenate(out) if out else np.zeros((0, 0))
+
+
 def linear_head(run_dir: str | Path, backbone_path: str | Path | None = None, c_grid=C_GRID,
-                out_name: str = OUT, seed: int = 0, folds: int = 0) -> tuple[Path, dict[str, Any]]:
+                out_name: str = OUT, seed: int = 0, folds: int = 0, unlabeled: str | Path | None = None,
+                pseudo: tuple[float, float] = (0.9, 0.1)) -> tuple[Path, dict[str, Any]]:
     """Write ``RUN_DIR/linear_head.pt`` (a sonotrap checkpoint); returns it and the choice of C.
 
     ``folds`` >= 2: cross-fit instead (:mod:`trainer.crossfit`): C is chosen on out-of-fold
     macro-AP over the pooled train + validation recordings, the head is the mean of the fold
     heads, and the fold heads are kept in the checkpoint so the bundle's operating points can
     be set on every one of those recordings.
+
+    ``unlabeled``: a folder of recordings (``files.csv``) for :func:`self_training` with
+    ``pseudo`` = (high, low); the self-trained head is chosen only if it scores better on the
+    same held-out figure as the plain one.
     """
     run_dir = Path(run_dir)
     template = run_dir / BEST
@@ -94,6 +138,11 @@ def linear_head(run_dir: str | Path, backbone_path: str | Path | None = None, c_
         if not p.exists():
             raise SonotrapError(f"{p} does not exist; {hint}")
     ckpt = load_checkpoint(template)
+    if unlabeled is not None:  # bad arguments fail before the feature passes, not after
+        from trainer.teacher_cache import unlabeled_windows
+
+        check_bounds(*pseudo)
+        u_windows = unlabeled_windows(unlabeled, ckpt.frontend.window_s)
     net = build_model(len(ckpt.labels), "none")
     fc = net.fc
     assert isinstance(fc, torch.nn.Linear)
@@ -105,35 +154,23 @@ def linear_head(run_dir: str | Path, backbone_path: str | Path | None = None, c_
     net = net.to(memory_format=torch.channels_last)
     data = {s: load_split_arrays(run_dir, s) for s in ("train", "val")}
     feats = {s: features(net, a.images) for s, a in data.items()}
-    extra: dict[str, Any] = {}
-    if folds >= 2:
-        x = np.concatenate([feats["train"], feats["val"]])
-        y = np.concatenate([data["train"].targets, data["val"].targets])
-        known = np.concatenate([data["train"].known, data["val"].known])
-        run = load_run_data(run_dir)  # its windows in the order load_split_arrays read them
-        files = [w.file for s in ("train", "val") for w in run.windows(s)]  # as split.json names them
-        cf = cross_fit(x, y, known, files, folds, c_grid, fit_head, ckpt.labels, seed)
-        best, scores = cf["c"], cf["cv_macro_ap"]
-        # The shipped head is the mean of the fold heads (a linear head, so the mean of their
-        # logits): the heads whose out-of-fold scores set the thresholds. A refit on all windows
-        # has larger weights (about 14 % on nips4bplus) and fires where the thresholds never looked.
-        w, b = cf["weights"].astype(np.float64).mean(axis=0), cf["biases"].astype(np.float64).mean(axis=0)
-        extra[CROSSFIT] = {"folds": folds, "seed": seed, "c": best, "cv_macro_ap": scores,
-                           "assignment": cf["assignment"], "weights": torch.from_numpy(cf["weights"]),
-                           "biases": torch.from_numpy(cf["biases"])}
-        how = {"fit_on": "train+val (mean of the fold heads)", "cv_macro_ap": scores}
-    else:
-        scores = {}
-        heads = {}
-        for c in c_grid:
-            w, b = fit_head(feats["train"], data["train"].targets, data["train"].known, c, seed)
-            probs = sigmoid(feats["val"] @ w.T + b)
-            scores[c] = evaluate_scores(probs, data["val"].targets, data["val"].known, ckpt.labels)["macro_ap"]
-            heads[c] = (w, b)
-            log.info("linear head C=%g: validation macro-AP %.4f", c, scores[c])
-        best = max(scores, key=lambda k: scores[k])
-        w, b = heads[best]
-        how = {"fit_on": "train", "val_macro_ap": scores}
+    fits = {"labelled": fit_head}
+    st_info: dict[str, Any] = {}
+    if unlabeled is not None:
+        xu = unlabeled_features(net, Path(unlabeled), u_windows, ckpt.frontend)
+        fits["self-training"] = self_training(xu, *pseudo)
+        st_info = {"unlabeled": str(unlabeled), "windows": len(xu), "high": pseudo[0], "low": pseudo[1]}
+    results = {name: _choose_c(fit, feats, data, run_dir, folds, c_grid, ckpt.labels, seed)
+               for name, fit in fits.items()}
+    chosen = max(results, key=lambda n: results[n]["score"])
+    r = results[chosen]
+    best, scores, w, b, how, extra = r["c"], r["scores"], r["w"], r["b"], r["how"], r["extra"]
+    if st_info:
+        st_info.update(used=chosen == "self-training",
+                       scores={n: {str(c): round(v, 4) for c, v in res["scores"].items()} for n, res in results.items()})
+        how["self_training"] = st_info
+        log.info("linear head: %s head chosen (%.4f against %.4f)", chosen, r["score"],
+                 min(res["score"] for res in results.values()))
     fc.weight.data = torch.from_numpy(w).float()
     fc.bias.data = torch.from_numpy(b).float()
     net.fc = fc
@@ -147,6 +184,44 @@ def linear_head(run_dir: str | Path, backbone_path: str | Path | None = None, c_
     if folds >= 2:
         mark_in_sample(out, folds, scores[best])
     return out, {"c": best, **how}
+
+
+def _choose_c(fit, feats, data, run_dir: Path, folds: int, c_grid, labels: list[str], seed: int) -> dict[str, Any]:
+    """The best ``C`` for one way of fitting: its head, figures and checkpoint entries.
+
+    ``score`` is the held-out figure the choice rests on: out-of-fold macro-AP when
+    cross-fitting, else the validation split's macro-AP of a head fitted on train.
+    """
+    extra: dict[str, Any] = {}
+    if folds >= 2:
+        x = np.concatenate([feats["train"], feats["val"]])
+        y = np.concatenate([data["train"].targets, data["val"].targets])
+        known = np.concatenate([data["train"].known, data["val"].known])
+        run = load_run_data(run_dir)  # its windows in the order load_split_arrays read them
+        files = [w.file for s in ("train", "val") for w in run.windows(s)]  # as split.json names them
+        cf = cross_fit(x, y, known, files, folds, c_grid, fit, labels, seed)
+        best, scores = cf["c"], cf["cv_macro_ap"]
+        # The shipped head is the mean of the fold heads (a linear head, so the mean of their
+        # logits): the heads whose out-of-fold scores set the thresholds. A refit on all windows
+        # has larger weights (about 14 % on nips4bplus) and fires where the thresholds never looked.
+        w, b = cf["weights"].astype(np.float64).mean(axis=0), cf["biases"].astype(np.float64).mean(axis=0)
+        extra[CROSSFIT] = {"folds": folds, "seed": seed, "c": best, "cv_macro_ap": scores,
+                           "assignment": cf["assignment"], "weights": torch.from_numpy(cf["weights"]),
+                           "biases": torch.from_numpy(cf["biases"])}
+        how: dict[str, Any] = {"fit_on": "train+val (mean of the fold heads)", "cv_macro_ap": scores}
+    else:
+        scores = {}
+        heads = {}
+        for c in c_grid:
+            w, b = fit(feats["train"], data["train"].targets, data["train"].known, c, seed)
+            probs = sigmoid(feats["val"] @ w.T + b)
+            scores[c] = evaluate_scores(probs, data["val"].targets, data["val"].known, labels)["macro_ap"]
+            heads[c] = (w, b)
+            log.info("linear head C=%g: validation macro-AP %.4f", c, scores[c])
+        best = max(scores, key=lambda k: scores[k])
+        w, b = heads[best]
+        how = {"fit_on": "train", "val_macro_ap": scores}
+    return {"c": best, "score": float(scores[best]), "scores": scores, "w": w, "b": b, "how": how, "extra": extra}
 
 
 def backbone_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:

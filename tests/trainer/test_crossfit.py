@@ -248,3 +248,64 @@ def test_a_cross_fitted_bundles_operating_points_are_not_reset_on_validation(cro
     with pytest.raises(SonotrapError, match="fitted on the validation recordings .*sonotrap quantize CHECKPOINT"):
         set_operating_points(copy, split_from_run(load_run_data(run_dir), "val"))
     assert (copy / "manifest.json").read_text() == before  # nothing rewritten
+
+
+def test_self_training_refits_on_the_unlabeled_windows_its_first_head_is_sure_about():
+    from trainer.linear_head import self_training
+
+    x, y = np.ones((3, 2)), np.array([[1, 0], [0, 1], [0, 0]], np.float32)
+    known = np.ones_like(y, dtype=bool)
+    xu = np.array([[3.0, -3.0], [-3.0, 3.0], [0.0, 0.0], [5.0, 0.5]])  # sigmoid: 0.95 / 0.05 / 0.5 / 0.62
+    calls = []
+
+    def fit(x, targets, known, c, seed=0):
+        calls.append((x, targets, known, c))
+        return np.eye(2) * len(calls), np.zeros(2)  # the first head scores sigmoid(xu)
+
+    w, _ = self_training(xu, high=0.9, low=0.1, fit=fit)(x, y, known, 0.5)
+    assert len(calls) == 2 and np.array_equal(w, 2 * np.eye(2))  # the refit is what it returns
+    rx, rt, rk, rc = calls[1]
+    assert rc == 0.5 and np.array_equal(rx, np.concatenate([x, xu]))
+    np.testing.assert_array_equal(rt[:3], y)
+    np.testing.assert_array_equal(rt[3:], [[1, 0], [0, 1], [0, 0], [1, 0]])
+    # sure scores only: >= 0.9 positive, <= 0.1 negative, anything between stays unknown
+    np.testing.assert_array_equal(rk[3:], [[True, True], [True, True], [False, False], [True, False]])
+    assert rk[:3].all()
+    with pytest.raises(SonotrapError, match="must satisfy 0 <= low < high <= 1"):
+        self_training(xu, high=0.1, low=0.9)
+
+
+def test_self_trained_head_competes_with_the_plain_one_on_out_of_fold_ap(crossfit_run, data_dir, tmp_path):
+    import argparse
+    import shutil
+
+    from trainer.bundle_builder import BundleInfo
+    from trainer.commands import linear_head as cmd
+
+    run_dir, _, plain = crossfit_run
+    with pytest.raises(SonotrapError, match="files.csv does not exist"):  # before any feature pass
+        linear_head(run_dir, c_grid=(0.01,), folds=2, out_name="x.pt", unlabeled=tmp_path)
+    unl = tmp_path / "unlabeled"
+    (unl / "audio").mkdir(parents=True)
+    split = read_split(run_dir / "split.json")
+    names = sorted(split["test"])[:2]  # audio of the region that no head is fitted on
+    for name in names:
+        shutil.copy(data_dir / name, unl / "audio" / name.replace("/", "_"))
+    (unl / "files.csv").write_text("file,duration_s,sample_rate\n" + "".join(
+        f"audio/{n.replace('/', '_')},4.0,44100\n" for n in names))
+    p = argparse.ArgumentParser()
+    cmd.add_arguments(p)
+    args = p.parse_args([str(run_dir), "--folds", "2", "--out-name", "st.pt", "--unlabeled", str(unl),
+                         "--pseudo-high", "0.8", "--pseudo-low", "0.2"])
+    assert cmd.run(args) == 0
+    ckpt = load_checkpoint(run_dir / "st.pt")
+    st = ckpt.raw["linear_head"]["self_training"]
+    assert st["windows"] == 6 and (st["high"], st["low"]) == (0.8, 0.2)  # 2 recordings of 4 s, every second
+    scores = {name: max(grid.values()) for name, grid in st["scores"].items()}
+    assert set(scores) == {"labelled", "self-training"}
+    # the plain head's figures are those of the run without unlabeled audio (same folds, same fits)
+    assert st["scores"]["labelled"]["0.01"] == pytest.approx(plain["cv_macro_ap"][0.01], abs=1e-4)
+    assert st["used"] == (scores["self-training"] > scores["labelled"])
+    chosen = "self-training" if st["used"] else "labelled"
+    assert ckpt.metrics["cross_fit"]["macro_ap"] == pytest.approx(scores[chosen], abs=1e-4)
+    assert BundleInfo.from_checkpoint(ckpt).provenance["linear_head"]["self_training"]["windows"] == 6

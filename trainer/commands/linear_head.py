@@ -16,6 +16,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="cross-fit: pool train + validation recordings into K folds by recording; C is "
                              "chosen on out-of-fold macro-AP, the head is fitted on all of them, and the bundle's "
                              "operating points are set on every one (0: fit on train, choose C on validation)")
+    parser.add_argument("--unlabeled", type=Path, metavar="DIR", default=None,
+                        help="folder of unlabeled recordings (files.csv) of the same region: the head also "
+                             "self-trains on the windows it is sure about, and is used only if that scores "
+                             "better on the same held-out figure")
+    parser.add_argument("--pseudo-high", type=float, default=0.9,
+                        help="with --unlabeled: an unlabeled window scored >= this is a positive of that label")
+    parser.add_argument("--pseudo-low", type=float, default=0.1,
+                        help="with --unlabeled: an unlabeled window scored <= this is a negative of that label")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for the feature pass")
 
 
@@ -29,10 +37,14 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     if args.folds == 1 or args.folds < 0:
         raise SonotrapError(f"--folds {args.folds}: use 0 (no cross-fitting) or at least 2 folds")
-    out, choice = linear_head(args.run, args.backbone, out_name=args.out_name, folds=args.folds)
-    key, what = (("cv_macro_ap", f"{args.folds}-fold out-of-fold macro-AP") if args.folds
-                 else ("val_macro_ap", "validation macro-AP"))
-    grid = ", ".join(f"C={c:g}: {ap:.4f}" for c, ap in choice[key].items())
-    print(f"wrote {out}: {what} {grid}; chose C={choice['c']:g}")
+    out, choice = linear_head(args.run, args.backbone, out_name=args.out_name, folds=args.folds,
+                              unlabeled=args.unlabeled, pseudo=(args.pseudo_high, args.pseudo_low))
+    what = f"{args.folds}-fold out-of-fold macro-AP" if args.folds else "validation macro-AP"
+    st = choice.get("self_training")
+    for name, grid in (st["scores"] if st else {"": choice.get("cv_macro_ap") or choice["val_macro_ap"]}).items():
+        print(f"{what}{f' ({name} head)' if name else ''}: "
+              + ", ".join(f"C={float(c):g}: {ap:.4f}" for c, ap in grid.items()))
+    head = f"the {'self-trained' if st['used'] else 'labelled-only'} head, " if st else ""
+    print(f"wrote {out}: {head}C={choice['c']:g}")
     print(f"next: sonotrap evaluate --checkpoint {out} --split test, then sonotrap quantize {out} -o BUNDLE")
     return 0

@@ -143,6 +143,9 @@ def linear_head(run_dir: str | Path, backbone_path: str | Path | None = None, c_
 
         check_bounds(*pseudo)
         u_windows = unlabeled_windows(unlabeled, ckpt.frontend.window_s)
+        if not u_windows:
+            raise SonotrapError(f"{Path(unlabeled) / 'files.csv'} lists no recordings; add the unlabeled "
+                                "recordings to it (file,duration_s,sample_rate) or drop --unlabeled")
     net = build_model(len(ckpt.labels), "none")
     fc = net.fc
     assert isinstance(fc, torch.nn.Linear)

@@ -287,6 +287,9 @@ def test_self_trained_head_competes_with_the_plain_one_on_out_of_fold_ap(crossfi
         linear_head(run_dir, c_grid=(0.01,), folds=2, out_name="x.pt", unlabeled=tmp_path)
     unl = tmp_path / "unlabeled"
     (unl / "audio").mkdir(parents=True)
+    (unl / "files.csv").write_text("file,duration_s,sample_rate\n")
+    with pytest.raises(SonotrapError, match="lists no recordings"):
+        linear_head(run_dir, c_grid=(0.01,), folds=2, out_name="x.pt", unlabeled=unl)
     split = read_split(run_dir / "split.json")
     names = sorted(split["test"])[:2]  # audio of the region that no head is fitted on
     for name in names:

@@ -109,12 +109,16 @@ def self_training(x_unlabeled: np.ndarray, high: float = 0.9, low: float = 0.1, 
 
 
 def unlabeled_features(backbone: torch.nn.Module, folder: Path, windows, cfg, chunk: int = 512) -> np.ndarray:
-    """Pooled features of ``windows`` (:func:`trainer.teacher_cache.unlabeled_windows` of ``folder``)."""
+    """Pooled features of ``windows`` (:func:`trainer.teacher_cache.unlabeled_windows` of ``folder``).
+
+    Float32 images, as the labelled windows' features are computed (``distill.window_images``
+    stores float16 for training), in chunks so a large folder does not hold every image at once.
+    """
     cache = AudioCache()
-    out = [features(backbone, np.stack([window_image(cache, folder / w.file, w.start_s, cfg.window_s, cfg)
-                                        for w in windows[i: i + chunk]]))
-           for i in range(0, len(windows), chunk)]
-    return np.concatenate(out) if out else np.zeros((0, 0))
+    return np.concatenate([
+        features(backbone, np.stack([window_image(cache, folder / w.file, w.start_s, cfg.window_s, cfg)
+                                     for w in windows[i: i + chunk]]))
+        for i in range(0, len(windows), chunk)])
 
 
 def linear_head(run_dir: str | Path, backbone_path: str | Path | None = None, c_grid=C_GRID,

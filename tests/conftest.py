@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import subprocess
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -32,6 +34,17 @@ def _private_state_home(tmp_path_factory):
     else:
         os.environ["XDG_STATE_HOME"] = old
     assert existed or not system_dir.exists(), "a test created /var/lib/sonotrap; give it --state-dir or a tmp root"
+
+
+@pytest.fixture(autouse=True)
+def _no_microphone_left_running():
+    """A test that starts a microphone source stops it, pass or fail: a leftover supervisor
+    keeps re-initialising PortAudio under the next tests in the same process."""
+    yield
+    end = time.monotonic() + 6.0  # MicSource.stop() waits up to 5 s for its supervisor
+    while (left := [t for t in threading.enumerate() if t.name == "sonotrap-audio"]) and time.monotonic() < end:
+        time.sleep(0.05)
+    assert not left, "a microphone source was left running; call its stop() in a finally block"
 
 
 @pytest.fixture(scope="session")

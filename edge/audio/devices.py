@@ -3,6 +3,12 @@
 PortAudio enumerates devices once, in ``Pa_Initialize``; a USB microphone plugged in (or a
 PulseAudio server started) later is only seen after :func:`rescan`, which the microphone
 source calls before each retry while no stream is open.
+
+``Pa_Terminate`` frees every stream of the process. Called while another thread is still
+inside ``Pa_CloseStream`` (a stream whose device vanished can hang there, and the microphone
+abandons such a close after a few seconds) it crashes the interpreter. So streams are opened
+and closed through :func:`open_stream` / :func:`close_stream`, which count them, and
+:func:`rescan` re-initialises only when no stream of this process is open or closing.
 """
 
 from __future__ import annotations
@@ -10,7 +16,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from edge.errors import SonotrapError
@@ -33,14 +40,56 @@ def sounddevice() -> Any:
     return sd
 
 
-def rescan() -> None:
-    """Re-initialise PortAudio so devices that appeared since start are listed."""
+_pa_lock = threading.Lock()  # held while PortAudio re-initialises and while streams are counted
+_streams = 0  # streams of this process that are open or still closing
+
+
+def rescan() -> bool:
+    """Re-initialise PortAudio so devices that appeared since start are listed.
+
+    Returns False (and leaves PortAudio alone) while a stream of this process is open or
+    still closing: terminating under it would crash; the caller retries with the old list.
+    """
     sd = sounddevice()
-    try:
-        sd._terminate()
-        sd._initialize()
-    except Exception as err:  # PortAudio in a bad state: the next open attempt reports it
-        log.debug("PortAudio re-initialisation failed: %s", err)
+    with _pa_lock:
+        if _streams:
+            log.debug("PortAudio not re-initialised: %d stream(s) open or closing", _streams)
+            return False
+        try:
+            sd._terminate()
+            sd._initialize()
+        except Exception as err:  # PortAudio in a bad state: the next open attempt reports it
+            log.debug("PortAudio re-initialisation failed: %s", err)
+        return True
+
+
+def open_stream(factory: Callable[[], Any]) -> Any:
+    """Create a stream with ``factory()``, counted so :func:`rescan` never terminates under it."""
+    global _streams
+    with _pa_lock:
+        stream = factory()
+        _streams += 1
+    return stream
+
+
+def close_stream(stream: Any, timeout_s: float = 3.0) -> bool:
+    """Close a stream from :func:`open_stream` in a helper thread; False if it still hangs.
+
+    A stream whose device vanished may hang in ``close()``: the caller must not hang with it.
+    The stream stays counted until its close really returns, however late.
+    """
+    def close() -> None:
+        global _streams
+        try:
+            stream.close(ignore_errors=True)
+        finally:
+            with _pa_lock:
+                _streams -= 1
+
+    t = threading.Thread(target=close, name="sonotrap-audio-close", daemon=True)
+    t.start()
+    t.join(timeout=timeout_s)
+    return not t.is_alive()
 
 
 def input_devices() -> list[dict]:

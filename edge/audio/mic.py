@@ -30,7 +30,9 @@ from typing import Any
 from edge.audio.base import AudioBlock, AudioSource, EventSink
 from edge.audio.devices import (
     DeviceMissing,
+    close_stream,
     find_input_device,
+    open_stream,
     quiet_stderr,
     rescan,
     sounddevice,
@@ -137,16 +139,16 @@ class MicSource(AudioSource):
         self._counter = 0
         self.sample_rate = rate
         self._device = dev["name"]
-        stream = sd.InputStream(
+        stream = open_stream(lambda: sd.InputStream(
             device=dev["index"], samplerate=rate, channels=self.cfg.channels, dtype="float32",
             blocksize=max(1, round(self.cfg.block_s * rate)), callback=self._callback,
             finished_callback=self._dead.set,
-        )
+        ))
         try:
             self._last_callback = time.monotonic()
             stream.start()
         except Exception:
-            stream.close(ignore_errors=True)
+            close_stream(stream)
             raise
         self._stream = stream
         self._state = "running"
@@ -158,11 +160,9 @@ class MicSource(AudioSource):
         if stream is None:
             return
         # A stream whose device vanished may hang in close(): never let it take the supervisor.
-        t = threading.Thread(target=stream.close, kwargs={"ignore_errors": True}, daemon=True)
-        t.start()
-        t.join(timeout=3)
-        if t.is_alive():
-            log.warning("audio: closing the dead stream hangs; abandoning it")
+        if not close_stream(stream):
+            log.warning("audio: closing the dead stream hangs; abandoning it "
+                        "(devices are not re-listed until it returns)")
 
     # ------------------------------------------------------------ the audio callback
 

@@ -29,12 +29,13 @@ demo: $(VENV)/.edge-installed
 	scripts/demo
 
 ## make test [TEST_JOBS=2]: install what the tests need, check style and types, then run the whole suite
-## in TEST_JOBS processes (pytest-xdist, a test file at a time per process: its module fixtures
-## are built once). Many tests wait on a real broker, a real sound server or a child daemon, so
-## two processes halve the time even on two cores; TEST_JOBS=0 runs it in one process.
+## in TEST_JOBS processes (pytest-xdist). Many tests wait on a real broker, a real sound server or
+## a child daemon, so two processes halve the time even on two cores; TEST_JOBS=0 runs it in one.
+## --dist worksteal hands each process a run of whole files (module fixtures mostly built once)
+## and, unlike loadfile, carries on when a process crashes: the crashed test fails, the rest run.
 TEST_JOBS ?= 2
 test: system-deps $(VENV)/.dev-installed lint
-	$(PY) -m pytest -q $(if $(filter-out 0,$(TEST_JOBS)),-n $(TEST_JOBS) --dist loadfile)
+	$(PY) -m pytest -q $(if $(filter-out 0,$(TEST_JOBS)),-n $(TEST_JOBS) --dist worksteal)
 
 ## make lint: ruff and mypy (edge/ and trainer/, default mode), as CI runs them
 lint: $(VENV)/.dev-installed

@@ -217,7 +217,8 @@ def test_disk_full_for_clips_and_outbox_then_space_returns(tmp_path, daemon_env,
     state = small_fs / "state"
     proc = _launch(bundle, wav, broker.port, state, tmp_path / "d.jsonl", "--set", "clips.enabled=true",
                    "--set", "clips.pre_s=0.2", "--set", "clips.post_s=0.2", "--set", "outbox.retry_s=1",
-                   "--set", "detector.max_event_s=2")  # short events: one clip fits the 600 KiB disk
+                   "--set", "detector.max_event_s=2",  # short events: one clip (<= 154 KB) fits the 600 KiB disk
+                   "--set", "clips.quota_mb=0.25")  # ... and once space is back, clips cannot fill it again
     filler = small_fs / "filler"
     try:
         wait_for(lambda: len(list((state / "clips").glob("*.wav"))) >= 1, 40)
@@ -236,9 +237,9 @@ def test_disk_full_for_clips_and_outbox_then_space_returns(tmp_path, daemon_env,
         assert any(e.get("event") == "clip_failed" or e.get("kind") == "clip_failed" for e in events) or \
             "clip_failed" in json.dumps(events), events
         assert proc.poll() is None, "the daemon died on a full disk"
-        clips_full = len(list((state / "clips").glob("*.wav")))
+        clips_full = {p.name for p in (state / "clips").glob("*.wav")}
         filler.unlink()  # space comes back
-        wait_for(lambda: len(list((state / "clips").glob("*.wav"))) > clips_full, 30)
+        wait_for(lambda: {p.name for p in (state / "clips").glob("*.wav")} - clips_full, 30)  # a new clip
         wait_for(lambda: (_status(sub) or [{}])[-1].get("outbox", {}).get("outbox_mode") == "disk", 30)
         _stop(proc)
         want = set(ids(tmp_path / "d.jsonl"))

@@ -183,7 +183,31 @@ def test_device_timeout_turns_waiting_into_a_clear_error(pulse, monkeypatch):
         src.stop()
 
 
-def test_sound_server_dies_and_comes_back(tmp_path, monkeypatch):
+@pytest.mark.parametrize("close_hangs", [False, True], ids=["close-returns", "close-hangs"])
+def test_sound_server_dies_and_comes_back(tmp_path, monkeypatch, close_hangs):
+    """With ``close_hangs`` the dead stream's close takes 5 s (as seen when the server is
+    killed under it): the source abandons it after 3 s, must not re-initialise PortAudio under
+    it (that crashed the interpreter), and still recovers with the devices it knows."""
+    closing, terminated_under_a_close = [0], []
+    if close_hangs:
+        import sounddevice as sd
+
+        real_close, real_terminate = sd.InputStream.close, sd._terminate
+
+        def slow_close(self, ignore_errors=True):
+            closing[0] += 1
+            try:
+                time.sleep(5.0)
+                real_close(self, ignore_errors=ignore_errors)
+            finally:
+                closing[0] -= 1
+
+        def watched_terminate():
+            terminated_under_a_close.append(closing[0])
+            real_terminate()
+
+        monkeypatch.setattr(sd.InputStream, "close", slow_close)
+        monkeypatch.setattr(sd, "_terminate", watched_terminate)
     server = PulseServer(tmp_path / "pa").start()
     src = None
     try:
@@ -202,6 +226,7 @@ def test_sound_server_dies_and_comes_back(tmp_path, monkeypatch):
         assert any(np.abs(b.samples).max() > 0.1 for b in blocks)
         st = src.stats()
         assert st["state"] == "running" and st["stream_restarts"] >= 1 and st["retries"] >= 1
+        assert not any(terminated_under_a_close), "PortAudio was terminated while a stream was closing"
     finally:
         if src is not None:
             src.stop()  # a failed check must not leave its supervisor retrying into later tests

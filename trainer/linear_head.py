@@ -42,6 +42,7 @@ from trainer.rundata import AudioCache, load_run_data, load_split_arrays, window
 log = logging.getLogger("sonotrap.trainer")
 
 C_GRID = (0.003, 0.01, 0.03, 0.1)
+SELF_TRAINED, TEACHER_LABELLED = "self-training", "teacher-labelled"  # the pseudo-labelled heads' names
 OUT = "linear_head.pt"
 ABSENT_BIAS = -12.0  # a label without positives (or negatives) in train: never fires
 
@@ -84,7 +85,33 @@ def features(backbone: torch.nn.Module, images: np.ndarray, batch: int = 64) -> 
     return np.concatenate(out).astype(np.float64)
 
 
-def self_training(x_unlabeled: np.ndarray, high: float = 0.9, low: float = 0.1, fit=fit_head):
+class TeacherProbe:
+    """Pseudo labels from a stronger model: a probe on the teacher's embeddings of the same windows.
+
+    ``labelled`` holds the teacher's embeddings of the labelled windows, in the order of the
+    rows the head is fitted on (train, then validation); ``unlabeled`` those of the unlabeled
+    windows. For a given set of labelled rows, one balanced logistic regression per label
+    (:func:`fit_head`, strength ``c``) is fitted on their embeddings and scores the unlabeled
+    windows. The probe does not depend on the head's ``C``, so it is fitted once per row set.
+    Why: BirdNET's embedding separates these calls better than the student's features, so its
+    probe labels the unlabeled windows more reliably than the head labels them itself; the
+    head learns from those labels and the teacher is not needed on the device.
+    """
+
+    def __init__(self, labelled: np.ndarray, unlabeled: np.ndarray, c: float = 1.0) -> None:
+        self.labelled, self.unlabeled, self.c = np.asarray(labelled, np.float64), np.asarray(unlabeled, np.float64), c
+        self._memo: dict[bytes, np.ndarray] = {}
+
+    def scores(self, rows: np.ndarray, targets: np.ndarray, known: np.ndarray, seed: int = 0) -> np.ndarray:
+        key = np.asarray(rows, np.int64).tobytes()
+        if key not in self._memo:
+            w, b = fit_head(self.labelled[rows], targets, known, self.c, seed)
+            self._memo[key] = sigmoid(self.unlabeled @ w.T + b)
+        return self._memo[key]
+
+
+def self_training(x_unlabeled: np.ndarray, high: float = 0.9, low: float = 0.1, fit=fit_head,
+                  teacher: TeacherProbe | None = None):
     """A ``fit`` that also learns from the unlabeled windows its first head is sure about.
 
     ``fit(x, targets, known, c, seed)`` fits a head on the labelled windows; it scores the
@@ -94,18 +121,29 @@ def self_training(x_unlabeled: np.ndarray, high: float = 0.9, low: float = 0.1, 
     few examples of what else the region sounds like; the unlabeled recordings of the same
     region add them. Used inside cross-fitting, each fold's pseudo labels come from a head that
     never saw that fold, so its out-of-fold score stays held out.
+
+    With a ``teacher`` the scores come from :class:`TeacherProbe` fitted on the same labelled
+    rows (so, cross-fitted, it never saw the held-out fold's labels either) instead of the
+    head's own first fit. The returned function then needs the rows' indices (``rows=``),
+    which :func:`trainer.crossfit.cross_fit` passes to a ``fit`` marked ``wants_rows``.
     """
     check_bounds(high, low)
 
-    def fit_self_trained(x, targets, known, c, seed=0):
-        w, b = fit(x, targets, known, c, seed)
-        probs = sigmoid(x_unlabeled @ w.T + b)
+    def fit_pseudo_labelled(x, targets, known, c, seed=0, rows=None):
+        if teacher is None:
+            w, b = fit(x, targets, known, c, seed)
+            probs = sigmoid(x_unlabeled @ w.T + b)
+        else:
+            if rows is None:
+                raise ValueError("a teacher's pseudo labels need the labelled rows' indices (rows=)")
+            probs = teacher.scores(rows, targets, known, seed)
         none = np.zeros(probs.shape, dtype=bool)
         pl = pseudo_label(probs, none.astype(np.float32), none, high, low)
         return fit(np.concatenate([x, x_unlabeled]), np.concatenate([targets, pl.targets]),
                    np.concatenate([known, pl.known]), c, seed)
 
-    return fit_self_trained
+    fit_pseudo_labelled.wants_rows = teacher is not None  # type: ignore[attr-defined]
+    return fit_pseudo_labelled
 
 
 def unlabeled_features(backbone: torch.nn.Module, folder: Path, windows, cfg, chunk: int = 512) -> np.ndarray:
@@ -123,7 +161,8 @@ def unlabeled_features(backbone: torch.nn.Module, folder: Path, windows, cfg, ch
 
 def linear_head(run_dir: str | Path, backbone_path: str | Path | None = None, c_grid=C_GRID,
                 out_name: str = OUT, seed: int = 0, folds: int = 0, unlabeled: str | Path | None = None,
-                pseudo: tuple[float, float] = (0.9, 0.1)) -> tuple[Path, dict[str, Any]]:
+                pseudo: tuple[float, float] = (0.9, 0.1), pseudo_teacher: str | None = None,
+                teacher_threads: int = 1, teacher_model=None) -> tuple[Path, dict[str, Any]]:
     """Write ``RUN_DIR/linear_head.pt`` (a sonotrap checkpoint); returns it and the choice of C.
 
     ``folds`` >= 2: cross-fit instead (:mod:`trainer.crossfit`): C is chosen on out-of-fold
@@ -133,7 +172,9 @@ def linear_head(run_dir: str | Path, backbone_path: str | Path | None = None, c_
 
     ``unlabeled``: a folder of recordings (``files.csv``) for :func:`self_training` with
     ``pseudo`` = (high, low); the self-trained head is chosen only if it scores better on the
-    same held-out figure as the plain one.
+    same held-out figure as the plain one. ``pseudo_teacher="birdnet"``: the pseudo labels come
+    from a :class:`TeacherProbe` on BirdNET's embeddings (cached in the run directory, as for
+    ``train --teacher``; ``teacher_model`` replaces BirdNET, for tests) instead of the head.
     """
     run_dir = Path(run_dir)
     template = run_dir / BEST
@@ -142,6 +183,10 @@ def linear_head(run_dir: str | Path, backbone_path: str | Path | None = None, c_
         if not p.exists():
             raise SonotrapError(f"{p} does not exist; {hint}")
     ckpt = load_checkpoint(template)
+    if pseudo_teacher is not None and unlabeled is None:
+        raise SonotrapError("--pseudo-teacher labels unlabeled recordings; give them with --unlabeled DIR")
+    if pseudo_teacher not in (None, "birdnet"):
+        raise SonotrapError(f"--pseudo-teacher {pseudo_teacher}: the only teacher is birdnet")
     if unlabeled is not None:  # bad arguments fail before the feature passes, not after
         from trainer.teacher_cache import unlabeled_windows
 
@@ -164,16 +209,25 @@ def linear_head(run_dir: str | Path, backbone_path: str | Path | None = None, c_
     fits = {"labelled": fit_head}
     st_info: dict[str, Any] = {}
     if unlabeled is not None:
+        teacher = None
+        if pseudo_teacher is not None:
+            teacher = _teacher_probe(run_dir, Path(unlabeled), teacher_threads, teacher_model)
         xu = unlabeled_features(net, Path(unlabeled), u_windows, ckpt.frontend)
-        fits["self-training"] = self_training(xu, *pseudo)
+        fits[TEACHER_LABELLED if teacher else SELF_TRAINED] = self_training(xu, *pseudo, teacher=teacher)
         st_info = {"unlabeled": str(unlabeled), "windows": len(xu), "high": pseudo[0], "low": pseudo[1]}
+        if teacher is not None:
+            from trainer.birdnet import TEACHER_INFO
+
+            st_info["teacher"] = {**TEACHER_INFO, "probe_c": teacher.c, "outputs_used":
+                                  "1024-d embedding: a logistic-regression probe on it labels the unlabeled "
+                                  "windows the head learns from (training only)"}
     results = {name: _choose_c(fit, feats, data, run_dir, folds, c_grid, ckpt.labels, seed)
                for name, fit in fits.items()}
     chosen = max(results, key=lambda n: results[n]["score"])
     r = results[chosen]
     best, scores, w, b, how, extra = r["c"], r["scores"], r["w"], r["b"], r["how"], r["extra"]
     if st_info:
-        st_info.update(used=chosen == "self-training",
+        st_info.update(used=chosen != "labelled",
                        scores={n: {str(c): round(v, 4) for c, v in res["scores"].items()} for n, res in results.items()})
         how["self_training"] = st_info
         log.info("linear head: %s head chosen (%.4f against %.4f)", chosen, r["score"],
@@ -191,6 +245,19 @@ def linear_head(run_dir: str | Path, backbone_path: str | Path | None = None, c_
     if folds >= 2:
         mark_in_sample(out, folds, scores[best])
     return out, {"c": best, **how}
+
+
+def _teacher_probe(run_dir: Path, unlabeled: Path, threads: int, model=None) -> TeacherProbe:
+    """BirdNET's embeddings of the train, validation and unlabeled windows (cached), as a probe."""
+    from trainer.teacher_cache import compute_cache, labelled_windows, source_roots, unlabeled_windows
+
+    run = load_run_data(run_dir)
+    groups = labelled_windows(run, ("train", "val"))
+    u_windows = unlabeled_windows(unlabeled, run.frontend.window_s)
+    labelled = groups["train"] + groups["val"]  # the order of the head's rows
+    cache = compute_cache(run_dir, labelled + u_windows, source_roots(run, unlabeled), threads,
+                          window_s=run.frontend.window_s, model=model)
+    return TeacherProbe(cache.embeddings[cache.rows(labelled)], cache.embeddings[cache.rows(u_windows)])
 
 
 def _choose_c(fit, feats, data, run_dir: Path, folds: int, c_grid, labels: list[str], seed: int) -> dict[str, Any]:
@@ -219,8 +286,9 @@ def _choose_c(fit, feats, data, run_dir: Path, folds: int, c_grid, labels: list[
     else:
         scores = {}
         heads = {}
+        extra_args = {"rows": np.arange(len(feats["train"]))} if getattr(fit, "wants_rows", False) else {}
         for c in c_grid:
-            w, b = fit(feats["train"], data["train"].targets, data["train"].known, c, seed)
+            w, b = fit(feats["train"], data["train"].targets, data["train"].known, c, seed, **extra_args)
             probs = sigmoid(feats["val"] @ w.T + b)
             scores[c] = evaluate_scores(probs, data["val"].targets, data["val"].known, labels)["macro_ap"]
             heads[c] = (w, b)

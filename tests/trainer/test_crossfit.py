@@ -312,3 +312,84 @@ def test_self_trained_head_competes_with_the_plain_one_on_out_of_fold_ap(crossfi
     chosen = "self-training" if st["used"] else "labelled"
     assert ckpt.metrics["cross_fit"]["macro_ap"] == pytest.approx(scores[chosen], abs=1e-4)
     assert BundleInfo.from_checkpoint(ckpt).provenance["linear_head"]["self_training"]["windows"] == 6
+
+
+def test_a_teachers_probe_labels_the_unlabeled_windows_from_the_same_labelled_rows():
+    from trainer.linear_head import TeacherProbe, self_training
+
+    # The head's own features cannot tell the labels apart (all ones); the teacher's embeddings can.
+    y = np.array([[1, 0], [0, 1]] * 6, np.float32)
+    known = np.ones_like(y, dtype=bool)
+    x = np.ones((12, 3))
+    e_lab = np.where(y > 0, 4.0, -4.0) + np.random.default_rng(0).normal(0, 0.1, (12, 2))
+    e_unl = np.array([[20.0, -20.0], [-20.0, 20.0], [0.0, 0.0]])  # clearly a, clearly b, unsure
+    xu = np.zeros((3, 3))
+    calls = []
+
+    def fit(x, targets, known, c, seed=0):
+        calls.append((x, targets, known))
+        return np.zeros((2, 3)), np.zeros(2)
+
+    probe = TeacherProbe(e_lab, e_unl)
+    fit_tl = self_training(xu, high=0.9, low=0.1, fit=fit, teacher=probe)
+    assert fit_tl.wants_rows
+    with pytest.raises(ValueError, match="rows="):
+        fit_tl(x, y, known, 0.5)
+    fit_tl(x[:8], y[:8], known[:8], 0.5, rows=np.arange(8))
+    assert len(calls) == 1, "the head's own first fit is not needed: the teacher labels"
+    rx, rt, rk = calls[0]
+    assert np.array_equal(rx, np.concatenate([x[:8], xu]))
+    np.testing.assert_array_equal(rt[8:], [[1, 0], [0, 1], [0, 0]])
+    np.testing.assert_array_equal(rk[8:], [[True, True], [True, True], [False, False]])
+
+    # Cross-fitted, each fold's probe sees only the other folds' rows (indices into x).
+    seen = []
+
+    def fit_rows(xs, targets, known, c, seed=0, rows=None):
+        seen.append(rows)
+        np.testing.assert_array_equal(xs, x[rows])
+        return np.zeros((2, 3)), np.zeros(2)
+
+    fit_rows.wants_rows = True
+    files = [f"r{i // 2}" for i in range(12)]
+    cf = cross_fit(x, y, known, files, 3, (0.1,), fit_rows, ["a", "b"])
+    fold = np.array([cf["assignment"][f] for f in files])
+    assert len(seen) == 3
+    for j, rows in enumerate(seen):
+        np.testing.assert_array_equal(rows, np.flatnonzero(fold != j))
+
+
+def test_teacher_labelled_head_records_its_teacher_and_competes(crossfit_run, data_dir, tmp_path):
+    import shutil
+
+    from tests.support.fake_teacher import FakeTeacher
+    from trainer.bundle_builder import BundleInfo
+    from trainer.teacher_cache import load_cache
+
+    run_dir, _, plain = crossfit_run
+    with pytest.raises(SonotrapError, match="give them with --unlabeled"):
+        linear_head(run_dir, c_grid=(0.01,), folds=2, out_name="x.pt", pseudo_teacher="birdnet")
+    unl = tmp_path / "unlabeled"
+    (unl / "audio").mkdir(parents=True)
+    names = sorted(read_split(run_dir / "split.json")["test"])[:2]
+    for name in names:
+        shutil.copy(data_dir / name, unl / "audio" / name.replace("/", "_"))
+    (unl / "files.csv").write_text("file,duration_s,sample_rate\n" + "".join(
+        f"audio/{n.replace('/', '_')},4.0,44100\n" for n in names))
+    teacher = FakeTeacher()
+    out, choice = linear_head(run_dir, c_grid=(0.01,), folds=2, out_name="tl.pt", unlabeled=unl,
+                              pseudo_teacher="birdnet", teacher_model=teacher)
+    run = load_run_data(run_dir)
+    n_labelled = len(run.windows("train")) + len(run.windows("val"))
+    assert teacher.windows == n_labelled + 6  # train + validation + unlabeled windows; test never
+    assert len(load_cache(run_dir).keys) == n_labelled + 6
+    st = load_checkpoint(out).raw["linear_head"]["self_training"]
+    assert set(st["scores"]) == {"labelled", "teacher-labelled"}
+    assert st["scores"]["labelled"]["0.01"] == pytest.approx(plain["cv_macro_ap"][0.01], abs=1e-4)
+    assert st["teacher"]["name"] == "BirdNET" and st["teacher"]["licence"] == "CC BY-NC-SA 4.0"
+    assert st["used"] == (st["scores"]["teacher-labelled"]["0.01"] > st["scores"]["labelled"]["0.01"])
+    prov = BundleInfo.from_checkpoint(load_checkpoint(out)).provenance
+    assert ("head_pseudo_labels" in prov.get("teacher", {})) == st["used"]
+    linear_head(run_dir, c_grid=(0.01,), folds=2, out_name="tl2.pt", unlabeled=unl,
+                pseudo_teacher="birdnet", teacher_model=teacher)
+    assert teacher.windows == n_labelled + 6, "the teacher's outputs come from the cache the second time"

@@ -24,6 +24,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="with --unlabeled: an unlabeled window scored >= this is a positive of that label")
     parser.add_argument("--pseudo-low", type=float, default=0.1,
                         help="with --unlabeled: an unlabeled window scored <= this is a negative of that label")
+    parser.add_argument("--pseudo-teacher", choices=["birdnet"], default=None,
+                        help="with --unlabeled: the unlabeled windows are labelled by a probe on BirdNET's "
+                             "embeddings (fitted on the same labelled windows as the head; needs the "
+                             "sonotrap[birdnet] extra; outputs cached in RUN/teacher/) instead of by the head "
+                             "itself; the bundle does not need BirdNET")
+    parser.add_argument("--teacher-threads", type=int, default=1, help="CPU threads for BirdNET")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for the feature pass")
 
 
@@ -38,13 +44,15 @@ def run(args: argparse.Namespace) -> int:
     if args.folds == 1 or args.folds < 0:
         raise SonotrapError(f"--folds {args.folds}: use 0 (no cross-fitting) or at least 2 folds")
     out, choice = linear_head(args.run, args.backbone, out_name=args.out_name, folds=args.folds,
-                              unlabeled=args.unlabeled, pseudo=(args.pseudo_high, args.pseudo_low))
+                              unlabeled=args.unlabeled, pseudo=(args.pseudo_high, args.pseudo_low),
+                              pseudo_teacher=args.pseudo_teacher, teacher_threads=args.teacher_threads)
     what = f"{args.folds}-fold out-of-fold macro-AP" if args.folds else "validation macro-AP"
     st = choice.get("self_training")
     for name, grid in (st["scores"] if st else {"": choice.get("cv_macro_ap") or choice["val_macro_ap"]}).items():
         print(f"{what}{f' ({name} head)' if name else ''}: "
               + ", ".join(f"C={float(c):g}: {ap:.4f}" for c, ap in grid.items()))
-    head = f"the {'self-trained' if st['used'] else 'labelled-only'} head, " if st else ""
+    pseudo = "teacher-labelled" if st and "teacher" in st else "self-trained"
+    head = f"the {pseudo if st['used'] else 'labelled-only'} head, " if st else ""
     print(f"wrote {out}: {head}C={choice['c']:g}")
     print(f"next: sonotrap evaluate --checkpoint {out} --split test, then sonotrap quantize {out} -o BUNDLE")
     return 0

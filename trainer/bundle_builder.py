@@ -70,9 +70,9 @@ class BundleInfo:
             st = head.get("self_training")
             if isinstance(st, dict) and st.get("used") and isinstance(st.get("teacher"), dict):
                 # the head learnt from the teacher's pseudo labels: the manifest says so, licence included
-                prov["teacher"] = {**prov.get("teacher", {}), "head_pseudo_labels": dict(st["teacher"])}
-                prov["teacher"].setdefault("name", st["teacher"]["name"])
-                prov["teacher"].setdefault("licence", st["teacher"]["licence"])
+                head_teacher = st["teacher"]
+                prov["teacher"] = {"name": head_teacher["name"], "licence": head_teacher["licence"],
+                                   **prov.get("teacher", {}), "head_pseudo_labels": dict(head_teacher)}
             prov["init_weights"] = head.get("backbone", "unknown")
             prov["linear_head"] = _plain({k: v for k, v in head.items() if k != "backbone"})
             prov["training_args_note"] = ("the run whose labels, frontend and split the head was fitted on; "

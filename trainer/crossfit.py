@@ -48,9 +48,9 @@ def cross_fit(x: np.ndarray, targets: np.ndarray, known: np.ndarray, files: list
               fit, labels: list[str], seed: int = 0) -> dict[str, Any]:
     """Out-of-fold heads for every ``C``; the ``C`` with the best out-of-fold macro-AP wins.
 
-    ``fit(x, targets, known, c, seed) -> (W, b)`` fits one head; a ``fit`` whose ``wants_rows``
-    attribute is true also gets ``rows=``, the indices of its rows in ``x`` (to line up data
-    kept outside ``x``, such as a teacher's embeddings of the same windows). Returns ``c``, ``cv_macro_ap``
+    ``fit(x, targets, known, c, seed, rows) -> (W, b)`` fits one head; ``rows`` are the indices of
+    its rows in ``x`` (to line up data kept outside ``x``, such as a teacher's embeddings of the
+    same windows). Returns ``c``, ``cv_macro_ap``
     (per C), ``assignment`` (file -> fold) and ``weights`` / ``biases`` (k, K, D) / (k, K) of the
     chosen C's fold heads.
     """
@@ -63,8 +63,7 @@ def cross_fit(x: np.ndarray, targets: np.ndarray, known: np.ndarray, files: list
         heads[c] = []
         for j in range(k):
             out = fold == j
-            extra = {"rows": np.flatnonzero(~out)} if getattr(fit, "wants_rows", False) else {}
-            w, b = fit(x[~out], targets[~out], known[~out], c, seed, **extra)
+            w, b = fit(x[~out], targets[~out], known[~out], c, seed, np.flatnonzero(~out))
             oof[out] = sigmoid(x[out] @ w.T + b)
             heads[c].append((w, b))
         cv[c] = float(evaluate_scores(oof, targets, known, labels)["macro_ap"])

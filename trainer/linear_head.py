@@ -55,8 +55,12 @@ def fold_standardisation(coef: np.ndarray, intercept: np.ndarray, mean: np.ndarr
 
 
 def fit_head(x: np.ndarray, targets: np.ndarray, known: np.ndarray, c: float, seed: int = 0,
-             ) -> tuple[np.ndarray, np.ndarray]:
-    """(K, D) weights and (K,) biases on raw features: one balanced logistic regression per label."""
+             rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(K, D) weights and (K,) biases on raw features: one balanced logistic regression per label.
+
+    ``rows`` (the indices of ``x``'s rows among all labelled windows, which every ``fit`` is
+    given) is not needed here; a teacher-labelled fit uses it to line up the teacher's data.
+    """
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
 
@@ -124,8 +128,8 @@ def self_training(x_unlabeled: np.ndarray, high: float = 0.9, low: float = 0.1, 
 
     With a ``teacher`` the scores come from :class:`TeacherProbe` fitted on the same labelled
     rows (so, cross-fitted, it never saw the held-out fold's labels either) instead of the
-    head's own first fit. The returned function then needs the rows' indices (``rows=``),
-    which :func:`trainer.crossfit.cross_fit` passes to a ``fit`` marked ``wants_rows``.
+    head's own first fit; it uses the rows' indices (``rows``) that
+    :func:`trainer.crossfit.cross_fit` and :func:`linear_head` give every ``fit``.
     """
     check_bounds(high, low)
 
@@ -142,7 +146,6 @@ def self_training(x_unlabeled: np.ndarray, high: float = 0.9, low: float = 0.1, 
         return fit(np.concatenate([x, x_unlabeled]), np.concatenate([targets, pl.targets]),
                    np.concatenate([known, pl.known]), c, seed)
 
-    fit_pseudo_labelled.wants_rows = teacher is not None  # type: ignore[attr-defined]
     return fit_pseudo_labelled
 
 
@@ -211,7 +214,7 @@ def linear_head(run_dir: str | Path, backbone_path: str | Path | None = None, c_
     if unlabeled is not None:
         teacher = None
         if pseudo_teacher is not None:
-            teacher = _teacher_probe(run_dir, Path(unlabeled), teacher_threads, teacher_model)
+            teacher = _teacher_probe(run_dir, Path(unlabeled), u_windows, teacher_threads, teacher_model)
         xu = unlabeled_features(net, Path(unlabeled), u_windows, ckpt.frontend)
         fits[TEACHER_LABELLED if teacher else SELF_TRAINED] = self_training(xu, *pseudo, teacher=teacher)
         st_info = {"unlabeled": str(unlabeled), "windows": len(xu), "high": pseudo[0], "low": pseudo[1]}
@@ -247,13 +250,12 @@ def linear_head(run_dir: str | Path, backbone_path: str | Path | None = None, c_
     return out, {"c": best, **how}
 
 
-def _teacher_probe(run_dir: Path, unlabeled: Path, threads: int, model=None) -> TeacherProbe:
+def _teacher_probe(run_dir: Path, unlabeled: Path, u_windows, threads: int, model=None) -> TeacherProbe:
     """BirdNET's embeddings of the train, validation and unlabeled windows (cached), as a probe."""
-    from trainer.teacher_cache import compute_cache, labelled_windows, source_roots, unlabeled_windows
+    from trainer.teacher_cache import compute_cache, labelled_windows, source_roots
 
     run = load_run_data(run_dir)
     groups = labelled_windows(run, ("train", "val"))
-    u_windows = unlabeled_windows(unlabeled, run.frontend.window_s)
     labelled = groups["train"] + groups["val"]  # the order of the head's rows
     cache = compute_cache(run_dir, labelled + u_windows, source_roots(run, unlabeled), threads,
                           window_s=run.frontend.window_s, model=model)
@@ -286,9 +288,9 @@ def _choose_c(fit, feats, data, run_dir: Path, folds: int, c_grid, labels: list[
     else:
         scores = {}
         heads = {}
-        extra_args = {"rows": np.arange(len(feats["train"]))} if getattr(fit, "wants_rows", False) else {}
+        rows = np.arange(len(feats["train"]))  # the train windows come first among the labelled rows
         for c in c_grid:
-            w, b = fit(feats["train"], data["train"].targets, data["train"].known, c, seed, **extra_args)
+            w, b = fit(feats["train"], data["train"].targets, data["train"].known, c, seed, rows)
             probs = sigmoid(feats["val"] @ w.T + b)
             scores[c] = evaluate_scores(probs, data["val"].targets, data["val"].known, labels)["macro_ap"]
             heads[c] = (w, b)

@@ -332,7 +332,6 @@ def test_a_teachers_probe_labels_the_unlabeled_windows_from_the_same_labelled_ro
 
     probe = TeacherProbe(e_lab, e_unl)
     fit_tl = self_training(xu, high=0.9, low=0.1, fit=fit, teacher=probe)
-    assert fit_tl.wants_rows
     with pytest.raises(ValueError, match="rows="):
         fit_tl(x, y, known, 0.5)
     fit_tl(x[:8], y[:8], known[:8], 0.5, rows=np.arange(8))
@@ -350,7 +349,6 @@ def test_a_teachers_probe_labels_the_unlabeled_windows_from_the_same_labelled_ro
         np.testing.assert_array_equal(xs, x[rows])
         return np.zeros((2, 3)), np.zeros(2)
 
-    fit_rows.wants_rows = True
     files = [f"r{i // 2}" for i in range(12)]
     cf = cross_fit(x, y, known, files, 3, (0.1,), fit_rows, ["a", "b"])
     fold = np.array([cf["assignment"][f] for f in files])

@@ -48,7 +48,7 @@ sys.path.insert(0, str(REPO))
 
 from edge.util.jsonio import json_safe  # noqa: E402
 from trainer.linear_head import fit_head  # noqa: E402
-from trainer.metrics import choose_threshold, evaluate_scores, sigmoid  # noqa: E402
+from trainer.metrics import choose_threshold, evaluate_scores, paired_bootstrap_macro_ap, sigmoid  # noqa: E402
 from trainer.rundata import AudioCache, RunData, load_run_data, window_image  # noqa: E402
 from trainer.teacher_cache import ensure_cache  # noqa: E402
 from trainer.windows import to_arrays  # noqa: E402
@@ -326,6 +326,21 @@ def markdown(rows: list[dict], columns: list[tuple[str, str]] = COLUMNS) -> str:
     return "\n".join(lines)
 
 
+def versus_probe(models, targets, known, files: list[str], replicates: int, seed: int) -> list[dict]:
+    """Each model's test window macro-AP minus the probe's, with a by-recording bootstrap interval."""
+    probe = models[0][1]["test"]
+    return [{"model": name, **paired_bootstrap_macro_ap(probs["test"], probe, targets, known, files, replicates, seed)}
+            for name, probs, _, _ in models[1:]]
+
+
+def versus_probe_markdown(rows: list[dict], replicates: int) -> str:
+    out = [f"Test window macro-AP minus the probe's (by-recording bootstrap, {replicates} replicates):", "",
+           "| model | difference | 95 % interval | replicates where it is higher |", "|---|---|---|---|"]
+    out += [f"| {r['model']} | {r['diff']:+.3f} | {r['low']:+.3f} to {r['high']:+.3f} | {r['a_better']:.0%} |"
+            for r in rows]
+    return "\n".join(out)
+
+
 def _named(items: list[str], flag: str) -> list[tuple[str, str]]:
     out = []
     for item in items:
@@ -352,6 +367,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--folds", type=int, default=0, metavar="K",
                     help="with --user-view: also the probe cross-fitted on train+val in K folds by recording "
                          "(as sonotrap linear-head --folds K), operating points on out-of-fold hop scores")
+    ap.add_argument("--bootstrap", type=int, default=1000, metavar="N",
+                    help="replicates of the by-recording bootstrap of each model's test macro-AP minus the probe's "
+                         "(0: none)")
     ap.add_argument("--json", metavar="FILE")
     ap.add_argument("--markdown", metavar="FILE")
     args = ap.parse_args(argv)
@@ -392,6 +410,10 @@ def main(argv: list[str] | None = None) -> int:
     md = markdown(rows)
     report = {"run": str(run.run_dir), "target_precision": args.target_precision,
               "num_windows": {s: len(files[s]) for s in files}, "rows": rows}
+    if args.bootstrap:
+        report["versus_probe"] = versus_probe(models, targets["test"], known["test"], files["test"], args.bootstrap,
+                                              args.seed)
+        md += "\n\n" + versus_probe_markdown(report["versus_probe"], args.bootstrap)
     if args.user_view:
         report["user_view_rows"] = user_view_report(run, probe, _named(args.bundle, "--bundle"),
                                                     args.target_precision, args.threads, folds=args.folds,

@@ -149,3 +149,19 @@ def test_user_view_can_cross_fit_the_probe_like_the_students_head(tmp_path):
     (bundle / "manifest.json").write_text(json.dumps(man))
     rows = probe.user_view_report(run, model, [("band", str(bundle))], 0.7, teacher=teacher)
     assert {(r["thresholds"], r["split"]) for r in rows if r["model"].startswith("band")} == {("manifest", "test")}
+
+
+def test_each_model_is_compared_with_the_probe_on_the_same_recording_draws():
+    rng = np.random.default_rng(1)
+    files = [f"r{i // 3}" for i in range(90)]
+    targets = (rng.random((90, 2)) < 0.3).astype(np.float32)
+    known = np.ones_like(targets, dtype=bool)
+    perfect, noisy = targets * 0.8 + 0.1, rng.random((90, 2))
+    models = [("probe", {"test": noisy}, None, False), ("good", {"test": perfect}, None, False),
+              ("same", {"test": noisy}, None, False)]
+    rows = probe.versus_probe(models, targets, known, files, 100, 0)
+    assert [r["model"] for r in rows] == ["good", "same"]
+    assert rows[0]["low"] > 0 and rows[0]["a_better"] == 1.0
+    assert rows[1]["diff"] == 0 and rows[1]["high"] == 0
+    md = probe.versus_probe_markdown(rows, 100)
+    assert "100 replicates" in md and f"| good | {rows[0]['diff']:+.3f} |" in md and "| 100% |" in md

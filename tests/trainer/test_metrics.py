@@ -11,6 +11,7 @@ import math
 import numpy as np
 import pytest
 
+from trainer import metrics
 from trainer.metrics import (
     average_precision,
     choose_threshold,
@@ -271,3 +272,52 @@ def test_choose_thresholds_masks_per_class():
     assert (th["b"].threshold, th["b"].recall) == pytest.approx((0.6, 1.0))
     # c has no known positive (its positives are in unknown rows 4, 5).
     assert th["c"].method == "no_positives" and th["c"].threshold == 1.0
+
+
+def _two_models(seed: int = 0):
+    """Three windows per recording, 40 recordings, two labels; A ranks them perfectly, B at random."""
+    rng = np.random.default_rng(seed)
+    files = [f"r{i}" for i in range(40) for _ in range(3)]
+    targets = (rng.random((120, 2)) < 0.3).astype(np.float32)
+    targets[0], targets[1] = 1, 0  # every label has a positive and a negative
+    known = np.ones_like(targets, dtype=bool)
+    return targets * 0.8 + 0.1, rng.random((120, 2)), targets, known, files
+
+
+def test_paired_bootstrap_of_a_model_against_itself_is_exactly_zero():
+    a, _, targets, known, files = _two_models()
+    out = metrics.paired_bootstrap_macro_ap(a, a, targets, known, files, replicates=50)
+    assert out["diff"] == 0 and out["low"] == 0 and out["high"] == 0 and out["a_better"] == 0
+    assert out["replicates"] == 50
+
+
+def test_paired_bootstrap_finds_the_better_model_and_brackets_the_observed_difference():
+    a, b, targets, known, files = _two_models()
+    out = metrics.paired_bootstrap_macro_ap(a, b, targets, known, files, replicates=200)
+    observed = metrics.evaluate_scores(a, targets, known, ["x", "y"])["macro_ap"] - \
+        metrics.evaluate_scores(b, targets, known, ["x", "y"])["macro_ap"]
+    assert out["diff"] == pytest.approx(observed)
+    assert 0 < out["low"] <= out["diff"] <= out["high"] <= 1
+    assert out["a_better"] == 1.0
+    swapped = metrics.paired_bootstrap_macro_ap(b, a, targets, known, files, replicates=200)
+    assert swapped["diff"] == pytest.approx(-out["diff"]) and swapped["a_better"] == 0.0
+
+
+def test_paired_bootstrap_resamples_whole_recordings(monkeypatch):
+    """One recording holds every positive of a label: draws without it skip the label, never score part of it."""
+    a, b, targets, known, files = _two_models()
+    targets[:, 1] = 0
+    targets[3:6, 1] = 1  # recording r1 only
+    seen = []
+    original = metrics._macro_ap_on
+
+    def spy(probs, t, k, rows, labels):
+        seen.append((set(np.asarray(files)[rows]), tuple(labels), len(rows)))
+        return original(probs, t, k, rows, labels)
+
+    monkeypatch.setattr(metrics, "_macro_ap_on", spy)
+    metrics.paired_bootstrap_macro_ap(a, b, targets, known, files, replicates=30)
+    assert len(seen) == 2 * 31
+    for recs, labels, n_rows in seen:
+        assert (1 in labels) == ("r1" in recs)
+        assert n_rows == 120  # 40 recordings of 3 windows drawn, never single windows

@@ -32,6 +32,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "uninstall-service": ("edge.commands.service", "remove the systemd service"),
     "train": ("trainer.commands.train", "fine-tune ResNet50 on labelled recordings [train]"),
     "linear-head": ("trainer.commands.linear_head", "fit a linear head on a distilled backbone [train]"),
+    "tune-top": ("trainer.commands.tune_top", "train the backbone's last block on a BirdNET probe's labels [train]"),
     "evaluate": ("trainer.commands.evaluate", "evaluate a checkpoint, choose thresholds [train]"),
     "export": ("trainer.commands.export", "export a checkpoint to ONNX [train]"),
     "quantize": ("trainer.commands.quantize", "INT8-quantize an ONNX model into a bundle [train]"),

@@ -207,6 +207,9 @@ def linear_head(run_dir: str | Path, backbone_path: str | Path | None = None, c_
     if missing.missing_keys:
         raise SonotrapError(f"{backbone_path} is not a ResNet50 backbone ({len(missing.missing_keys)} weights missing)")
     net = net.to(memory_format=torch.channels_last)
+    if folds >= 2 and str((stage1 or {}).get("method", "")).startswith("tune-top"):
+        log.warning("linear head: %s learned the train windows' labels (tune-top), so out-of-fold figures over "
+                    "train + validation, and operating points set on them, are optimistic", backbone_path)
     data = {s: load_split_arrays(run_dir, s) for s in ("train", "val")}
     feats = {s: features(net, a.images) for s, a in data.items()}
     fits = {"labelled": fit_head}
@@ -214,7 +217,7 @@ def linear_head(run_dir: str | Path, backbone_path: str | Path | None = None, c_
     if unlabeled is not None:
         teacher = None
         if pseudo_teacher is not None:
-            teacher = _teacher_probe(run_dir, Path(unlabeled), u_windows, teacher_threads, teacher_model)
+            teacher = teacher_probe(run_dir, Path(unlabeled), u_windows, teacher_threads, teacher_model)
         xu = unlabeled_features(net, Path(unlabeled), u_windows, ckpt.frontend)
         fits[TEACHER_LABELLED if teacher else SELF_TRAINED] = self_training(xu, *pseudo, teacher=teacher)
         st_info = {"unlabeled": str(unlabeled), "windows": len(xu), "high": pseudo[0], "low": pseudo[1]}
@@ -250,7 +253,8 @@ def linear_head(run_dir: str | Path, backbone_path: str | Path | None = None, c_
     return out, {"c": best, **how}
 
 
-def _teacher_probe(run_dir: Path, unlabeled: Path, u_windows, threads: int, model=None) -> TeacherProbe:
+def teacher_probe(run_dir: Path, unlabeled: Path, u_windows, threads: int, model=None, c: float = 1.0,
+                  ) -> TeacherProbe:
     """BirdNET's embeddings of the train, validation and unlabeled windows (cached), as a probe."""
     from trainer.teacher_cache import compute_cache, labelled_windows, source_roots
 
@@ -259,7 +263,7 @@ def _teacher_probe(run_dir: Path, unlabeled: Path, u_windows, threads: int, mode
     labelled = groups["train"] + groups["val"]  # the order of the head's rows
     cache = compute_cache(run_dir, labelled + u_windows, source_roots(run, unlabeled), threads,
                           window_s=run.frontend.window_s, model=model)
-    return TeacherProbe(cache.embeddings[cache.rows(labelled)], cache.embeddings[cache.rows(u_windows)])
+    return TeacherProbe(cache.embeddings[cache.rows(labelled)], cache.embeddings[cache.rows(u_windows)], c)
 
 
 def _choose_c(fit, feats, data, run_dir: Path, folds: int, c_grid, labels: list[str], seed: int) -> dict[str, Any]:

@@ -65,9 +65,15 @@ class TuneArgs:
     seed: int = 0
 
 
+def _part(net: nn.Module, name: str) -> nn.Module:
+    part = getattr(net, name)
+    assert isinstance(part, nn.Module), name
+    return part
+
+
 def frozen_stem(net: nn.Module) -> nn.Module:
     """``conv1`` to ``layer3`` of a torchvision ResNet50: the part that does not train."""
-    return nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, net.layer1, net.layer2, net.layer3)
+    return nn.Sequential(*(_part(net, n) for n in ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3")))
 
 
 @torch.no_grad()
@@ -107,7 +113,7 @@ def train_layer4(net: nn.Module, maps: torch.Tensor, targets: np.ndarray, known:
     """
     torch.manual_seed(args.seed)
     gen = torch.Generator().manual_seed(args.seed)
-    block = net.layer4
+    block = _part(net, "layer4")
     _freeze_batch_norms(block)
     fc = nn.Linear(2048, len(labels))
     model = nn.Sequential(block, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(args.dropout), fc)
@@ -197,7 +203,7 @@ def tune_top(run_dir: str | Path, backbone_path: str | Path, unlabeled: str | Pa
     weights = np.r_[np.full(n_train, args.labelled_weight), np.ones(len(soft))]
     best_state, history = train_layer4(net, maps, targets, known, weights, stem_outputs(stem, data["val"].images),
                                        data["val"].targets, data["val"].known, ckpt.labels, args)
-    net.layer4.load_state_dict(best_state)
+    _part(net, "layer4").load_state_dict(best_state)
     out.mkdir(parents=True, exist_ok=True)
     torch.save({n: v.contiguous() for n, v in net.state_dict().items() if not n.startswith("fc.")}, out / "backbone.pt")
     best = max(history, key=lambda h: h["val_macro_ap"])

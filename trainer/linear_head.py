@@ -37,7 +37,7 @@ from trainer.evaluate import finalize
 from trainer.metrics import evaluate_scores, sigmoid
 from trainer.model import build_model
 from trainer.pseudo import check_bounds, pseudo_label
-from trainer.rundata import AudioCache, load_run_data, load_split_arrays, window_image
+from trainer.rundata import image_chunks, load_run_data, load_split_arrays
 
 log = logging.getLogger("sonotrap.trainer")
 
@@ -155,11 +155,7 @@ def unlabeled_features(backbone: torch.nn.Module, folder: Path, windows, cfg, ch
     Float32 images, as the labelled windows' features are computed (``distill.window_images``
     stores float16 for training), in chunks so a large folder does not hold every image at once.
     """
-    cache = AudioCache()
-    return np.concatenate([
-        features(backbone, np.stack([window_image(cache, folder / w.file, w.start_s, cfg.window_s, cfg)
-                                     for w in windows[i: i + chunk]]))
-        for i in range(0, len(windows), chunk)])
+    return np.concatenate([features(backbone, images) for images in image_chunks(folder, windows, cfg, chunk)])
 
 
 def linear_head(run_dir: str | Path, backbone_path: str | Path | None = None, c_grid=C_GRID,

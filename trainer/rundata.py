@@ -189,6 +189,18 @@ def window_image(
     return compute(cut(audio, sr, start_s, length_s), sr, cfg)
 
 
+def image_chunks(folder: Path, windows, cfg: FrontendConfig, chunk: int = 512):
+    """Frontend images (float32) of ``windows`` (``.file``, ``.start_s``) of recordings under ``folder``.
+
+    Yielded ``chunk`` windows at a time, so a large folder of unlabeled recordings is never
+    held as images all at once; callers reduce each chunk (features, maps) before the next.
+    """
+    cache = AudioCache()
+    for i in range(0, len(windows), chunk):
+        yield np.stack([window_image(cache, folder / w.file, w.start_s, cfg.window_s, cfg)
+                        for w in windows[i: i + chunk]])
+
+
 def mixed_image(
     cache: AudioCache, parts: list[tuple[Path, float, float]], length_s: float, cfg: FrontendConfig
 ) -> np.ndarray:

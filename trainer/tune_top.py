@@ -48,7 +48,7 @@ from edge.errors import SonotrapError
 from trainer.checkpoint import BEST, load_checkpoint
 from trainer.metrics import evaluate_scores
 from trainer.model import build_model
-from trainer.rundata import load_split_arrays
+from trainer.rundata import image_chunks, load_split_arrays
 
 log = logging.getLogger("sonotrap.trainer")
 
@@ -196,7 +196,7 @@ def tune_top(run_dir: str | Path, backbone_path: str | Path, unlabeled: str | Pa
     # the probe sees the TRAIN windows' labels only: validation stays held out to choose the epoch
     soft = teacher.scores(np.arange(n_train), data["train"].targets, data["train"].known, args.seed)
     stem = frozen_stem(net)
-    u_maps = stem_outputs_of_recordings(stem, unlabeled, u_windows, ckpt.frontend)
+    u_maps = torch.cat([stem_outputs(stem, images) for images in image_chunks(unlabeled, u_windows, ckpt.frontend)])
     maps = torch.cat([stem_outputs(stem, data["train"].images), u_maps])
     targets = np.concatenate([data["train"].targets, soft])
     known = np.concatenate([data["train"].known, np.ones(soft.shape, bool)])
@@ -218,13 +218,3 @@ def tune_top(run_dir: str | Path, backbone_path: str | Path, unlabeled: str | Pa
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
     return out / "backbone.pt", summary
 
-
-def stem_outputs_of_recordings(stem: nn.Module, folder: Path, windows, cfg, chunk: int = 512) -> torch.Tensor:
-    """``layer3`` maps of the unlabeled windows, read and framed in chunks (not every image at once)."""
-    from trainer.rundata import AudioCache, window_image
-
-    cache = AudioCache()
-    return torch.cat([
-        stem_outputs(stem, np.stack([window_image(cache, folder / w.file, w.start_s, cfg.window_s, cfg)
-                                     for w in windows[i: i + chunk]]))
-        for i in range(0, len(windows), chunk)])

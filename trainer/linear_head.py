@@ -44,6 +44,8 @@ log = logging.getLogger("sonotrap.trainer")
 C_GRID = (0.003, 0.01, 0.03, 0.1)
 SELF_TRAINED, TEACHER_LABELLED = "self-training", "teacher-labelled"  # the pseudo-labelled heads' names
 OUT = "linear_head.pt"
+# a backbone's record (its summary.json) names the split whose labels it has learned, if any
+LABELS_LEARNED = "labels_learned"
 ABSENT_BIAS = -12.0  # a label without positives (or negatives) in train: never fires
 
 
@@ -194,18 +196,13 @@ def linear_head(run_dir: str | Path, backbone_path: str | Path | None = None, c_
         if not u_windows:
             raise SonotrapError(f"{Path(unlabeled) / 'files.csv'} lists no recordings; add the unlabeled "
                                 "recordings to it (file,duration_s,sample_rate) or drop --unlabeled")
-    net = build_model(len(ckpt.labels), "none")
-    fc = net.fc
-    assert isinstance(fc, torch.nn.Linear)
-    net.fc = torch.nn.Identity()
-    backbone, stage1 = backbone_weights(backbone_path)
-    missing = net.load_state_dict(backbone, strict=False)
-    if missing.missing_keys:
-        raise SonotrapError(f"{backbone_path} is not a ResNet50 backbone ({len(missing.missing_keys)} weights missing)")
+    net, stage1 = load_backbone(backbone_path)
+    fc = torch.nn.Linear(2048, len(ckpt.labels))
     net = net.to(memory_format=torch.channels_last)
-    if folds >= 2 and str((stage1 or {}).get("method", "")).startswith("tune-top"):
-        log.warning("linear head: %s learned the train windows' labels (tune-top), so out-of-fold figures over "
-                    "train + validation, and operating points set on them, are optimistic", backbone_path)
+    learned = (stage1 or {}).get(LABELS_LEARNED)
+    if folds >= 2 and learned:
+        log.warning("linear head: %s learned the %s windows' labels (tune-top), so out-of-fold figures over "
+                    "train + validation, and operating points set on them, are optimistic", backbone_path, learned)
     data = {s: load_split_arrays(run_dir, s) for s in ("train", "val")}
     feats = {s: features(net, a.images) for s, a in data.items()}
     fits = {"labelled": fit_head}
@@ -299,6 +296,17 @@ def _choose_c(fit, feats, data, run_dir: Path, folds: int, c_grid, labels: list[
         w, b = heads[best]
         how = {"fit_on": "train", "val_macro_ap": scores}
     return {"c": best, "score": float(scores[best]), "scores": scores, "w": w, "b": b, "how": how, "extra": extra}
+
+
+def load_backbone(path: Path) -> tuple[torch.nn.Module, dict[str, Any] | None]:
+    """A ResNet50 without its fc (``fc`` is the identity) holding :func:`backbone_weights` of ``path``."""
+    net = build_model(1, "none")
+    net.fc = torch.nn.Identity()
+    state, stage1 = backbone_weights(path)
+    missing = net.load_state_dict(state, strict=False)
+    if missing.missing_keys:
+        raise SonotrapError(f"{path} is not a ResNet50 backbone ({len(missing.missing_keys)} weights missing)")
+    return net, stage1
 
 
 def backbone_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:

@@ -47,7 +47,6 @@ from torch import nn
 from edge.errors import SonotrapError
 from trainer.checkpoint import BEST, load_checkpoint
 from trainer.metrics import evaluate_scores
-from trainer.model import build_model
 from trainer.rundata import image_chunks, load_split_arrays
 
 log = logging.getLogger("sonotrap.trainer")
@@ -109,7 +108,7 @@ def train_layer4(net: nn.Module, maps: torch.Tensor, targets: np.ndarray, known:
     ``targets`` may be soft (a teacher's probabilities); ``known`` masks entries, ``weights``
     weighs rows. Each label's positives are weighted by its negatives-to-positives ratio (at
     most 50), as the balanced regressions of the linear head. The epoch with the best
-    validation macro-AP wins (the block as it was before any epoch, if none beats it).
+    validation macro-AP wins.
     """
     torch.manual_seed(args.seed)
     gen = torch.Generator().manual_seed(args.seed)
@@ -169,7 +168,7 @@ def tune_top(run_dir: str | Path, backbone_path: str | Path, unlabeled: str | Pa
              args: TuneArgs | None = None, teacher_threads: int = 1, teacher_model=None) -> tuple[Path, dict[str, Any]]:
     """Write ``OUT/backbone.pt`` and ``OUT/summary.json`` (default ``RUN_DIR/tuned``); returns the path and summary."""
     from trainer.birdnet import TEACHER_INFO
-    from trainer.linear_head import backbone_weights, teacher_probe
+    from trainer.linear_head import LABELS_LEARNED, load_backbone, teacher_probe
     from trainer.teacher_cache import unlabeled_windows
 
     args = args or TuneArgs()
@@ -185,11 +184,7 @@ def tune_top(run_dir: str | Path, backbone_path: str | Path, unlabeled: str | Pa
     if not u_windows:
         raise SonotrapError(f"{unlabeled / 'files.csv'} lists no recordings; tune-top learns from unlabeled "
                             "recordings: list them (file,duration_s,sample_rate)")
-    net = build_model(len(ckpt.labels), "none")
-    net.fc = nn.Identity()
-    state, source = backbone_weights(backbone_path)
-    if net.load_state_dict(state, strict=False).missing_keys:
-        raise SonotrapError(f"{backbone_path} is not a ResNet50 backbone")
+    net, source = load_backbone(backbone_path)
     data = {s: load_split_arrays(run_dir, s) for s in ("train", "val")}
     n_train = len(data["train"].targets)
     teacher = teacher_probe(run_dir, unlabeled, u_windows, teacher_threads, teacher_model, c=args.probe_c)
@@ -207,8 +202,9 @@ def tune_top(run_dir: str | Path, backbone_path: str | Path, unlabeled: str | Pa
     out.mkdir(parents=True, exist_ok=True)
     torch.save({n: v.contiguous() for n, v in net.state_dict().items() if not n.startswith("fc.")}, out / "backbone.pt")
     best = max(history, key=lambda h: h["val_macro_ap"])
-    summary = {"method": "tune-top: layer4 trained on the unlabeled windows' BirdNET-probe scores (conv1-layer3 "
-                         "frozen); epoch chosen on the validation windows' macro-AP",
+    summary = {"method": "tune-top: layer4 trained on the unlabeled windows' BirdNET-probe scores and the train "
+                         "windows' labels (conv1-layer3 frozen); epoch chosen on the validation windows' macro-AP",
+               LABELS_LEARNED: "train",  # its own labels, and through the probe's scores in any case
                "source_backbone": str(backbone_path), "source": source, "args": asdict(args),
                "unlabeled": str(unlabeled), "unlabeled_windows": len(u_windows), "train_windows": n_train,
                "best_epoch": best["epoch"], "val_macro_ap": best["val_macro_ap"], "history": history,

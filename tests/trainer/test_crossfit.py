@@ -14,6 +14,7 @@ pytest.importorskip("onnx")
 from edge.errors import SonotrapError  # noqa: E402
 from edge.inference.frontend import FrontendConfig  # noqa: E402
 from edge.models.bundle import load_bundle  # noqa: E402
+from tests.support.synth_calls import unlabeled_folder  # noqa: E402
 from tests.trainer.test_export import write_checkpoint  # noqa: E402
 from trainer.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint  # noqa: E402
 from trainer.crossfit import KEY, assign_folds, cross_fit, out_of_fold_recordings  # noqa: E402
@@ -277,7 +278,6 @@ def test_self_training_refits_on_the_unlabeled_windows_its_first_head_is_sure_ab
 
 def test_self_trained_head_competes_with_the_plain_one_on_out_of_fold_ap(crossfit_run, data_dir, tmp_path):
     import argparse
-    import shutil
 
     from trainer.bundle_builder import BundleInfo
     from trainer.commands import linear_head as cmd
@@ -291,11 +291,7 @@ def test_self_trained_head_competes_with_the_plain_one_on_out_of_fold_ap(crossfi
     with pytest.raises(SonotrapError, match="lists no recordings"):
         linear_head(run_dir, c_grid=(0.01,), folds=2, out_name="x.pt", unlabeled=unl)
     split = read_split(run_dir / "split.json")
-    names = sorted(split["test"])[:2]  # audio of the region that no head is fitted on
-    for name in names:
-        shutil.copy(data_dir / name, unl / "audio" / name.replace("/", "_"))
-    (unl / "files.csv").write_text("file,duration_s,sample_rate\n" + "".join(
-        f"audio/{n.replace('/', '_')},4.0,44100\n" for n in names))
+    unlabeled_folder(data_dir, sorted(split["test"])[:2], unl)  # audio of the region that no head is fitted on
     p = argparse.ArgumentParser()
     cmd.add_arguments(p)
     args = p.parse_args([str(run_dir), "--folds", "2", "--out-name", "st.pt", "--unlabeled", str(unl),
@@ -358,8 +354,6 @@ def test_a_teachers_probe_labels_the_unlabeled_windows_from_the_same_labelled_ro
 
 
 def test_teacher_labelled_head_records_its_teacher_and_competes(crossfit_run, data_dir, tmp_path):
-    import shutil
-
     from tests.support.fake_teacher import FakeTeacher
     from trainer.bundle_builder import BundleInfo
     from trainer.teacher_cache import load_cache
@@ -367,13 +361,7 @@ def test_teacher_labelled_head_records_its_teacher_and_competes(crossfit_run, da
     run_dir, _, plain = crossfit_run
     with pytest.raises(SonotrapError, match="give them with --unlabeled"):
         linear_head(run_dir, c_grid=(0.01,), folds=2, out_name="x.pt", pseudo_teacher="birdnet")
-    unl = tmp_path / "unlabeled"
-    (unl / "audio").mkdir(parents=True)
-    names = sorted(read_split(run_dir / "split.json")["test"])[:2]
-    for name in names:
-        shutil.copy(data_dir / name, unl / "audio" / name.replace("/", "_"))
-    (unl / "files.csv").write_text("file,duration_s,sample_rate\n" + "".join(
-        f"audio/{n.replace('/', '_')},4.0,44100\n" for n in names))
+    unl = unlabeled_folder(data_dir, sorted(read_split(run_dir / "split.json")["test"])[:2], tmp_path / "unlabeled")
     teacher = FakeTeacher()
     out, choice = linear_head(run_dir, c_grid=(0.01,), folds=2, out_name="tl.pt", unlabeled=unl,
                               pseudo_teacher="birdnet", teacher_model=teacher)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 
 import numpy as np
 import pytest
@@ -14,6 +13,7 @@ pytest.importorskip("sklearn")
 from edge.errors import SonotrapError  # noqa: E402
 from edge.inference.frontend import FrontendConfig  # noqa: E402
 from tests.support.fake_teacher import FakeTeacher  # noqa: E402
+from tests.support.synth_calls import unlabeled_folder  # noqa: E402
 from tests.trainer.test_export import write_checkpoint  # noqa: E402
 from trainer.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from trainer.linear_head import linear_head  # noqa: E402
@@ -65,13 +65,7 @@ def tuned(data_dir, tmp_path_factory):
     backbone = build_model(1, "none")
     backbone.fc = torch.nn.Identity()
     save_checkpoint(backbone.state_dict(), tmp / "stage1.pt")
-    unl = tmp / "unlabeled"
-    (unl / "audio").mkdir(parents=True)
-    names = sorted(read_split(run_dir / "split.json")["test"])[:2]
-    for name in names:
-        shutil.copy(data_dir / name, unl / "audio" / name.replace("/", "_"))
-    (unl / "files.csv").write_text("file,duration_s,sample_rate\n" + "".join(
-        f"audio/{n.replace('/', '_')},4.0,44100\n" for n in names))
+    unl = unlabeled_folder(data_dir, sorted(read_split(run_dir / "split.json")["test"])[:2], tmp / "unlabeled")
     teacher = FakeTeacher()
     torch.set_num_threads(2)
     path, summary = tune_top(run_dir, tmp / "stage1.pt", unl, args=TuneArgs(epochs=2, batch=8),

@@ -11,7 +11,7 @@ Threads and why:
 - one callback thread runs ``subscribe`` callbacks so a slow handler never blocks MQTT I/O.
 
 Delivery is at-least-once, in order: paho keeps in-flight messages across a reconnect and
-re-sends them first (same packet ids), then the sender continues with newer rows. After a
+re-sends them (same packet ids), and the window holds newer rows back until those are acknowledged. After a
 crash or restart nothing is in flight, so every row in the outbox is sent again oldest-first.
 Subscribers dedup by the payload ``id``.
 """
@@ -252,6 +252,7 @@ class Publisher:
         if recv_max is not None and recv_max < self.cfg.max_inflight:
             log.warning("mqtt: the broker accepts only %d messages in flight (Receive Maximum); "
                         "set mqtt.max_inflight <= %d", recv_max, recv_max)
+        self._window.connected()
         self._connected_status.set()  # before _connected: the sender must see both together
         self._connected.set()
         log.info(

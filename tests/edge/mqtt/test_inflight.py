@@ -75,3 +75,47 @@ def test_a_rejected_row_is_dropped_and_a_refused_send_is_retried_later(tmp_path:
     box.put("t", b"late")
     window.fill(client.send, stop)
     assert len(client.sent) == 3  # a stopping sender hands nothing more to the client
+
+
+def test_after_a_reconnect_newer_rows_wait_until_the_re_sent_ones_are_acknowledged(tmp_path: Path) -> None:
+    """paho re-sends what was in flight only after ``on_connect``: a newer row handed over in
+    between would overtake it, so the window holds newer rows until the carried ones are acked."""
+    box = Outbox(tmp_path / "o.sqlite")
+    ids = [box.put("t", f"m{i}".encode()) for i in range(3)]
+    window, client, stop = InflightWindow(box, 3), _Client(), threading.Event()
+    window.connected()  # first connect: nothing in flight, nothing held
+    window.fill(client.send, stop)
+    window.acknowledged(101, _ok())
+    window.apply_acks()
+    window.connected()  # the connection dropped and came back with rows 2 and 3 in flight
+    newer = [box.put("t", f"n{i}".encode()) for i in range(2)]
+    window.fill(client.send, stop)
+    assert [r.id for r in client.sent] == ids  # room for 1 more, but row 2 and 3 are not acked yet
+    window.acknowledged(102, _ok())
+    window.apply_acks()
+    window.fill(client.send, stop)
+    assert len(client.sent) == 3
+    window.acknowledged(103, _ok())
+    window.apply_acks()
+    window.fill(client.send, stop)
+    assert [r.id for r in client.sent] == ids + newer
+
+
+def test_a_carried_row_that_is_never_acknowledged_holds_the_queue_only_for_a_while(tmp_path, monkeypatch, caplog):
+    from edge.mqtt import inflight
+
+    box = Outbox(tmp_path / "o.sqlite")
+    first = box.put("t", b"m0")
+    window, client, stop = InflightWindow(box, 5), _Client(), threading.Event()
+    window.fill(client.send, stop)
+    monkeypatch.setattr(inflight, "CARRIED_WAIT_S", 60.0)
+    window.connected()
+    later = box.put("t", b"m1")
+    window.fill(client.send, stop)
+    assert [r.id for r in client.sent] == [first]
+    monkeypatch.setattr(inflight, "CARRIED_WAIT_S", 0.0)
+    window.connected()
+    with caplog.at_level("WARNING", logger="sonotrap.mqtt"):
+        window.fill(client.send, stop)
+    assert [r.id for r in client.sent] == [first, later]
+    assert "still unacknowledged" in caplog.text

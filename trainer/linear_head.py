@@ -197,7 +197,6 @@ def linear_head(run_dir: str | Path, backbone_path: str | Path | None = None, c_
             raise SonotrapError(f"{Path(unlabeled) / 'files.csv'} lists no recordings; add the unlabeled "
                                 "recordings to it (file,duration_s,sample_rate) or drop --unlabeled")
     net, stage1 = load_backbone(backbone_path)
-    fc = torch.nn.Linear(2048, len(ckpt.labels))
     net = net.to(memory_format=torch.channels_last)
     learned = (stage1 or {}).get(LABELS_LEARNED)
     if folds >= 2 and learned:
@@ -231,6 +230,7 @@ def linear_head(run_dir: str | Path, backbone_path: str | Path | None = None, c_
         how["self_training"] = st_info
         log.info("linear head: %s head chosen (%.4f against %.4f)", chosen, r["score"],
                  min(res["score"] for res in results.values()))
+    fc = torch.nn.Linear(w.shape[1], w.shape[0])
     fc.weight.data = torch.from_numpy(w).float()
     fc.bias.data = torch.from_numpy(b).float()
     net.fc = fc

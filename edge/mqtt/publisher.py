@@ -11,9 +11,9 @@ Threads and why:
 - one callback thread runs ``subscribe`` callbacks so a slow handler never blocks MQTT I/O.
 
 Delivery is at-least-once, in order: paho keeps in-flight messages across a reconnect and
-re-sends them (same packet ids), and the window holds newer rows back until those are acknowledged. After a
-crash or restart nothing is in flight, so every row in the outbox is sent again oldest-first.
-Subscribers dedup by the payload ``id``.
+re-sends them (same packet ids), and the window holds newer rows back until those are
+acknowledged. After a crash or restart nothing is in flight, so every row in the outbox is sent
+again oldest-first. Subscribers dedup by the payload ``id``.
 """
 
 from __future__ import annotations

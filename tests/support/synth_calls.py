@@ -9,6 +9,7 @@ call-free recordings (known negatives).
 from __future__ import annotations
 
 import csv
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,8 +75,6 @@ def unlabeled_folder(data_dir: Path, names: list[str], folder: Path) -> Path:
     Tests reuse labelled recordings (e.g. test-split ones, which no head is fitted on) as the
     unlabeled audio of the region; each lands as ``audio/<name with / as _>``, 4 s at 44.1 kHz.
     """
-    import shutil
-
     (folder / "audio").mkdir(parents=True, exist_ok=True)
     flat = [n.replace("/", "_") for n in names]
     for name, dest in zip(names, flat, strict=True):

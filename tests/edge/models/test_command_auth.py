@@ -24,17 +24,11 @@ from tests.support.update_server import (
     BundleServer,
     command_endpoint,
     make_cfg,
-    make_device,
     make_keys,
     write_index,
 )
 
 DEVICE = "rec-auth"
-
-
-@pytest.fixture
-def env(tmp_path):
-    return make_device(tmp_path)
 
 
 def _gate(env, clock=time.time) -> CommandGate:

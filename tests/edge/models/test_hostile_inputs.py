@@ -21,12 +21,7 @@ from edge.models.manifest import parse_manifest, read_manifest_data
 from edge.models.store import ModelStore
 from edge.models.update.commands import parse_command
 from edge.models.update.procedure import Updater
-from tests.support.update_server import BundleServer, events, make_cfg, make_device, publish_bundle
-
-
-@pytest.fixture
-def env(tmp_path):
-    return make_device(tmp_path)
+from tests.support.update_server import BundleServer, events, make_cfg, publish_bundle
 
 
 def test_manifest_fields_of_the_wrong_type_are_one_line_errors(env):

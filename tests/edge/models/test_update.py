@@ -25,22 +25,9 @@ from tests.support.update_server import (
     StandinDaemon,
     events,
     make_cfg,
-    make_device,
     publish_bundle,
     write_index,
 )
-
-
-@pytest.fixture
-def env(tmp_path):
-    return make_device(tmp_path)
-
-
-@pytest.fixture
-def daemon(env):
-    d = StandinDaemon(env["state"])
-    yield d
-    d.close()
 
 
 def test_http_update_switches_hot_swaps_and_reports(env, daemon):

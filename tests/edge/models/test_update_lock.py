@@ -25,7 +25,6 @@ from tests.support.update_server import (
     BundleServer,
     command_endpoint,
     make_cfg,
-    make_device,
     publish_bundle,
     write_cli_config,
     write_index,
@@ -34,11 +33,6 @@ from tests.support.waiting import wait_for
 
 DEVICE = "rec-lock"
 TRICKLE_S = 0.2  # the index (a few hundred bytes) then takes about a minute: the holder holds
-
-
-@pytest.fixture
-def env(tmp_path):
-    return make_device(tmp_path)
 
 
 def _state_files(state) -> dict[str, int]:

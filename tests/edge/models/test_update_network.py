@@ -17,15 +17,9 @@ from tests.support.update_server import (
     BundleServer,
     events,
     make_cfg,
-    make_device,
     publish_bundle,
     write_index,
 )
-
-
-@pytest.fixture
-def env(tmp_path):
-    return make_device(tmp_path)
 
 
 def test_a_trickling_index_fails_at_the_deadline(env):

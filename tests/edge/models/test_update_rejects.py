@@ -17,26 +17,12 @@ from edge.models.update.procedure import Updater
 from edge.util.hashing import sha256_file
 from tests.support.update_server import (
     BundleServer,
-    StandinDaemon,
     events,
     make_cfg,
-    make_device,
     make_keys,
     publish_bundle,
     write_index,
 )
-
-
-@pytest.fixture
-def env(tmp_path):
-    return make_device(tmp_path)
-
-
-@pytest.fixture
-def daemon(env):
-    d = StandinDaemon(env["state"])
-    yield d
-    d.close()
 
 
 def _bad_labels(d: Path) -> None:

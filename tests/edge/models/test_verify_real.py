@@ -21,15 +21,9 @@ from tests.support.update_server import (
     BundleServer,
     events,
     make_cfg,
-    make_device,
     publish_bundle,
     write_index,
 )
-
-
-@pytest.fixture
-def env(tmp_path):
-    return make_device(tmp_path)
 
 
 def _frontend(**changes):

@@ -13,6 +13,7 @@ import pytest
 
 from edge.errors import SonotrapError
 from edge.mqtt.outbox import Outbox
+from tests.support.disk import fill_fs
 from tests.support.paths import REPO
 
 
@@ -107,16 +108,7 @@ def test_bad_settings_are_clear_errors(tmp_path: Path) -> None:
 def test_disk_full_falls_back_to_memory_reports_it_and_returns_to_disk(small_fs: Path) -> None:
     path = small_fs / "outbox.sqlite"
     box = Outbox(path, retry_s=0.0)
-    filler = small_fs / "filler"
-    # fill the file system completely
-    fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
-    try:
-        while os.write(fd, b"\0" * 4096):
-            pass
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    filler = fill_fs(small_fs)
     payload = os.urandom(3000)
     ids = []
     for _ in range(200):  # enough that SQLite must grow the file / WAL

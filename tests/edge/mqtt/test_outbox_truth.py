@@ -12,6 +12,7 @@ from edge.config import MqttConfig
 from edge.mqtt.outbox import Outbox
 from edge.mqtt.publisher import Publisher
 from tests.support.broker import free_port
+from tests.support.disk import fill_fs
 
 
 def _filled(path: Path, n: int = 2000, size: int = 200) -> list[int]:
@@ -89,24 +90,11 @@ def test_the_publisher_reports_a_recovery_as_an_event_and_in_its_stats(tmp_path:
     assert b'"outbox_recovered"' in rows[0].payload
 
 
-def _fill_fs(directory: Path) -> Path:
-    filler = directory / "filler"
-    fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
-    try:
-        while os.write(fd, b"\0" * 4096):
-            pass
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-    return filler
-
-
 def test_disk_full_then_stop_logs_and_returns_the_true_count_on_disk(small_fs: Path, caplog) -> None:
     path = small_fs / "outbox.sqlite"
     box = Outbox(path, retry_s=3600)
     before = [box.put("t", b"on disk") for _ in range(5)]
-    _fill_fs(small_fs)
+    fill_fs(small_fs)
     payload = os.urandom(3000)
     n = 0
     while box.mode == "disk" and n < 500:
@@ -129,7 +117,7 @@ def test_disk_full_then_stop_logs_and_returns_the_true_count_on_disk(small_fs: P
 def test_space_back_before_stop_puts_everything_on_disk(small_fs: Path) -> None:
     path = small_fs / "outbox.sqlite"
     box = Outbox(path, retry_s=3600)
-    filler = _fill_fs(small_fs)
+    filler = fill_fs(small_fs)
     payload = os.urandom(3000)
     n = 0
     while box.mode == "disk" and n < 500:

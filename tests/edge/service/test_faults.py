@@ -20,6 +20,7 @@ from edge.mqtt.outbox import Outbox
 from edge.service.status import read_status
 from tests.support.broker import Mosquitto, Subscriber, free_port
 from tests.support.daemon_helpers import HIGH, LOW, REPO, read_jsonl, sonotrap, write_tones
+from tests.support.disk import fill_fs
 from tests.support.process import Spawned
 from tests.support.tiny_model import make_tiny_bundle
 from tests.support.waiting import wait_for
@@ -222,14 +223,7 @@ def test_disk_full_for_clips_and_outbox_then_space_returns(tmp_path, daemon_env,
     filler = small_fs / "filler"
     try:
         wait_for(lambda: len(list((state / "clips").glob("*.wav"))) >= 1, 40)
-        fd = os.open(filler, os.O_WRONLY | os.O_CREAT)  # fill the file system to the last byte
-        try:
-            while os.write(fd, b"\0" * 4096):
-                pass
-        except OSError:
-            pass
-        finally:
-            os.close(fd)
+        fill_fs(small_fs)  # to the last byte
         before = len(ids(tmp_path / "d.jsonl"))
         wait_for(lambda: any(s["outbox"].get("outbox_mode") == "memory" for s in _status(sub)), 30)
         wait_for(lambda: len(ids(tmp_path / "d.jsonl")) >= before + 4, 30)

@@ -73,11 +73,15 @@ def unlabeled_folder(data_dir: Path, names: list[str], folder: Path) -> Path:
     """Recordings ``names`` (paths under ``data_dir``) copied as an unlabeled folder with its files.csv.
 
     Tests reuse labelled recordings (e.g. test-split ones, which no head is fitted on) as the
-    unlabeled audio of the region; each lands as ``audio/<name with / as _>``, 4 s at 44.1 kHz.
+    unlabeled audio of the region; each lands as ``audio/<name with / as _>``, listed with its
+    own duration and sample rate.
     """
     (folder / "audio").mkdir(parents=True, exist_ok=True)
-    flat = [n.replace("/", "_") for n in names]
-    for name, dest in zip(names, flat, strict=True):
-        shutil.copy(Path(data_dir) / name, folder / "audio" / dest)
-    (folder / "files.csv").write_text("file,duration_s,sample_rate\n" + "".join(f"audio/{f},4.0,44100\n" for f in flat))
+    rows = []
+    for name in names:
+        dest = folder / "audio" / name.replace("/", "_")
+        shutil.copy(Path(data_dir) / name, dest)
+        info = sf.info(str(dest))
+        rows.append(f"audio/{dest.name},{info.frames / info.samplerate:.3f},{info.samplerate}\n")
+    (folder / "files.csv").write_text("file,duration_s,sample_rate\n" + "".join(rows))
     return folder

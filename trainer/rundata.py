@@ -147,18 +147,23 @@ class AudioCache:
         self._items: OrderedDict[str, tuple[np.ndarray, int]] = OrderedDict()
         self._bytes = 0
 
-    def get(self, path: Path) -> tuple[np.ndarray, int]:
-        key = str(path)
+    def get(self, path: Path, rate: float = 1.0) -> tuple[np.ndarray, int]:
+        """The recording at ``path``; with ``rate`` != 1 played that many times faster (:func:`speed_change`)."""
+        key = str(path) if rate == 1.0 else f"{path}~x{rate:.4f}"
         if key in self._items:
             self._items.move_to_end(key)
             return self._items[key]
-        try:
-            audio, sr = sf.read(key, dtype="float32", always_2d=False)
-        except Exception as err:
-            raise SonotrapError(f"audio file {path} cannot be read ({str(err).splitlines()[0][:100]}); "
-                                "check the file") from None
-        if audio.ndim == 2:
-            audio = audio.mean(axis=1, dtype=np.float32)
+        if rate != 1.0:
+            base, sr = self.get(path)
+            audio = speed_change(base, rate)
+        else:
+            try:
+                audio, sr = sf.read(key, dtype="float32", always_2d=False)
+            except Exception as err:
+                raise SonotrapError(f"audio file {path} cannot be read ({str(err).splitlines()[0][:100]}); "
+                                    "check the file") from None
+            if audio.ndim == 2:
+                audio = audio.mean(axis=1, dtype=np.float32)
         item = (np.ascontiguousarray(audio, dtype=np.float32), int(sr))
         if self.max_bytes > 0 and audio.nbytes <= self.max_bytes:
             self._items[key] = item
@@ -167,6 +172,27 @@ class AudioCache:
                 _, (old, _) = self._items.popitem(last=False)
                 self._bytes -= old.nbytes
         return item
+
+
+def speed_change(audio: np.ndarray, rate: float) -> np.ndarray:
+    """``audio`` played ``rate`` times faster at the same sample rate: pitch and tempo both scale.
+
+    Why: a copy of a recording a few per cent faster or slower is new audio for the student
+    (calls shifted in pitch and length, as between individuals of a species), and the teacher
+    is asked about that copy, so its answer stays consistent. ``rate`` must be a ratio of
+    small integers (:func:`trainer.teacher_cache.speed_windows` draws them so) for exact
+    polyphase resampling.
+    """
+    from fractions import Fraction
+
+    from scipy.signal import resample_poly  # trainer side: scipy is allowed here
+
+    if not 0.5 <= rate <= 2.0:
+        raise SonotrapError(f"speed change by {rate} is outside 0.5-2; pass a rate near 1")
+    frac = Fraction(rate).limit_denominator(1000)
+    if frac == 1:
+        return np.asarray(audio, dtype=np.float32)
+    return resample_poly(audio, frac.denominator, frac.numerator).astype(np.float32)
 
 
 def cut(audio: np.ndarray, sr: int, start_s: float, length_s: float) -> np.ndarray:
@@ -182,10 +208,13 @@ def cut(audio: np.ndarray, sr: int, start_s: float, length_s: float) -> np.ndarr
 
 
 def window_image(
-    cache: AudioCache, path: Path, start_s: float, length_s: float, cfg: FrontendConfig
+    cache: AudioCache, path: Path, start_s: float, length_s: float, cfg: FrontendConfig, rate: float = 1.0
 ) -> np.ndarray:
-    """The model input of one window, unaugmented: exactly what the edge computes."""
-    audio, sr = cache.get(path)
+    """The model input of one window, unaugmented: exactly what the edge computes.
+
+    ``rate``: of the recording played that many times faster (``start_s`` on that time line).
+    """
+    audio, sr = cache.get(path, rate)
     return compute(cut(audio, sr, start_s, length_s), sr, cfg)
 
 

@@ -12,7 +12,10 @@ the rows of ``windows_<split>.csv``) and, for each unlabeled recording, 2-s wind
 second (``0, 1, 2, ...`` while the window fits; one zero-padded window for a recording
 shorter than 2 s). Stage 1 may add mixed windows (:func:`mixed_windows`): the sum of two
 windows of different recordings, the second attenuated, which the teacher hears mixed exactly
-as the student sees it (a consistent teacher on new inputs, not a blend of two answers).
+as the student sees it (a consistent teacher on new inputs, not a blend of two answers); and
+speed-changed windows (:func:`speed_windows`): the windows of a copy of an unlabeled recording
+played a few per cent faster or slower, again heard by the teacher exactly as the student sees
+them.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import os
 import time
 from collections import defaultdict
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +40,8 @@ log = logging.getLogger("sonotrap.trainer")
 CACHE_DIR = Path("teacher") / "birdnet"
 LABELLED, UNLABELED = "labelled", "unlabeled"
 MIXED = "mixed"  # a group of windows, not a source: each mix names its two sources
+SPEED = "speed"  # a group of windows, not a source: unlabeled recordings played faster or slower
+SPEED_SHIFT = (0.05, 0.15)  # |log rate| of a speed copy: about 0.8-2.4 semitones and 5-16 % in length
 PART_SIZE = 256
 
 
@@ -46,10 +52,13 @@ class TeacherWindow:
     start_s: float
     partner: TeacherWindow | None = None  # mixed in (a window of another recording) ...
     partner_gain: float = 0.0  # ... at this amplitude factor
+    rate: float = 1.0  # the recording played this many times faster; start_s on that time line
 
     @property
     def key(self) -> str:
         own = f"{self.source}:{self.file}@{self.start_s:.3f}"
+        if self.rate != 1.0:
+            own = f"{own}~x{self.rate:.4f}"
         return own if self.partner is None else f"{own}+{self.partner_gain:.4f}*{self.partner.key}"
 
 
@@ -78,17 +87,41 @@ def labelled_windows(run, splits: tuple[str, ...] = SPLITS) -> dict[str, list[Te
     return {s: [TeacherWindow(LABELLED, w.file, w.start_s) for w in run.windows(s)] for s in splits}
 
 
-def unlabeled_windows(folder: str | Path, window_s: float = 2.0, hop_s: float = 1.0) -> list[TeacherWindow]:
-    """2-s windows every ``hop_s`` of each recording listed in ``folder/files.csv``."""
+def _recordings(folder: str | Path) -> list[tuple[str, float]]:
+    """(file, duration_s) of each recording listed in ``folder/files.csv``."""
     table = Path(folder) / "files.csv"
     if not table.is_file():
         raise SonotrapError(f"{table} does not exist; pass a folder with files.csv (file,duration_s,sample_rate)")
-    out: list[TeacherWindow] = []
     with table.open(newline="", encoding="utf-8") as fh:
-        for row in csv.DictReader(fh):
-            duration = float(row["duration_s"])
-            n = max(1, int(np.floor((duration - window_s) / hop_s + 1e-9)) + 1)
-            out.extend(TeacherWindow(UNLABELED, row["file"], round(i * hop_s, 3)) for i in range(n))
+        return [(row["file"], float(row["duration_s"])) for row in csv.DictReader(fh)]
+
+
+def _starts(duration: float, window_s: float, hop_s: float) -> list[float]:
+    n = max(1, int(np.floor((duration - window_s) / hop_s + 1e-9)) + 1)
+    return [round(i * hop_s, 3) for i in range(n)]
+
+
+def unlabeled_windows(folder: str | Path, window_s: float = 2.0, hop_s: float = 1.0) -> list[TeacherWindow]:
+    """2-s windows every ``hop_s`` of each recording listed in ``folder/files.csv``."""
+    return [TeacherWindow(UNLABELED, file, start)
+            for file, duration in _recordings(folder) for start in _starts(duration, window_s, hop_s)]
+
+
+def speed_windows(folder: str | Path, copies: int, seed: int = 0, window_s: float = 2.0,
+                  hop_s: float = 1.0) -> list[TeacherWindow]:
+    """The windows of ``copies`` seeded speed-changed copies of each recording in ``folder``.
+
+    Each copy plays ``rate = exp(+-U(SPEED_SHIFT))`` times faster (rounded to a ratio of
+    integers up to 40, so resampling is exact), and is cut into windows as the recording is.
+    """
+    rng = np.random.default_rng(seed)
+    out: list[TeacherWindow] = []
+    for file, duration in _recordings(folder):
+        for _ in range(copies):
+            shift = float(rng.choice([-1.0, 1.0]) * rng.uniform(*SPEED_SHIFT))
+            rate = float(Fraction(float(np.exp(shift))).limit_denominator(40))
+            out.extend(TeacherWindow(UNLABELED, file, start, rate=rate)
+                       for start in _starts(duration / rate, window_s, hop_s))
     return out
 
 
@@ -156,10 +189,10 @@ def compute_cache(
     folder = cache_dir(run_dir)
     folder.mkdir(parents=True, exist_ok=True)
     done = set(load_cache(run_dir).keys)
-    todo: dict[tuple[str, str], list[TeacherWindow]] = defaultdict(list)
+    todo: dict[tuple[str, str, float], list[TeacherWindow]] = defaultdict(list)
     for w in windows:
         if w.key not in done:
-            todo[(w.source, w.file)].append(w)
+            todo[(w.source, w.file, w.rate)].append(w)
             done.add(w.key)  # a window listed twice is computed once
     total = sum(len(v) for v in todo.values())
     if not total:
@@ -180,14 +213,14 @@ def compute_cache(
         logits.append(out.logits)
         inputs.clear()
 
-    for (source, file), wins in todo.items():
-        audio48 = birdnet.resample_to_48k(*audio.get(roots[source] / file))
+    for (source, file, rate), wins in todo.items():
+        audio48 = birdnet.resample_to_48k(*audio.get(roots[source] / file, rate))
         for w in wins:
             keys.append(w.key)
             x = birdnet.teacher_input(audio48, w.start_s, window_s)
             if w.partner is not None:
                 p = w.partner
-                other = birdnet.resample_to_48k(*audio.get(roots[p.source] / p.file))
+                other = birdnet.resample_to_48k(*audio.get(roots[p.source] / p.file, p.rate))
                 x = x + np.float32(w.partner_gain) * birdnet.teacher_input(other, p.start_s, window_s)
             inputs.append(x)
             if len(inputs) == batch:
@@ -219,16 +252,22 @@ def source_roots(run, unlabeled: str | Path | None) -> dict[str, Path]:
 
 def ensure_cache(
     run, unlabeled: str | Path | None, threads: int = 1, progress: bool = False, model=None,
-    mixes: int = 0, seed: int = 0,
+    mixes: int = 0, seed: int = 0, speed_copies: int = 0,
 ) -> tuple[TeacherCache, dict[str, list[TeacherWindow]]]:
-    """Teacher windows by group (train/val/test/unlabeled/mixed) and a cache that covers all of them.
+    """Teacher windows by group (train/val/test/unlabeled/mixed/speed) and a cache that covers all of them.
 
     ``mixes``: that many :func:`mixed_windows` of the training and unlabeled windows (group MIXED).
+    ``speed_copies``: that many :func:`speed_windows` copies of each unlabeled recording (group SPEED).
     """
+    if speed_copies and not unlabeled:
+        raise SonotrapError("speed-changed copies are made of the unlabeled recordings; pass --unlabeled DIR "
+                            "or no --distill-speed")
     groups = labelled_windows(run)
     roots = source_roots(run, unlabeled)
     if unlabeled:
         groups[UNLABELED] = unlabeled_windows(unlabeled, run.frontend.window_s)
+        if speed_copies:
+            groups[SPEED] = speed_windows(unlabeled, speed_copies, seed, run.frontend.window_s)
     if mixes:
         groups[MIXED] = mixed_windows(groups["train"] + groups.get(UNLABELED, []), mixes, seed)
     every = [w for ws in groups.values() for w in ws]

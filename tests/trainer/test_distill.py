@@ -7,7 +7,6 @@ a ResNet50 step takes milliseconds.
 from __future__ import annotations
 
 import json
-import shutil
 
 import pytest
 import torch
@@ -15,7 +14,7 @@ import torch
 from edge.errors import SonotrapError
 from edge.inference.frontend import FrontendConfig
 from tests.support.fake_teacher import FakeTeacher
-from tests.support.synth_calls import make_dataset
+from tests.support.synth_calls import make_dataset, unlabeled_folder
 from trainer.birdnet import TEACHER_INFO
 from trainer.dataset import AugmentConfig
 from trainer.distill import BACKBONE, DISTILL_DIR, LAST, SUMMARY, DistillArgs, cosine_loss, train_with_teacher
@@ -26,22 +25,13 @@ from trainer.train import TrainArgs
 SMALL = FrontendConfig(n_mels=32, n_frames=32, hop_length=2000)
 
 
-def _unlabeled_from(data, folder):
-    """Reuse a few synthetic recordings as 'unlabeled' audio (files.csv with durations)."""
-    (folder / "audio").mkdir(parents=True)
-    with (folder / "files.csv").open("w") as fh:
-        fh.write("file,duration_s,sample_rate\n")
-        for name in ("rec00.wav", "rec01.flac", "rec02.flac"):
-            shutil.copy(data / "audio" / name, folder / "audio" / name)
-            fh.write(f"audio/{name},4.0,44100\n")
-    return folder
-
-
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     data = tmp_path_factory.mktemp("synth")
     make_dataset(data, n_files=6, n_negative=2, seed=3)
-    unlabeled = _unlabeled_from(data, tmp_path_factory.mktemp("unl") / "u")
+    # A few synthetic recordings reused as 'unlabeled' audio of the region.
+    unlabeled = unlabeled_folder(data, ["audio/rec00.wav", "audio/rec01.flac", "audio/rec02.flac"],
+                                 tmp_path_factory.mktemp("unl") / "u")
     torch.set_num_threads(2)
     return data, unlabeled
 
@@ -162,3 +152,27 @@ def test_stage1_fits_mixes_heard_by_the_teacher_and_can_start_from_another_run(s
         train_with_teacher(_args(tmp_path / "third", epochs=1),
                            DistillArgs(epochs=1, batch_size=8, init=str(first / "best.pt")), spec, SMALL,
                            FakeTeacher())
+
+
+@pytest.mark.slow
+def test_stage1_fits_speed_changed_copies_of_the_unlabeled_recordings(setup, tmp_path):
+    from trainer.rundata import load_run_data
+    from trainer.teacher_cache import SPEED, ensure_cache, speed_windows
+
+    data, unlabeled = setup
+    spec = DataSpec(data=str(data), seed=1)
+    teacher = FakeTeacher()
+    dargs = DistillArgs(epochs=1, batch_size=8, unlabeled=str(unlabeled), speed=2)
+    _, summary = train_with_teacher(_args(tmp_path / "r", epochs=1), dargs, spec, SMALL, teacher)
+    copies = speed_windows(unlabeled, 2, seed=0, window_s=SMALL.window_s)
+    assert summary["speed_windows"] == len(copies) > 0
+    run = load_run_data(tmp_path / "r")
+    cache, groups = ensure_cache(run, unlabeled, model=teacher, speed_copies=2)
+    assert groups[SPEED] == copies and len(cache.rows(copies)) == len(copies)  # all cached, none recomputed
+    plain = len(groups["train"]) + len(groups["unlabeled"])
+    assert summary["fit_windows"] == plain + len(copies)
+
+    # Copies are made of unlabeled recordings: without them the run stops with one line, before any work.
+    with pytest.raises(SonotrapError, match="--unlabeled DIR"):
+        train_with_teacher(_args(tmp_path / "n", epochs=1), DistillArgs(epochs=1, batch_size=8, speed=1),
+                           spec, SMALL, FakeTeacher())

@@ -107,3 +107,53 @@ def test_mixed_windows_pair_two_recordings_and_the_teacher_hears_the_sum(tmp_pat
     np.testing.assert_allclose(cache.embeddings[cache.rows([m])[0]],
                                FakeTeacher().run(expected[None]).embeddings[0], rtol=1e-5)
     assert not np.allclose(cache.embeddings[cache.rows([m])[0]], cache.embeddings[cache.rows([pool[0]])[0]])
+
+
+def test_speed_windows_are_seeded_copies_heard_by_the_teacher_as_the_student_sees_them(tmp_path):
+    from trainer.birdnet import resample_to_48k
+    from trainer.rundata import speed_change
+    from trainer.teacher_cache import SPEED_SHIFT, speed_windows
+
+    folder = _unlabeled(tmp_path / "u", [3.0, 4.0, 5.0])
+    copies = speed_windows(folder, 2, seed=3)
+    assert copies == speed_windows(folder, 2, seed=3) and copies != speed_windows(folder, 2, seed=4)
+    rates = sorted({(w.file, w.rate) for w in copies})
+    assert len(rates) == 6  # two copies of each of the three recordings
+    lo, hi = SPEED_SHIFT
+    assert all(lo - 0.01 <= abs(np.log(r)) <= hi + 0.01 for _, r in rates)
+    # each copy is cut into 2-s windows every second along its own (changed) length
+    for file, rate in rates:
+        duration = {"audio/u0.flac": 3.0, "audio/u1.flac": 4.0, "audio/u2.flac": 5.0}[file]
+        starts = [w.start_s for w in copies if (w.file, w.rate) == (file, rate)]
+        assert starts == [float(i) for i in range(int(np.floor(duration / rate - 2.0 + 1e-9)) + 1)]
+    plain = unlabeled_windows(folder)
+    assert len({w.key for w in copies} | {w.key for w in plain}) == len(copies) + len(plain)
+
+    teacher = _Recording()
+    cache = compute_cache(tmp_path / "run", plain + copies, {UNLABELED: folder}, batch=4, model=teacher)
+    w = copies[-1]
+    x = sf.read(folder / w.file, dtype="float32")[0]
+    expected = teacher_input(resample_to_48k(speed_change(x, w.rate), 44100), w.start_s)
+    heard = min(teacher.inputs, key=lambda y: float(np.abs(y - expected).max()))
+    np.testing.assert_allclose(heard, expected, atol=1e-6)
+    np.testing.assert_allclose(cache.embeddings[cache.rows([w])[0]],
+                               FakeTeacher().run(expected[None]).embeddings[0], rtol=1e-5)
+
+
+def test_speed_change_scales_pitch_and_length_and_the_cache_keeps_both_versions(tmp_path):
+    from trainer.rundata import AudioCache, speed_change
+
+    sr = 44100
+    tone = np.sin(2 * np.pi * 1000 * np.arange(2 * sr) / sr).astype(np.float32)
+    fast = speed_change(tone, 10 / 9)
+    assert len(fast) == pytest.approx(len(tone) * 9 / 10, abs=1)
+    peak = np.fft.rfftfreq(len(fast), 1 / sr)[np.argmax(np.abs(np.fft.rfft(fast)))]
+    assert peak == pytest.approx(1000 * 10 / 9, abs=2)
+    np.testing.assert_array_equal(speed_change(tone, 1.0), tone)
+    with pytest.raises(SonotrapError, match="near 1"):
+        speed_change(tone, 3.0)
+
+    sf.write(tmp_path / "t.wav", tone, sr)
+    cache = AudioCache()
+    assert len(cache.get(tmp_path / "t.wav", 0.9)[0]) == pytest.approx(len(tone) / 0.9, abs=1)
+    assert len(cache.get(tmp_path / "t.wav")[0]) == len(tone)  # the recording itself is unchanged

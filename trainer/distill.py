@@ -39,6 +39,7 @@ from torch import nn
 from edge.errors import SonotrapError
 from trainer.birdnet import EMBEDDING_DIM, l2_normalise
 from trainer.checkpoint import LAST, rng_state, save_checkpoint, set_rng_state
+from trainer.distill_init import is_bundle, student_from_bundle
 from trainer.engine import amp_dtype_for
 from trainer.model import build_model
 from trainer.rundata import DATASET_FILE, AudioCache, RunData, load_run_data, mixed_image, window_image
@@ -71,7 +72,7 @@ class DistillArgs:
     mask_frac: float = 0.08
     mixes: int = 0  # mixed windows (two recordings summed) added to the fit set, teacher on the mix
     speed: int = 0  # speed-changed copies of each unlabeled recording added to the fit set, teacher on each
-    init: str | None = None  # a stage-1 state (distill/last.pt) to start from: backbone and head
+    init: str | None = None  # a stage-1 state (distill/last.pt: backbone and head) or a bundle to start from
 
 
 class Student(nn.Module):
@@ -186,7 +187,11 @@ def distill(targs: TrainArgs, dargs: DistillArgs, run: RunData, t_start: float, 
     amp_dtype = amp_dtype_for(torch.device("cpu")) if targs.amp else None
     start_epoch, best, best_epoch, history = 0, math.inf, 0, []
     if dargs.init and not state:
-        model.load_state_dict(_stage1_model(Path(dargs.init)))
+        init = Path(dargs.init)
+        if is_bundle(init):  # a shipped model: batch norm restored, a new projection head fitted first
+            student_from_bundle(model.backbone, model.head, init, fit_x, fit_t, targs.seed, dargs.batch_size * 2)
+        else:
+            model.load_state_dict(_stage1_model(init))
         log.info("stage 1: starting from %s", dargs.init)
     if state:
         model.load_state_dict(state["model"])
@@ -266,7 +271,7 @@ def _stage1_model(path: Path) -> dict[str, torch.Tensor]:
     if path.is_dir():
         path = path / DISTILL_DIR / LAST
     if not path.is_file():
-        raise SonotrapError(f"{path} does not exist; pass --distill-init RUN_DIR or its distill/{LAST}")
+        raise SonotrapError(f"{path} does not exist; pass --distill-init RUN_DIR, its distill/{LAST} or a bundle")
     state = torch.load(path, map_location="cpu", weights_only=False)
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
         raise SonotrapError(f"{path} is not a stage-1 state ({STATE_FORMAT}); pass a run's distill/{LAST}")

@@ -109,9 +109,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     te.add_argument("--distill-speed", type=int, default=0, metavar="K",
                     help="stage 1 also fits K copies of each --unlabeled recording played 5-16 %% faster or "
                          "slower (pitch and tempo), each with the teacher's output on that copy (default 0)")
-    te.add_argument("--distill-init", metavar="RUN_DIR",
+    te.add_argument("--distill-init", metavar="RUN_DIR|BUNDLE",
                     help="start stage 1 from another run's stage 1 (its distill/last.pt: backbone and "
-                         "projection head) instead of --weights")
+                         "projection head) or from a bundle's backbone (batch norm restored, a new "
+                         "projection head fitted first) instead of --weights")
 
     ps = p.add_argument_group("pseudo-labelling (weak labels: fill unknown entries with confident scores)")
     ps.add_argument("--pseudo-rounds", type=int, default=0, metavar="N",

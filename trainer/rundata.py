@@ -179,9 +179,9 @@ def speed_change(audio: np.ndarray, rate: float) -> np.ndarray:
 
     Why: a copy of a recording a few per cent faster or slower is new audio for the student
     (calls shifted in pitch and length, as between individuals of a species), and the teacher
-    is asked about that copy, so its answer stays consistent. ``rate`` must be a ratio of
-    small integers (:func:`trainer.teacher_cache.speed_windows` draws them so) for exact
-    polyphase resampling.
+    is asked about that copy, so its answer stays consistent. ``rate`` is resampled as the
+    nearest ratio of integers up to 1,000 (polyphase); the rates
+    :func:`trainer.teacher_cache.speed_windows` draws already are such ratios, so that is exact.
     """
     from fractions import Fraction
 

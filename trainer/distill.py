@@ -41,6 +41,7 @@ from trainer.birdnet import EMBEDDING_DIM, l2_normalise
 from trainer.checkpoint import LAST, rng_state, save_checkpoint, set_rng_state
 from trainer.distill_init import is_bundle, student_from_bundle
 from trainer.engine import amp_dtype_for
+from trainer.losses import cosine_loss
 from trainer.model import build_model
 from trainer.rundata import DATASET_FILE, AudioCache, RunData, load_run_data, mixed_image, window_image
 from trainer.schedule import lr_lambda
@@ -86,11 +87,6 @@ class Student(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone(x))
-
-
-def cosine_loss(pred: torch.Tensor, target_unit: torch.Tensor) -> torch.Tensor:
-    """Mean ``1 - cos(pred, target)``; ``target_unit`` is already L2-normalised."""
-    return (1 - (nn.functional.normalize(pred.float(), dim=1) * target_unit).sum(dim=1)).mean()
 
 
 def window_images(run: RunData, windows: list[TeacherWindow], roots: dict[str, Path]) -> torch.Tensor:

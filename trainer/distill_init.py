@@ -22,12 +22,12 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 
 from edge.errors import SonotrapError
+from trainer.losses import cosine_loss
 
 log = logging.getLogger("sonotrap.trainer")
 
@@ -45,9 +45,9 @@ def is_bundle(path: Path) -> bool:
 
 @torch.no_grad()
 def _features(backbone: nn.Module, images: torch.Tensor, batch: int) -> torch.Tensor:
-    backbone.eval()
-    return torch.cat([backbone(images[i: i + batch].float().contiguous(memory_format=torch.channels_last))
-                      for i in range(0, len(images), batch)])
+    from trainer.linear_head import features
+
+    return torch.from_numpy(features(backbone, images.float().numpy(), batch)).float()
 
 
 @torch.no_grad()
@@ -58,6 +58,10 @@ def restore_batch_norm(backbone: nn.Module, images: torch.Tensor, batch: int = 6
     measured no batch norm changes what it computes, so each layer sees the bundle's function.
     """
     norms = [m for m in backbone.modules() if isinstance(m, nn.BatchNorm2d)]
+    if not all(m.running_mean is not None and bool((m.running_mean == 0).all()) and bool((m.weight == 1).all())
+               for m in norms):
+        raise SonotrapError("the backbone's batch norm is not folded; pass a bundle, or a run "
+                            "directory for a stage-1 state")
     sums = {id(m): (torch.zeros(m.num_features, dtype=torch.float64),
                     torch.zeros(m.num_features, dtype=torch.float64)) for m in norms}
     count = {id(m): 0 for m in norms}
@@ -77,9 +81,6 @@ def restore_batch_norm(backbone: nn.Module, images: torch.Tensor, batch: int = 6
             h.remove()
     for m in norms:
         assert m.running_mean is not None and m.running_var is not None
-        if not (torch.all(m.running_mean == 0) and torch.all(m.weight == 1)):
-            raise SonotrapError("the backbone's batch norm is not folded; pass a bundle, or a run "
-                                "directory for a stage-1 state")
         s, sq = sums[id(m)]
         n = count[id(m)]
         mean = s / n
@@ -90,7 +91,7 @@ def restore_batch_norm(backbone: nn.Module, images: torch.Tensor, batch: int = 6
         m.bias.add_(mean.float())
 
 
-def fit_head(head: nn.Module, features: torch.Tensor, targets: torch.Tensor, seed: int,
+def fit_projection(head: nn.Module, features: torch.Tensor, targets: torch.Tensor, seed: int,
              epochs: int = HEAD_EPOCHS, batch: int = 64, lr: float = 1e-3) -> float:
     """Train ``head`` alone on fixed features (1 - cosine to ``targets``); returns the last epoch's loss."""
     gen = torch.Generator().manual_seed(seed)
@@ -102,8 +103,7 @@ def fit_head(head: nn.Module, features: torch.Tensor, targets: torch.Tensor, see
         loss_sum = 0.0
         for i in range(0, len(order), batch):
             idx = order[i: i + batch]
-            pred = nn.functional.normalize(head(features[idx]), dim=1)
-            loss = (1 - (pred * targets[idx]).sum(dim=1)).mean()
+            loss = cosine_loss(head(features[idx]), targets[idx])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -112,15 +112,15 @@ def fit_head(head: nn.Module, features: torch.Tensor, targets: torch.Tensor, see
 
 
 def student_from_bundle(backbone: nn.Module, head: nn.Module, path: Path, fit_x: torch.Tensor,
-                        fit_t: torch.Tensor, seed: int, batch: int = 64) -> dict[str, Any] | None:
-    """Load ``path``'s backbone into a stage-1 student, ready to train; returns the bundle's provenance.
+                        fit_t: torch.Tensor, seed: int, batch: int = 64) -> None:
+    """Load ``path``'s backbone into a stage-1 student, ready to train.
 
     ``backbone``: the student's ResNet50 without fc; ``head``: its projection head; ``fit_x`` /
     ``fit_t``: stage 1's fit images and L2-normalised teacher embeddings.
     """
     from trainer.linear_head import backbone_weights
 
-    state, info = backbone_weights(path)
+    state, _ = backbone_weights(path)
     missing = backbone.load_state_dict(state, strict=False)
     if missing.missing_keys:
         raise SonotrapError(f"{path} is not a ResNet50 bundle ({len(missing.missing_keys)} weights missing); "
@@ -128,7 +128,6 @@ def student_from_bundle(backbone: nn.Module, head: nn.Module, path: Path, fit_x:
     gen = torch.Generator().manual_seed(seed)
     idx = torch.randperm(len(fit_x), generator=gen)[:CALIBRATION_WINDOWS]
     restore_batch_norm(backbone, fit_x[idx], batch)
-    loss = fit_head(head, _features(backbone, fit_x[idx], batch), fit_t[idx], seed, batch=batch)
+    loss = fit_projection(head, _features(backbone, fit_x[idx], batch), fit_t[idx], seed, batch=batch)
     log.info("stage 1 from bundle %s: batch norm restored and projection head fitted on %d windows "
              "(1-cos %.4f)", path, len(idx), loss)
-    return info

@@ -73,3 +73,8 @@ def sample_weights(targets: np.ndarray, known: np.ndarray) -> np.ndarray:
     if empty.any():
         w[empty] = 1.0 / empty.sum()
     return w / w.sum()
+
+
+def cosine_loss(pred: torch.Tensor, target_unit: torch.Tensor) -> torch.Tensor:
+    """Mean ``1 - cos(pred, target)``; ``target_unit`` is already L2-normalised (distillation)."""
+    return (1 - (F.normalize(pred.float(), dim=1) * target_unit).sum(dim=1)).mean()

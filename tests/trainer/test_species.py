@@ -4,6 +4,8 @@ carried from `train --species` through the run directory into the bundle's label
 from __future__ import annotations
 
 import json
+import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -69,3 +71,17 @@ def test_the_demo_bundle_names_species(tmp_path):
     assert robin["name"] == "European Robin (Erithacus rubecula) song"
     assert robin["scientific_name"] == "Erithacus rubecula" and robin["common_name"] == "European Robin"
     assert sum(bool(lab.get("scientific_name")) for lab in man["labels"]) == 87  # all but Human, Unknown
+
+
+def test_the_demo_model_builder_refuses_a_run_without_species(tmp_path):
+    """A run directory assembled by hand without species.csv would ship labels without names."""
+    script = Path(__file__).resolve().parents[2] / "scripts" / "build-demo-model"
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "best.pt").write_bytes(b"")
+    env = {"PATH": "/usr/bin:/bin", "OUT": str(tmp_path / "out"), "PY": "false"}
+    res = subprocess.run(["bash", str(script), str(run)], env=env, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2
+    assert res.stderr.strip().splitlines() == [
+        f"error: no species.csv in {run}; train with --species FILE or copy it from the run its data came from"]
+    assert not (tmp_path / "out").exists() and not (run / "demo-snapshot.pt").exists()

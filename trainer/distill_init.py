@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from edge.errors import SonotrapError
+from trainer.linear_head import backbone_weights, features
 from trainer.losses import cosine_loss
 
 log = logging.getLogger("sonotrap.trainer")
@@ -45,17 +46,16 @@ def is_bundle(path: Path) -> bool:
 
 @torch.no_grad()
 def _features(backbone: nn.Module, images: torch.Tensor, batch: int) -> torch.Tensor:
-    from trainer.linear_head import features
-
     return torch.from_numpy(features(backbone, images.float().numpy(), batch)).float()
 
 
 @torch.no_grad()
-def restore_batch_norm(backbone: nn.Module, images: torch.Tensor, batch: int = 64) -> None:
+def restore_batch_norm(backbone: nn.Module, images: torch.Tensor, batch: int = 64) -> torch.Tensor:
     """Give each identity batch norm its input's statistics on ``images`` (module docstring).
 
     One pass in eval mode measures every layer's input at once: while the statistics are
     measured no batch norm changes what it computes, so each layer sees the bundle's function.
+    Returns that pass's features of ``images``: in eval mode the restored backbone gives the same.
     """
     norms = [m for m in backbone.modules() if isinstance(m, nn.BatchNorm2d)]
     if not all(m.running_mean is not None and bool((m.running_mean == 0).all()) and bool((m.weight == 1).all())
@@ -75,7 +75,7 @@ def restore_batch_norm(backbone: nn.Module, images: torch.Tensor, batch: int = 6
 
     hooks = [m.register_forward_pre_hook(measure) for m in norms]
     try:
-        _features(backbone, images, batch)
+        feats = _features(backbone, images, batch)
     finally:
         for h in hooks:
             h.remove()
@@ -89,26 +89,27 @@ def restore_batch_norm(backbone: nn.Module, images: torch.Tensor, batch: int = 6
         m.running_var.copy_(var.float())
         m.weight.copy_(torch.sqrt(var + m.eps).float())
         m.bias.add_(mean.float())
+    return feats
 
 
-def fit_projection(head: nn.Module, features: torch.Tensor, targets: torch.Tensor, seed: int,
-             epochs: int = HEAD_EPOCHS, batch: int = 64, lr: float = 1e-3) -> float:
+def fit_projection(head: nn.Module, feats: torch.Tensor, targets: torch.Tensor, seed: int,
+                   epochs: int = HEAD_EPOCHS, batch: int = 64, lr: float = 1e-3) -> float:
     """Train ``head`` alone on fixed features (1 - cosine to ``targets``); returns the last epoch's loss."""
     gen = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.Adam(head.parameters(), lr=lr)
     head.train()
     loss_sum = 0.0
     for _ in range(epochs):
-        order = torch.randperm(len(features), generator=gen)
+        order = torch.randperm(len(feats), generator=gen)
         loss_sum = 0.0
         for i in range(0, len(order), batch):
             idx = order[i: i + batch]
-            loss = cosine_loss(head(features[idx]), targets[idx])
+            loss = cosine_loss(head(feats[idx]), targets[idx])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             loss_sum += float(loss.detach()) * len(idx)
-    return loss_sum / max(len(features), 1)
+    return loss_sum / max(len(feats), 1)
 
 
 def student_from_bundle(backbone: nn.Module, head: nn.Module, path: Path, fit_x: torch.Tensor,
@@ -118,8 +119,6 @@ def student_from_bundle(backbone: nn.Module, head: nn.Module, path: Path, fit_x:
     ``backbone``: the student's ResNet50 without fc; ``head``: its projection head; ``fit_x`` /
     ``fit_t``: stage 1's fit images and L2-normalised teacher embeddings.
     """
-    from trainer.linear_head import backbone_weights
-
     state, _ = backbone_weights(path)
     missing = backbone.load_state_dict(state, strict=False)
     if missing.missing_keys:
@@ -127,7 +126,7 @@ def student_from_bundle(backbone: nn.Module, head: nn.Module, path: Path, fit_x:
                             "pass a bundle made by sonotrap")
     gen = torch.Generator().manual_seed(seed)
     idx = torch.randperm(len(fit_x), generator=gen)[:CALIBRATION_WINDOWS]
-    restore_batch_norm(backbone, fit_x[idx], batch)
-    loss = fit_projection(head, _features(backbone, fit_x[idx], batch), fit_t[idx], seed, batch=batch)
+    feats = restore_batch_norm(backbone, fit_x[idx], batch)
+    loss = fit_projection(head, feats, fit_t[idx], seed, batch=batch)
     log.info("stage 1 from bundle %s: batch norm restored and projection head fitted on %d windows "
              "(1-cos %.4f)", path, len(idx), loss)

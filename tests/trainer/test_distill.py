@@ -17,7 +17,8 @@ from tests.support.fake_teacher import FakeTeacher
 from tests.support.synth_calls import make_dataset, unlabeled_folder
 from trainer.birdnet import TEACHER_INFO
 from trainer.dataset import AugmentConfig
-from trainer.distill import BACKBONE, DISTILL_DIR, LAST, SUMMARY, DistillArgs, cosine_loss, train_with_teacher
+from trainer.distill import BACKBONE, DISTILL_DIR, LAST, SUMMARY, DistillArgs, train_with_teacher
+from trainer.losses import cosine_loss
 from trainer.model import build_model
 from trainer.prepare import DataSpec
 from trainer.train import TrainArgs

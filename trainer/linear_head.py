@@ -226,7 +226,9 @@ def linear_head(run_dir: str | Path, backbone_path: str | Path | None = None, c_
     best, scores, w, b, how, extra = r["c"], r["scores"], r["w"], r["b"], r["how"], r["extra"]
     if st_info:
         st_info.update(used=chosen != "labelled",
-                       scores={n: {str(c): round(v, 4) for c, v in res["scores"].items()} for n, res in results.items()})
+                       scores={n: {str(c): round(v, 4) for c, v in res["scores"].items()} for n, res in results.items()},
+                       scores_val_recordings={n: {str(c): round(v, 4) for c, v in res["unheard"].items()}
+                                              for n, res in results.items() if res["unheard"]})
         how["self_training"] = st_info
         log.info("linear head: %s head chosen (%.4f against %.4f)", chosen, r["score"],
                  min(res["score"] for res in results.values()))
@@ -242,7 +244,7 @@ def linear_head(run_dir: str | Path, backbone_path: str | Path | None = None, c_
     # as at the end of training: thresholds from validation, val and test metrics in the checkpoint
     finalize(out, load_run_data(run_dir), torch.device("cpu"))
     if folds >= 2:
-        mark_in_sample(out, folds, scores[best])
+        mark_in_sample(out, folds, scores[best], r["unheard"].get(best))
     return out, {"c": best, **how}
 
 
@@ -272,8 +274,9 @@ def _choose_c(fit, feats, data, run_dir: Path, folds: int, c_grid, labels: list[
         known = np.concatenate([data["train"].known, data["val"].known])
         run = load_run_data(run_dir)  # its windows in the order load_split_arrays read them
         files = [w.file for s in ("train", "val") for w in run.windows(s)]  # as split.json names them
-        cf = cross_fit(x, y, known, files, folds, c_grid, fit, labels, seed)
-        best, scores = cf["c"], cf["cv_macro_ap"]
+        unheard = np.arange(len(x)) >= len(feats["train"])  # validation rows: never trained on
+        cf = cross_fit(x, y, known, files, folds, c_grid, fit, labels, seed, unheard)
+        best, scores, unheard_scores = cf["c"], cf["cv_macro_ap"], cf["cv_macro_ap_unheard"] or {}
         # The shipped head is the mean of the fold heads (a linear head, so the mean of their
         # logits): the heads whose out-of-fold scores set the thresholds. A refit on all windows
         # has larger weights (about 14 % on nips4bplus) and fires where the thresholds never looked.
@@ -281,9 +284,10 @@ def _choose_c(fit, feats, data, run_dir: Path, folds: int, c_grid, labels: list[
         extra[CROSSFIT] = {"folds": folds, "seed": seed, "c": best, "cv_macro_ap": scores,
                            "assignment": cf["assignment"], "weights": torch.from_numpy(cf["weights"]),
                            "biases": torch.from_numpy(cf["biases"])}
-        how: dict[str, Any] = {"fit_on": "train+val (mean of the fold heads)", "cv_macro_ap": scores}
+        how: dict[str, Any] = {"fit_on": "train+val (mean of the fold heads)", "cv_macro_ap": scores,
+                               "cv_macro_ap_val_recordings": unheard_scores}
     else:
-        scores = {}
+        scores, unheard_scores = {}, {}
         heads = {}
         rows = np.arange(len(feats["train"]))  # the train windows come first among the labelled rows
         for c in c_grid:
@@ -295,7 +299,7 @@ def _choose_c(fit, feats, data, run_dir: Path, folds: int, c_grid, labels: list[
         best = max(scores, key=lambda k: scores[k])
         w, b = heads[best]
         how = {"fit_on": "train", "val_macro_ap": scores}
-    return {"c": best, "score": float(scores[best]), "scores": scores, "w": w, "b": b, "how": how, "extra": extra}
+    return {"c": best, "score": float(scores[best]), "scores": scores, "unheard": unheard_scores, "w": w, "b": b, "how": how, "extra": extra}
 
 
 def load_backbone(path: Path) -> tuple[torch.nn.Module, dict[str, Any] | None]:
@@ -337,7 +341,7 @@ def _stage1_summary(backbone_path: Path) -> dict[str, Any] | None:
         return None
 
 
-def mark_in_sample(path: Path, folds: int, cv_macro_ap: float) -> None:
+def mark_in_sample(path: Path, folds: int, cv_macro_ap: float, val_recordings: float | None = None) -> None:
     """A cross-fitted head was fitted on the validation windows: its figure there is not evidence.
 
     ``val`` becomes ``val_in_sample`` and ``cross_fit`` carries the held-out (out-of-fold)
@@ -349,5 +353,7 @@ def mark_in_sample(path: Path, folds: int, cv_macro_ap: float) -> None:
         metrics["val_in_sample"] = metrics.pop("val")
     metrics["cross_fit"] = {"macro_ap": cv_macro_ap, "folds": folds,
                             "note": "out-of-fold over the pooled train + validation windows"}
+    if val_recordings is not None:  # the recordings the backbone never trained on, not even their audio
+        metrics["cross_fit"]["val_recordings_macro_ap"] = val_recordings
     update_checkpoint(ckpt, metrics=metrics)
 

@@ -67,6 +67,31 @@ def test_out_of_fold_scores_never_come_from_a_head_that_saw_the_recording():
     assert cued["weights"].shape == (4, 2, n_rec + 1) and cued["biases"].shape == (4, 2)
 
 
+def test_the_unheard_recordings_figure_shows_what_the_pooled_one_hides():
+    # A backbone whose features carry the label only on the recordings it trained on (their
+    # audio, as stage 1 distils on the train split): pooled out-of-fold AP looks good, the
+    # recordings it never heard show chance. The figure must come from those rows alone.
+    rng = np.random.default_rng(1)
+    n_rec, per = 60, 4
+    files = [f"r{i}" for i in range(n_rec) for _ in range(per)]
+    label = np.repeat(rng.random(n_rec) < 0.5, per)
+    unheard = np.repeat(np.arange(n_rec) >= 40, per)  # the last 20 recordings: validation
+    cue = np.where(unheard, rng.normal(0, 1, len(label)), label + rng.normal(0, 0.2, len(label)))
+    x = np.stack([cue, rng.normal(0, 1, len(label))], axis=1)
+    y = np.stack([label, label], axis=1).astype(np.float32)
+    known = np.ones_like(y, dtype=bool)
+    cf = cross_fit(x, y, known, files, 4, (1.0,), fit_head, ["a", "b"], unheard=unheard)
+    assert cf["cv_macro_ap"][1.0] > 0.75 and cf["cv_macro_ap_unheard"][1.0] < 0.7
+    from trainer.crossfit import fold_scores
+    from trainer.metrics import evaluate_scores
+
+    fold = np.array([cf["assignment"][f] for f in files])
+    oof = fold_scores(x, cf["weights"], cf["biases"], fold)
+    expect = evaluate_scores(oof[unheard], y[unheard], known[unheard], ["a", "b"])["macro_ap"]
+    assert cf["cv_macro_ap_unheard"][1.0] == pytest.approx(expect)
+    assert cross_fit(x, y, known, files, 4, (1.0,), fit_head, ["a", "b"])["cv_macro_ap_unheard"] is None
+
+
 class TorchRuntime:
     """A plain PyTorch model as the edge pipeline's model runtime (sigmoid of its logits)."""
 
@@ -131,6 +156,10 @@ def test_cross_fitted_head_is_fitted_on_train_and_validation_and_keeps_its_fold_
     # Validation is in-sample for this head: reported as such, with the held-out figure beside it.
     assert "val" not in ckpt.metrics and "val_in_sample" in ckpt.metrics and "test" in ckpt.metrics
     assert ckpt.metrics["cross_fit"]["macro_ap"] == pytest.approx(choice["cv_macro_ap"][choice["c"]])
+    # ... and the validation recordings' own out-of-fold figure, the one to compare backbones on.
+    unheard = choice["cv_macro_ap_val_recordings"]
+    assert set(unheard) == {0.01, 1.0} and all(0.0 <= v <= 1.0 for v in unheard.values())
+    assert ckpt.metrics["cross_fit"]["val_recordings_macro_ap"] == pytest.approx(unheard[choice["c"]])
     # The shipped fc is the mean of the fold heads (whose out-of-fold scores set the thresholds).
     fc, bias = ckpt.state_dict["fc.weight"].numpy(), ckpt.state_dict["fc.bias"].numpy()
     np.testing.assert_allclose(fc, cf["weights"].numpy().mean(axis=0), atol=1e-6)
@@ -276,7 +305,7 @@ def test_self_training_refits_on_the_unlabeled_windows_its_first_head_is_sure_ab
         self_training(xu, high=0.1, low=0.9)
 
 
-def test_self_trained_head_competes_with_the_plain_one_on_out_of_fold_ap(crossfit_run, data_dir, tmp_path):
+def test_self_trained_head_competes_with_the_plain_one_on_out_of_fold_ap(crossfit_run, data_dir, tmp_path, capsys):
     import argparse
 
     from trainer.bundle_builder import BundleInfo
@@ -308,6 +337,12 @@ def test_self_trained_head_competes_with_the_plain_one_on_out_of_fold_ap(crossfi
     chosen = "self-training" if st["used"] else "labelled"
     assert ckpt.metrics["cross_fit"]["macro_ap"] == pytest.approx(scores[chosen], abs=1e-4)
     assert BundleInfo.from_checkpoint(ckpt).provenance["linear_head"]["self_training"]["windows"] == 6
+    # Each head's figure on the validation recordings alone is kept and printed under its pooled one.
+    assert set(st["scores_val_recordings"]) == {"labelled", "self-training"}
+    printed = capsys.readouterr().out.splitlines()
+    at = [i for i, line in enumerate(printed) if line.startswith("2-fold out-of-fold macro-AP")]
+    assert len(at) == 2 and all(printed[i + 1].startswith("  on the validation recordings alone") for i in at)
+    assert f"C=0.01: {st['scores_val_recordings']['labelled']['0.01']:.4f}" in printed[at[0] + 1]
 
 
 def test_a_teachers_probe_labels_the_unlabeled_windows_from_the_same_labelled_rows():

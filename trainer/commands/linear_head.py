@@ -48,9 +48,13 @@ def run(args: argparse.Namespace) -> int:
                               pseudo_teacher=args.pseudo_teacher, teacher_threads=args.teacher_threads)
     what = f"{args.folds}-fold out-of-fold macro-AP" if args.folds else "validation macro-AP"
     st = choice.get("self_training")
+    unheard = (st or {}).get("scores_val_recordings") or {"": choice.get("cv_macro_ap_val_recordings") or {}}
     for name, grid in (st["scores"] if st else {"": choice.get("cv_macro_ap") or choice["val_macro_ap"]}).items():
         print(f"{what}{f' ({name} head)' if name else ''}: "
               + ", ".join(f"C={float(c):g}: {ap:.4f}" for c, ap in grid.items()))
+        if unheard.get(name):  # what compares backbones: the recordings stage 1 never heard
+            print("  on the validation recordings alone (never trained on, not even their audio): "
+                  + ", ".join(f"C={float(c):g}: {ap:.4f}" for c, ap in unheard[name].items()))
     pseudo = "teacher-labelled" if st and "teacher" in st else "self-trained"
     head = f"the {pseudo if st['used'] else 'labelled-only'} head, " if st else ""
     print(f"wrote {out}: {head}C={choice['c']:g}")

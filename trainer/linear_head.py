@@ -34,6 +34,7 @@ from trainer.checkpoint import BEST, load_checkpoint, save_checkpoint, update_ch
 from trainer.crossfit import KEY as CROSSFIT
 from trainer.crossfit import cross_fit
 from trainer.evaluate import finalize
+from trainer.head_copies import copy_image_chunks, stack_copies, with_copies
 from trainer.metrics import evaluate_scores, sigmoid
 from trainer.model import build_model
 from trainer.pseudo import check_bounds, pseudo_label
@@ -117,7 +118,7 @@ class TeacherProbe:
 
 
 def self_training(x_unlabeled: np.ndarray, high: float = 0.9, low: float = 0.1, fit=fit_head,
-                  teacher: TeacherProbe | None = None):
+                  teacher: TeacherProbe | None = None, copies: list[np.ndarray] | None = None):
     """A ``fit`` that also learns from the unlabeled windows its first head is sure about.
 
     ``fit(x, targets, known, c, seed)`` fits a head on the labelled windows; it scores the
@@ -131,13 +132,16 @@ def self_training(x_unlabeled: np.ndarray, high: float = 0.9, low: float = 0.1, 
     With a ``teacher`` the scores come from :class:`TeacherProbe` fitted on the same labelled
     rows (so, cross-fitted, it never saw the held-out fold's labels either) instead of the
     head's own first fit; it uses the rows' indices (``rows``) that
-    :func:`trainer.crossfit.cross_fit` and :func:`linear_head` give every ``fit``.
+    :func:`trainer.crossfit.cross_fit` and :func:`linear_head` give every ``fit``. ``copies``:
+    features of speed-changed copies of all labelled rows (:mod:`trainer.head_copies`), fitted
+    on with the rows; the teacher's probe still learns from the rows' own embeddings.
     """
     check_bounds(high, low)
 
     def fit_pseudo_labelled(x, targets, known, c, seed=0, rows=None):
+        xa, ta, ka = stack_copies(x, targets, known, rows, copies or [])
         if teacher is None:
-            w, b = fit(x, targets, known, c, seed)
+            w, b = fit(xa, ta, ka, c, seed)
             probs = sigmoid(x_unlabeled @ w.T + b)
         else:
             if rows is None:
@@ -145,8 +149,8 @@ def self_training(x_unlabeled: np.ndarray, high: float = 0.9, low: float = 0.1, 
             probs = teacher.scores(rows, targets, known, seed)
         none = np.zeros(probs.shape, dtype=bool)
         pl = pseudo_label(probs, none.astype(np.float32), none, high, low)
-        return fit(np.concatenate([x, x_unlabeled]), np.concatenate([targets, pl.targets]),
-                   np.concatenate([known, pl.known]), c, seed)
+        return fit(np.concatenate([xa, x_unlabeled]), np.concatenate([ta, pl.targets]),
+                   np.concatenate([ka, pl.known]), c, seed)
 
     return fit_pseudo_labelled
 
@@ -163,7 +167,7 @@ def unlabeled_features(backbone: torch.nn.Module, folder: Path, windows, cfg, ch
 def linear_head(run_dir: str | Path, backbone_path: str | Path | None = None, c_grid=C_GRID,
                 out_name: str = OUT, seed: int = 0, folds: int = 0, unlabeled: str | Path | None = None,
                 pseudo: tuple[float, float] = (0.9, 0.1), pseudo_teacher: str | None = None,
-                teacher_threads: int = 1, teacher_model=None) -> tuple[Path, dict[str, Any]]:
+                teacher_threads: int = 1, teacher_model=None, speed_copies: int = 0) -> tuple[Path, dict[str, Any]]:
     """Write ``RUN_DIR/linear_head.pt`` (a sonotrap checkpoint); returns it and the choice of C.
 
     ``folds`` >= 2: cross-fit instead (:mod:`trainer.crossfit`): C is chosen on out-of-fold
@@ -176,6 +180,9 @@ def linear_head(run_dir: str | Path, backbone_path: str | Path | None = None, c_
     same held-out figure as the plain one. ``pseudo_teacher="birdnet"``: the pseudo labels come
     from a :class:`TeacherProbe` on BirdNET's embeddings (cached in the run directory, as for
     ``train --teacher``; ``teacher_model`` replaces BirdNET, for tests) instead of the head.
+
+    ``speed_copies``: each head also learns from that many speed-changed copies of every
+    labelled window (:mod:`trainer.head_copies`); its figures are still scored on the windows.
     """
     run_dir = Path(run_dir)
     template = run_dir / BEST
@@ -204,14 +211,17 @@ def linear_head(run_dir: str | Path, backbone_path: str | Path | None = None, c_
                     "train + validation, and operating points set on them, are optimistic", backbone_path, learned)
     data = {s: load_split_arrays(run_dir, s) for s in ("train", "val")}
     feats = {s: features(net, a.images) for s, a in data.items()}
-    fits = {"labelled": fit_head}
+    copies = [np.concatenate([features(net, images) for images in chunks])
+              for chunks in copy_image_chunks(load_run_data(run_dir), speed_copies, seed)]
+    fits = {"labelled": with_copies(fit_head, copies)}
     st_info: dict[str, Any] = {}
     if unlabeled is not None:
         teacher = None
         if pseudo_teacher is not None:
             teacher = teacher_probe(run_dir, Path(unlabeled), u_windows, teacher_threads, teacher_model)
         xu = unlabeled_features(net, Path(unlabeled), u_windows, ckpt.frontend)
-        fits[TEACHER_LABELLED if teacher else SELF_TRAINED] = self_training(xu, *pseudo, teacher=teacher)
+        fits[TEACHER_LABELLED if teacher else SELF_TRAINED] = self_training(xu, *pseudo, teacher=teacher,
+                                                                             copies=copies)
         st_info = {"unlabeled": str(unlabeled), "windows": len(xu), "high": pseudo[0], "low": pseudo[1]}
         if teacher is not None:
             from trainer.birdnet import TEACHER_INFO
@@ -237,6 +247,8 @@ def linear_head(run_dir: str | Path, backbone_path: str | Path | None = None, c_
     fc.bias.data = torch.from_numpy(b).float()
     net.fc = fc
     state = without_resume_state(dict(ckpt.raw))
+    if speed_copies > 0:
+        how["speed_copies"] = speed_copies
     state.update(model={k: v.contiguous() for k, v in net.state_dict().items()}, thresholds={}, metrics={},
                  linear_head={"backbone": str(backbone_path), "c": best, **how, "stage1": stage1}, **extra)
     out = run_dir / out_name

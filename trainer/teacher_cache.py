@@ -118,11 +118,16 @@ def speed_windows(folder: str | Path, copies: int, seed: int = 0, window_s: floa
     out: list[TeacherWindow] = []
     for file, duration in _recordings(folder):
         for _ in range(copies):
-            shift = float(rng.choice([-1.0, 1.0]) * rng.uniform(*SPEED_SHIFT))
-            rate = float(Fraction(float(np.exp(shift))).limit_denominator(40))
+            rate = speed_rate(rng)
             out.extend(TeacherWindow(UNLABELED, file, start, rate=rate)
                        for start in _starts(duration / rate, window_s, hop_s))
     return out
+
+
+def speed_rate(rng: np.random.Generator) -> float:
+    """One copy's playback rate: ``exp(+-U(SPEED_SHIFT))``, a ratio of integers up to 40 (exact resampling)."""
+    shift = float(rng.choice([-1.0, 1.0]) * rng.uniform(*SPEED_SHIFT))
+    return float(Fraction(float(np.exp(shift))).limit_denominator(40))
 
 
 def cache_dir(run_dir: str | Path) -> Path:

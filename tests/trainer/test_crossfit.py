@@ -414,3 +414,23 @@ def test_teacher_labelled_head_records_its_teacher_and_competes(crossfit_run, da
     linear_head(run_dir, c_grid=(0.01,), folds=2, out_name="tl2.pt", unlabeled=unl,
                 pseudo_teacher="birdnet", teacher_model=teacher)
     assert teacher.windows == n_labelled + 6, "the teacher's outputs come from the cache the second time"
+
+
+def test_speed_copies_train_the_head_but_every_figure_is_scored_on_the_windows(crossfit_run):
+    import argparse
+
+    from trainer.commands import linear_head as cmd
+
+    run_dir, _, _ = crossfit_run
+    base = load_checkpoint(linear_head(run_dir, c_grid=(0.01,), folds=2, out_name="nocopies.pt")[0])
+    out, choice = linear_head(run_dir, c_grid=(0.01,), folds=2, out_name="copies.pt", speed_copies=1)
+    ckpt = load_checkpoint(out)
+    assert ckpt.raw["linear_head"]["speed_copies"] == 1 and "speed_copies" not in base.raw["linear_head"]
+    # The same folds and windows are scored; the fold heads learnt from more rows, so they differ.
+    assert ckpt.raw[KEY]["assignment"] == base.raw[KEY]["assignment"]
+    assert set(choice["cv_macro_ap"]) == {0.01} and set(choice["cv_macro_ap_val_recordings"]) == {0.01}
+    assert not np.allclose(ckpt.raw[KEY]["weights"].numpy(), base.raw[KEY]["weights"].numpy(), atol=1e-4)
+    p = argparse.ArgumentParser()
+    cmd.add_arguments(p)
+    with pytest.raises(SonotrapError, match="--speed-copies -1"):
+        cmd.run(p.parse_args([str(run_dir), "--speed-copies", "-1"]))

@@ -29,6 +29,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "embeddings (fitted on the same labelled windows as the head; needs the "
                              "sonotrap[birdnet] extra; outputs cached in RUN/teacher/) instead of by the head "
                              "itself; the bundle does not need BirdNET")
+    parser.add_argument("--speed-copies", type=int, default=0, metavar="N",
+                        help="the head also learns from N copies of each labelled window, its recording played "
+                             "5-16%% faster or slower (audio the backbone never heard, as in the field); "
+                             "figures are still scored on the windows")
     parser.add_argument("--teacher-threads", type=int, default=1, help="CPU threads for BirdNET")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for the feature pass")
 
@@ -41,11 +45,14 @@ def run(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.speed_copies < 0:
+        raise SonotrapError(f"--speed-copies {args.speed_copies}: give 0 (none) or more copies")
     if args.folds == 1 or args.folds < 0:
         raise SonotrapError(f"--folds {args.folds}: use 0 (no cross-fitting) or at least 2 folds")
     out, choice = linear_head(args.run, args.backbone, out_name=args.out_name, folds=args.folds,
                               unlabeled=args.unlabeled, pseudo=(args.pseudo_high, args.pseudo_low),
-                              pseudo_teacher=args.pseudo_teacher, teacher_threads=args.teacher_threads)
+                              pseudo_teacher=args.pseudo_teacher, teacher_threads=args.teacher_threads,
+                              speed_copies=args.speed_copies)
     what = f"{args.folds}-fold out-of-fold macro-AP" if args.folds else "validation macro-AP"
     st = choice.get("self_training")
     unheard = (st or {}).get("scores_val_recordings") or {"": choice.get("cv_macro_ap_val_recordings") or {}}

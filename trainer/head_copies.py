@@ -13,11 +13,11 @@ Measured on nips4bplus in docs/training.md. The copies are training rows only: e
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
-from trainer.rundata import AudioCache, RunData, window_image
+from trainer.rundata import RunData, image_chunks
 from trainer.teacher_cache import speed_rate
 
 
@@ -27,20 +27,21 @@ def copy_rates(files: list[str], copy: int, seed: int = 0) -> dict[str, float]:
     return {f: speed_rate(rng) for f in sorted(set(files))}
 
 
+class _Cut(NamedTuple):
+    file: str
+    start_s: float  # on the time line of the recording played ``rate`` times faster
+    rate: float
+
+
 def copy_images(run: RunData, windows, rates: dict[str, float], chunk: int = 256) -> Iterator[np.ndarray]:
     """Frontend images (float32) of ``windows`` cut from their recordings played at ``rates``.
 
     Each copy window keeps the original window's centre, so the call it was labelled for stays
     in it; it covers ``rate`` times the original's stretch of the recording.
     """
-    cfg, root, cache = run.frontend, Path(run.root), AudioCache()
-    for i in range(0, len(windows), chunk):
-        images = []
-        for w in windows[i: i + chunk]:
-            rate = rates[w.file]
-            start = max(0.0, (w.start_s + cfg.window_s / 2) / rate - cfg.window_s / 2)
-            images.append(window_image(cache, root / w.file, start, cfg.window_s, cfg, rate))
-        yield np.stack(images)
+    half = run.frontend.window_s / 2
+    cuts = [_Cut(w.file, max(0.0, (w.start_s + half) / rates[w.file] - half), rates[w.file]) for w in windows]
+    return image_chunks(run.root, cuts, run.frontend, chunk)
 
 
 def copy_image_chunks(run: RunData, copies: int, seed: int = 0,

@@ -211,8 +211,9 @@ def linear_head(run_dir: str | Path, backbone_path: str | Path | None = None, c_
                     "train + validation, and operating points set on them, are optimistic", backbone_path, learned)
     data = {s: load_split_arrays(run_dir, s) for s in ("train", "val")}
     feats = {s: features(net, a.images) for s, a in data.items()}
+    run = load_run_data(run_dir)
     copies = [np.concatenate([features(net, images) for images in chunks])
-              for chunks in copy_image_chunks(load_run_data(run_dir), speed_copies, seed)]
+              for chunks in copy_image_chunks(run, speed_copies, seed)]
     fits = {"labelled": with_copies(fit_head, copies)}
     st_info: dict[str, Any] = {}
     if unlabeled is not None:
@@ -254,7 +255,7 @@ def linear_head(run_dir: str | Path, backbone_path: str | Path | None = None, c_
     out = run_dir / out_name
     save_checkpoint(state, out)
     # as at the end of training: thresholds from validation, val and test metrics in the checkpoint
-    finalize(out, load_run_data(run_dir), torch.device("cpu"))
+    finalize(out, run, torch.device("cpu"))
     if folds >= 2:
         mark_in_sample(out, folds, scores[best], r["unheard"].get(best))
     return out, {"c": best, **how}

@@ -221,12 +221,14 @@ def window_image(
 def image_chunks(folder: Path, windows, cfg: FrontendConfig, chunk: int = 512):
     """Frontend images (float32) of ``windows`` (``.file``, ``.start_s``) of recordings under ``folder``.
 
-    Yielded ``chunk`` windows at a time, so a large folder of unlabeled recordings is never
-    held as images all at once; callers reduce each chunk (features, maps) before the next.
+    A window with a ``.rate`` is cut from its recording played that many times faster
+    (``start_s`` on that time line). Yielded ``chunk`` windows at a time, so a large folder of
+    unlabeled recordings is never held as images all at once; callers reduce each chunk
+    (features, maps) before the next.
     """
     cache = AudioCache()
     for i in range(0, len(windows), chunk):
-        yield np.stack([window_image(cache, folder / w.file, w.start_s, cfg.window_s, cfg)
+        yield np.stack([window_image(cache, folder / w.file, w.start_s, cfg.window_s, cfg, getattr(w, "rate", 1.0))
                         for w in windows[i: i + chunk]])
 
 

@@ -33,6 +33,7 @@ from trainer.metrics import evaluate_scores, sigmoid
 log = logging.getLogger("sonotrap.trainer")
 
 KEY = "crossfit"  # checkpoint entry: fold assignment and the out-of-fold heads
+POOLED, UNHEARD = "pooled", "unheard"  # the out-of-fold figures C (and a head) can be chosen on
 HOW = (CROSS_FITTED + " hop scores of every train + validation recording ({folds} folds by recording), "
        "by-recording bootstrap precision lower bound (see docs/training.md)")
 
@@ -47,7 +48,8 @@ def assign_folds(files: list[str], k: int, seed: int = 0) -> dict[str, int]:
 
 
 def cross_fit(x: np.ndarray, targets: np.ndarray, known: np.ndarray, files: list[str], k: int, c_grid,
-              fit, labels: list[str], seed: int = 0, unheard: np.ndarray | None = None) -> dict[str, Any]:
+              fit, labels: list[str], seed: int = 0, unheard: np.ndarray | None = None,
+              choose_on: str = POOLED) -> dict[str, Any]:
     """Out-of-fold heads for every ``C``; the ``C`` with the best out-of-fold macro-AP wins.
 
     ``fit(x, targets, known, c, seed, rows) -> (W, b)`` fits one head; ``rows`` are the indices of
@@ -61,8 +63,14 @@ def cross_fit(x: np.ndarray, targets: np.ndarray, known: np.ndarray, files: list
     (``cv_macro_ap_unheard``), because the pooled figure flatters a distilled backbone: on
     the recordings whose audio it learned the teacher's embedding from, its features are
     better than on new recordings, and the pooled figure cannot show that (see
-    docs/training.md). Compare backbones on it; ``C`` is still chosen on the pooled figure.
+    docs/training.md). Compare backbones on it. ``choose_on``: the figure ``C`` is chosen on,
+    ``"pooled"`` (every recording: more evidence) or ``"unheard"`` (those rows alone: the
+    figure that does not flatter features of heard audio; needs ``unheard``).
     """
+    if choose_on not in (POOLED, UNHEARD):
+        raise ValueError(f"choose_on={choose_on!r}: use {POOLED!r} or {UNHEARD!r}")
+    if choose_on == UNHEARD and (unheard is None or not unheard.any()):
+        raise ValueError("choosing on the unheard recordings needs their rows (unheard=)")
     assignment = assign_folds(files, k, seed)
     fold = np.array([assignment[f] for f in files])
     cv: dict[float, float] = {}
@@ -83,8 +91,9 @@ def cross_fit(x: np.ndarray, targets: np.ndarray, known: np.ndarray, files: list
                      c, cv[c], k, cv_unheard[c])
         else:
             log.info("cross-fit C=%g: out-of-fold macro-AP %.4f (%d folds)", c, cv[c], k)
-    best = max(cv, key=lambda c: cv[c])
-    return {"c": best, "cv_macro_ap": cv, "cv_macro_ap_unheard": cv_unheard or None, "folds": k, "seed": seed, "assignment": assignment,
+    judge = cv_unheard if choose_on == UNHEARD else cv
+    best = max(judge, key=lambda c: judge[c])
+    return {"c": best, "chosen_on": choose_on, "cv_macro_ap": cv, "cv_macro_ap_unheard": cv_unheard or None, "folds": k, "seed": seed, "assignment": assignment,
             "weights": np.stack([w for w, _ in heads[best]]).astype(np.float32),
             "biases": np.stack([b for _, b in heads[best]]).astype(np.float32)}
 

@@ -32,13 +32,13 @@ import torch
 from edge.errors import SonotrapError
 from trainer.checkpoint import BEST, load_checkpoint, save_checkpoint, update_checkpoint, without_resume_state
 from trainer.crossfit import KEY as CROSSFIT
-from trainer.crossfit import cross_fit
+from trainer.crossfit import POOLED, UNHEARD, cross_fit
 from trainer.evaluate import finalize
 from trainer.head_copies import copy_image_chunks, stack_copies, with_copies
 from trainer.metrics import evaluate_scores, sigmoid
 from trainer.model import build_model
 from trainer.pseudo import check_bounds, pseudo_label
-from trainer.rundata import image_chunks, load_run_data, load_split_arrays
+from trainer.rundata import RunData, image_chunks, load_run_data, load_split_arrays
 
 log = logging.getLogger("sonotrap.trainer")
 
@@ -167,7 +167,8 @@ def unlabeled_features(backbone: torch.nn.Module, folder: Path, windows, cfg, ch
 def linear_head(run_dir: str | Path, backbone_path: str | Path | None = None, c_grid=C_GRID,
                 out_name: str = OUT, seed: int = 0, folds: int = 0, unlabeled: str | Path | None = None,
                 pseudo: tuple[float, float] = (0.9, 0.1), pseudo_teacher: str | None = None,
-                teacher_threads: int = 1, teacher_model=None, speed_copies: int = 0) -> tuple[Path, dict[str, Any]]:
+                teacher_threads: int = 1, teacher_model=None, speed_copies: int = 0,
+                choose_on: str = POOLED) -> tuple[Path, dict[str, Any]]:
     """Write ``RUN_DIR/linear_head.pt`` (a sonotrap checkpoint); returns it and the choice of C.
 
     ``folds`` >= 2: cross-fit instead (:mod:`trainer.crossfit`): C is chosen on out-of-fold
@@ -183,8 +184,17 @@ def linear_head(run_dir: str | Path, backbone_path: str | Path | None = None, c_
 
     ``speed_copies``: each head also learns from that many speed-changed copies of every
     labelled window (:mod:`trainer.head_copies`); its figures are still scored on the windows.
+
+    ``choose_on="unheard"`` (cross-fitting only): C and the head are chosen on the validation
+    recordings' out-of-fold macro-AP instead of the pooled one. Why: the pooled figure is
+    mostly recordings whose audio a distilled backbone learnt from, and there it rewards a head
+    that leans on features the field never gives it (docs/training.md).
     """
     run_dir = Path(run_dir)
+    if choose_on != POOLED and folds < 2:
+        raise SonotrapError("--choose-on val-recordings picks among out-of-fold figures; add --folds K (K >= 2)")
+    if not c_grid or min(c_grid) <= 0:
+        raise SonotrapError(f"--c {' '.join(map(str, c_grid))}: give one or more L2 strengths above 0, e.g. 0.01")
     template = run_dir / BEST
     backbone_path = Path(backbone_path or run_dir / "distill" / "backbone.pt")
     for p, hint in ((template, "train the run first"), (backbone_path, "train with --teacher, or pass --backbone")):
@@ -230,7 +240,7 @@ def linear_head(run_dir: str | Path, backbone_path: str | Path | None = None, c_
             st_info["teacher"] = {**TEACHER_INFO, "probe_c": teacher.c, "outputs_used":
                                   "1024-d embedding: a logistic-regression probe on it labels the unlabeled "
                                   "windows the head learns from (training only)"}
-    results = {name: _choose_c(fit, feats, data, run_dir, folds, c_grid, ckpt.labels, seed)
+    results = {name: _choose_c(fit, feats, data, run, folds, c_grid, ckpt.labels, seed, choose_on)
                for name, fit in fits.items()}
     chosen = max(results, key=lambda n: results[n]["score"])
     r = results[chosen]
@@ -274,21 +284,23 @@ def teacher_probe(run_dir: Path, unlabeled: Path, u_windows, threads: int, model
     return TeacherProbe(cache.embeddings[cache.rows(labelled)], cache.embeddings[cache.rows(u_windows)], c)
 
 
-def _choose_c(fit, feats, data, run_dir: Path, folds: int, c_grid, labels: list[str], seed: int) -> dict[str, Any]:
+def _choose_c(fit, feats, data, run: RunData, folds: int, c_grid, labels: list[str], seed: int,
+              choose_on: str = POOLED) -> dict[str, Any]:
     """The best ``C`` for one way of fitting: its head, figures and checkpoint entries.
 
     ``score`` is the held-out figure the choice rests on: out-of-fold macro-AP when
-    cross-fitting, else the validation split's macro-AP of a head fitted on train.
+    cross-fitting (pooled, or of the validation recordings with ``choose_on="unheard"``), else
+    the validation split's macro-AP of a head fitted on train.
     """
     extra: dict[str, Any] = {}
     if folds >= 2:
         x = np.concatenate([feats["train"], feats["val"]])
         y = np.concatenate([data["train"].targets, data["val"].targets])
         known = np.concatenate([data["train"].known, data["val"].known])
-        run = load_run_data(run_dir)  # its windows in the order load_split_arrays read them
-        files = [w.file for s in ("train", "val") for w in run.windows(s)]  # as split.json names them
+        # the run's windows are in the order load_split_arrays read them; files as split.json names them
+        files = [w.file for s in ("train", "val") for w in run.windows(s)]
         unheard = np.arange(len(x)) >= len(feats["train"])  # validation rows: never trained on
-        cf = cross_fit(x, y, known, files, folds, c_grid, fit, labels, seed, unheard)
+        cf = cross_fit(x, y, known, files, folds, c_grid, fit, labels, seed, unheard, choose_on)
         best, scores, unheard_scores = cf["c"], cf["cv_macro_ap"], cf["cv_macro_ap_unheard"] or {}
         # The shipped head is the mean of the fold heads (a linear head, so the mean of their
         # logits): the heads whose out-of-fold scores set the thresholds. A refit on all windows
@@ -298,7 +310,8 @@ def _choose_c(fit, feats, data, run_dir: Path, folds: int, c_grid, labels: list[
                            "assignment": cf["assignment"], "weights": torch.from_numpy(cf["weights"]),
                            "biases": torch.from_numpy(cf["biases"])}
         how: dict[str, Any] = {"fit_on": "train+val (mean of the fold heads)", "cv_macro_ap": scores,
-                               "cv_macro_ap_val_recordings": unheard_scores}
+                               "cv_macro_ap_val_recordings": unheard_scores, "chosen_on": choose_on}
+        score = (unheard_scores if choose_on == UNHEARD else scores)[best]
     else:
         scores, unheard_scores = {}, {}
         heads = {}
@@ -312,7 +325,8 @@ def _choose_c(fit, feats, data, run_dir: Path, folds: int, c_grid, labels: list[
         best = max(scores, key=lambda k: scores[k])
         w, b = heads[best]
         how = {"fit_on": "train", "val_macro_ap": scores}
-    return {"c": best, "score": float(scores[best]), "scores": scores, "unheard": unheard_scores, "w": w, "b": b, "how": how, "extra": extra}
+        score = scores[best]
+    return {"c": best, "score": float(score), "scores": scores, "unheard": unheard_scores, "w": w, "b": b, "how": how, "extra": extra}
 
 
 def load_backbone(path: Path) -> tuple[torch.nn.Module, dict[str, Any] | None]:

@@ -434,3 +434,55 @@ def test_speed_copies_train_the_head_but_every_figure_is_scored_on_the_windows(c
     cmd.add_arguments(p)
     with pytest.raises(SonotrapError, match="--speed-copies -1"):
         cmd.run(p.parse_args([str(run_dir), "--speed-copies", "-1"]))
+
+
+def test_choosing_on_the_unheard_recordings_picks_the_c_that_holds_on_them():
+    # Feature 0 carries the label only on the recordings the backbone heard, feature 1 only on
+    # those it never heard. A "C" of 1 makes the head read feature 0, a "C" of 2 feature 1:
+    # the pooled figure (two thirds heard) prefers 1, the unheard recordings' figure 2.
+    rng = np.random.default_rng(2)
+    n_rec, per = 60, 4
+    files = [f"r{i}" for i in range(n_rec) for _ in range(per)]
+    label = np.repeat(rng.random(n_rec) < 0.5, per)
+    unheard = np.repeat(np.arange(n_rec) >= 40, per)
+    noise = rng.normal(0, 1, (len(label), 2))
+    x = np.stack([np.where(unheard, noise[:, 0], label + 0.2 * noise[:, 0]),
+                  np.where(unheard, label + 0.2 * noise[:, 1], noise[:, 1])], axis=1)
+    y = np.stack([label, label], axis=1).astype(np.float32)
+    known = np.ones_like(y, dtype=bool)
+
+    def fit_one_feature(x, targets, known, c, seed=0, rows=None):
+        w = np.zeros((2, 2))
+        w[:, int(c) - 1] = 5.0
+        return w, np.full(2, -2.5)
+
+    pooled = cross_fit(x, y, known, files, 4, (1.0, 2.0), fit_one_feature, ["a", "b"], unheard=unheard)
+    assert pooled["c"] == 1.0 and pooled["chosen_on"] == "pooled"
+    assert pooled["cv_macro_ap"][1.0] > pooled["cv_macro_ap"][2.0]
+    assert pooled["cv_macro_ap_unheard"][2.0] > pooled["cv_macro_ap_unheard"][1.0]
+    chosen = cross_fit(x, y, known, files, 4, (1.0, 2.0), fit_one_feature, ["a", "b"], unheard=unheard,
+                       choose_on="unheard")
+    assert chosen["c"] == 2.0 and chosen["chosen_on"] == "unheard"
+    assert np.allclose(chosen["weights"][:, :, 1], 5.0)  # the fold heads kept are the chosen C's
+    with pytest.raises(ValueError, match="needs their rows"):
+        cross_fit(x, y, known, files, 4, (1.0,), fit_one_feature, ["a", "b"], choose_on="unheard")
+
+
+def test_linear_head_chosen_on_the_validation_recordings_records_it(crossfit_run):
+    import argparse
+
+    from trainer.commands import linear_head as cmd
+
+    run_dir, _, _ = crossfit_run
+    out, choice = linear_head(run_dir, c_grid=(0.01, 1.0), folds=2, out_name="unheard.pt", choose_on="unheard")
+    unheard = choice["cv_macro_ap_val_recordings"]
+    assert choice["chosen_on"] == "unheard" and choice["c"] == max(unheard, key=unheard.get)
+    ckpt = load_checkpoint(out)
+    assert ckpt.raw[KEY]["c"] == choice["c"] and ckpt.raw["linear_head"]["chosen_on"] == "unheard"
+    p = argparse.ArgumentParser()
+    cmd.add_arguments(p)
+    with pytest.raises(SonotrapError, match="add --folds K"):
+        cmd.run(p.parse_args([str(run_dir), "--choose-on", "val-recordings"]))
+    with pytest.raises(SonotrapError, match="--c 0.0: give one or more L2 strengths above 0"):
+        cmd.run(p.parse_args([str(run_dir), "--c", "0"]))
+    assert p.parse_args([str(run_dir), "--c", "0.01", "0.03"]).c == [0.01, 0.03]

@@ -33,6 +33,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the head also learns from N copies of each labelled window, its recording played "
                              "5-16%% faster or slower (audio the backbone never heard, as in the field); "
                              "figures are still scored on the windows")
+    parser.add_argument("--c", type=float, nargs="+", default=None, metavar="C",
+                        help="L2 strengths of the logistic regressions to try (default: 0.003 0.01 0.03 0.1); "
+                             "each costs one fit per fold and head")
+    parser.add_argument("--choose-on", choices=["pooled", "val-recordings"], default="pooled",
+                        help="with --folds: the out-of-fold macro-AP that chooses C and the head: over all "
+                             "train + validation recordings (pooled), or over the validation recordings alone, "
+                             "whose audio a distilled backbone never heard (the field's case)")
     parser.add_argument("--teacher-threads", type=int, default=1, help="CPU threads for BirdNET")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for the feature pass")
 
@@ -41,7 +48,8 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from edge.errors import SonotrapError
-    from trainer.linear_head import linear_head
+    from trainer.crossfit import POOLED, UNHEARD
+    from trainer.linear_head import C_GRID, linear_head
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -52,7 +60,8 @@ def run(args: argparse.Namespace) -> int:
     out, choice = linear_head(args.run, args.backbone, out_name=args.out_name, folds=args.folds,
                               unlabeled=args.unlabeled, pseudo=(args.pseudo_high, args.pseudo_low),
                               pseudo_teacher=args.pseudo_teacher, teacher_threads=args.teacher_threads,
-                              speed_copies=args.speed_copies)
+                              speed_copies=args.speed_copies, c_grid=tuple(args.c or C_GRID),
+                              choose_on=UNHEARD if args.choose_on == "val-recordings" else POOLED)
     what = f"{args.folds}-fold out-of-fold macro-AP" if args.folds else "validation macro-AP"
     st = choice.get("self_training")
     unheard = (st or {}).get("scores_val_recordings") or {"": choice.get("cv_macro_ap_val_recordings") or {}}
@@ -64,6 +73,7 @@ def run(args: argparse.Namespace) -> int:
                   + ", ".join(f"C={float(c):g}: {ap:.4f}" for c, ap in unheard[name].items()))
     pseudo = "teacher-labelled" if st and "teacher" in st else "self-trained"
     head = f"the {pseudo if st['used'] else 'labelled-only'} head, " if st else ""
-    print(f"wrote {out}: {head}C={choice['c']:g}")
+    on = " (chosen on the validation recordings)" if choice.get("chosen_on") == UNHEARD else ""
+    print(f"wrote {out}: {head}C={choice['c']:g}{on}")
     print(f"next: sonotrap evaluate --checkpoint {out} --split test, then sonotrap quantize {out} -o BUNDLE")
     return 0

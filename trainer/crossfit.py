@@ -54,7 +54,7 @@ def cross_fit(x: np.ndarray, targets: np.ndarray, known: np.ndarray, files: list
 
     ``fit(x, targets, known, c, seed, rows) -> (W, b)`` fits one head; ``rows`` are the indices of
     its rows in ``x`` (to line up data kept outside ``x``, such as a teacher's embeddings of the
-    same windows). Returns ``c``, ``cv_macro_ap``
+    same windows). Returns ``c``, ``score`` (the figure it was chosen on), ``cv_macro_ap``
     (per C), ``assignment`` (file -> fold) and ``weights`` / ``biases`` (k, K, D) / (k, K) of the
     chosen C's fold heads.
 
@@ -93,7 +93,7 @@ def cross_fit(x: np.ndarray, targets: np.ndarray, known: np.ndarray, files: list
             log.info("cross-fit C=%g: out-of-fold macro-AP %.4f (%d folds)", c, cv[c], k)
     judge = cv_unheard if choose_on == UNHEARD else cv
     best = max(judge, key=lambda c: judge[c])
-    return {"c": best, "chosen_on": choose_on, "cv_macro_ap": cv, "cv_macro_ap_unheard": cv_unheard or None, "folds": k, "seed": seed, "assignment": assignment,
+    return {"c": best, "chosen_on": choose_on, "score": judge[best], "cv_macro_ap": cv, "cv_macro_ap_unheard": cv_unheard or None, "folds": k, "seed": seed, "assignment": assignment,
             "weights": np.stack([w for w, _ in heads[best]]).astype(np.float32),
             "biases": np.stack([b for _, b in heads[best]]).astype(np.float32)}
 

@@ -32,7 +32,7 @@ import torch
 from edge.errors import SonotrapError
 from trainer.checkpoint import BEST, load_checkpoint, save_checkpoint, update_checkpoint, without_resume_state
 from trainer.crossfit import KEY as CROSSFIT
-from trainer.crossfit import POOLED, UNHEARD, cross_fit
+from trainer.crossfit import POOLED, cross_fit
 from trainer.evaluate import finalize
 from trainer.head_copies import copy_image_chunks, stack_copies, with_copies
 from trainer.metrics import evaluate_scores, sigmoid
@@ -311,7 +311,7 @@ def _choose_c(fit, feats, data, run: RunData, folds: int, c_grid, labels: list[s
                            "biases": torch.from_numpy(cf["biases"])}
         how: dict[str, Any] = {"fit_on": "train+val (mean of the fold heads)", "cv_macro_ap": scores,
                                "cv_macro_ap_val_recordings": unheard_scores, "chosen_on": choose_on}
-        score = (unheard_scores if choose_on == UNHEARD else scores)[best]
+        score = cf["score"]
     else:
         scores, unheard_scores = {}, {}
         heads = {}

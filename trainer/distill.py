@@ -45,7 +45,7 @@ from trainer.losses import cosine_loss
 from trainer.model import build_model
 from trainer.rundata import DATASET_FILE, AudioCache, RunData, load_run_data, mixed_image, window_image
 from trainer.schedule import lr_lambda
-from trainer.teacher_cache import MIXED, SPEED, UNLABELED, TeacherWindow, ensure_cache, source_roots
+from trainer.teacher_cache import MIXED, SPEED, TILTED, UNLABELED, TeacherWindow, ensure_cache, source_roots
 from trainer.train import TrainArgs, train
 
 log = logging.getLogger("sonotrap.trainer")
@@ -73,6 +73,7 @@ class DistillArgs:
     mask_frac: float = 0.08
     mixes: int = 0  # mixed windows (two recordings summed) added to the fit set, teacher on the mix
     speed: int = 0  # speed-changed copies of each unlabeled recording added to the fit set, teacher on each
+    tilt: int = 0  # spectrally tilted copies of each unlabeled recording added to the fit set, teacher on each
     init: str | None = None  # a stage-1 state (distill/last.pt: backbone and head) or a bundle to start from
 
 
@@ -96,7 +97,7 @@ def window_images(run: RunData, windows: list[TeacherWindow], roots: dict[str, P
     out = torch.zeros((len(windows), *cfg.image_shape), dtype=torch.float16)
     for i, w in enumerate(windows):
         if w.partner is None:
-            img = window_image(cache, roots[w.source] / w.file, w.start_s, cfg.window_s, cfg, w.rate)
+            img = window_image(cache, roots[w.source] / w.file, w.start_s, cfg.window_s, cfg, w.rate, w.tilt)
         else:
             p = w.partner
             img = mixed_image(cache, [(roots[w.source] / w.file, w.start_s, 1.0),
@@ -159,13 +160,14 @@ def distill(targs: TrainArgs, dargs: DistillArgs, run: RunData, t_start: float, 
         return elapsed_before + time.monotonic() - t_start
 
     cache, groups = ensure_cache(run, dargs.unlabeled, dargs.teacher_threads, targs.progress, teacher,
-                                 dargs.mixes, targs.seed, dargs.speed)
+                                 dargs.mixes, targs.seed, dargs.speed, dargs.tilt)
     roots = source_roots(run, dargs.unlabeled)
-    mixes, speed = groups.get(MIXED, []), groups.get(SPEED, [])
-    fit_w = groups["train"] + groups.get(UNLABELED, []) + mixes + speed
+    mixes, speed, tilted = groups.get(MIXED, []), groups.get(SPEED, []), groups.get(TILTED, [])
+    fit_w = groups["train"] + groups.get(UNLABELED, []) + mixes + speed + tilted
     val_w = groups["val"]
-    log.info("stage 1: %d windows to fit (%d unlabeled, %d mixed, %d speed-changed), %d validation windows",
-             len(fit_w), len(groups.get(UNLABELED, [])), len(mixes), len(speed), len(val_w))
+    log.info("stage 1: %d windows to fit (%d unlabeled, %d mixed, %d speed-changed, %d tilted), "
+             "%d validation windows", len(fit_w), len(groups.get(UNLABELED, [])), len(mixes), len(speed),
+             len(tilted), len(val_w))
     fit_x, val_x = window_images(run, fit_w, roots), window_images(run, val_w, roots)
     fit_t = torch.from_numpy(l2_normalise(cache.embeddings[cache.rows(fit_w)]))
     val_t = torch.from_numpy(l2_normalise(cache.embeddings[cache.rows(val_w)]))
@@ -256,7 +258,8 @@ def distill(targs: TrainArgs, dargs: DistillArgs, run: RunData, t_start: float, 
     summary = {"teacher": "birdnet", "best_epoch": best_epoch, "best_val_loss": best,
                "epochs_run": len(history), "stop_reason": stop_reason, "elapsed_s": used(),
                "fit_windows": len(fit_w), "unlabeled_windows": len(groups.get(UNLABELED, [])),
-               "mixed_windows": len(mixes), "speed_windows": len(speed), "init": dargs.init,
+               "mixed_windows": len(mixes), "speed_windows": len(speed), "tilted_windows": len(tilted),
+               "init": dargs.init,
                "backbone": str(folder / BACKBONE)}
     summary_path.write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
     return summary

@@ -147,13 +147,19 @@ class AudioCache:
         self._items: OrderedDict[str, tuple[np.ndarray, int]] = OrderedDict()
         self._bytes = 0
 
-    def get(self, path: Path, rate: float = 1.0) -> tuple[np.ndarray, int]:
-        """The recording at ``path``; with ``rate`` != 1 played that many times faster (:func:`speed_change`)."""
+    def get(self, path: Path, rate: float = 1.0, tilt: float = 0.0) -> tuple[np.ndarray, int]:
+        """The recording at ``path``; with ``rate`` != 1 played that many times faster (:func:`speed_change`),
+        then with ``tilt`` != 0 given that spectral tilt (:func:`spectral_tilt`)."""
         key = str(path) if rate == 1.0 else f"{path}~x{rate:.4f}"
+        if tilt != 0.0:
+            key = f"{key}~t{tilt:+.2f}"
         if key in self._items:
             self._items.move_to_end(key)
             return self._items[key]
-        if rate != 1.0:
+        if tilt != 0.0:
+            base, sr = self.get(path, rate)
+            audio = spectral_tilt(base, sr, tilt)
+        elif rate != 1.0:
             base, sr = self.get(path)
             audio = speed_change(base, rate)
         else:
@@ -195,6 +201,30 @@ def speed_change(audio: np.ndarray, rate: float) -> np.ndarray:
     return resample_poly(audio, frac.denominator, frac.numerator).astype(np.float32)
 
 
+TILT_PIVOT_HZ = 2000.0  # a tilted copy keeps its level here
+TILT_LIMIT_DB = 15.0  # and changes no band by more than this
+
+
+def spectral_tilt(audio: np.ndarray, sr: int, db_per_octave: float) -> np.ndarray:
+    """``audio`` through a filter whose gain rises ``db_per_octave`` per octave above ``TILT_PIVOT_HZ``.
+
+    Why: recordings of the same call differ in timbre as much as in pitch: a bird 50 m away loses
+    its high frequencies to the foliage and the air, another microphone or housing colours the
+    sound. A tilted copy is new audio of that kind for the student, and the teacher is asked
+    about the copy, so its answer stays consistent. Zero phase (one FFT of the whole
+    recording); the gain is capped at +-``TILT_LIMIT_DB`` and flat below 50 Hz.
+    """
+    if not -12.0 <= db_per_octave <= 12.0:
+        raise SonotrapError(f"spectral tilt {db_per_octave} dB/octave is outside +-12; pass a smaller tilt")
+    x = np.asarray(audio, dtype=np.float32)
+    if db_per_octave == 0.0 or x.shape[0] < 2:
+        return x
+    freqs = np.fft.rfftfreq(x.shape[0], 1.0 / sr)
+    gain_db = np.clip(db_per_octave * np.log2(np.maximum(freqs, 50.0) / TILT_PIVOT_HZ), -TILT_LIMIT_DB, TILT_LIMIT_DB)
+    spectrum = np.fft.rfft(x.astype(np.float64)) * 10.0 ** (gain_db / 20.0)
+    return np.fft.irfft(spectrum, n=x.shape[0]).astype(np.float32)
+
+
 def cut(audio: np.ndarray, sr: int, start_s: float, length_s: float) -> np.ndarray:
     """Samples [start, start + length) at the file's own rate, zero-padded past the end."""
     a = int(round(start_s * sr))
@@ -208,13 +238,15 @@ def cut(audio: np.ndarray, sr: int, start_s: float, length_s: float) -> np.ndarr
 
 
 def window_image(
-    cache: AudioCache, path: Path, start_s: float, length_s: float, cfg: FrontendConfig, rate: float = 1.0
+    cache: AudioCache, path: Path, start_s: float, length_s: float, cfg: FrontendConfig, rate: float = 1.0,
+    tilt: float = 0.0,
 ) -> np.ndarray:
     """The model input of one window, unaugmented: exactly what the edge computes.
 
-    ``rate``: of the recording played that many times faster (``start_s`` on that time line).
+    ``rate``: of the recording played that many times faster (``start_s`` on that time line);
+    ``tilt``: then given that spectral tilt in dB per octave.
     """
-    audio, sr = cache.get(path, rate)
+    audio, sr = cache.get(path, rate, tilt)
     return compute(cut(audio, sr, start_s, length_s), sr, cfg)
 
 
@@ -228,7 +260,8 @@ def image_chunks(folder: Path, windows, cfg: FrontendConfig, chunk: int = 512):
     """
     cache = AudioCache()
     for i in range(0, len(windows), chunk):
-        yield np.stack([window_image(cache, folder / w.file, w.start_s, cfg.window_s, cfg, getattr(w, "rate", 1.0))
+        yield np.stack([window_image(cache, folder / w.file, w.start_s, cfg.window_s, cfg,
+                                     getattr(w, "rate", 1.0), getattr(w, "tilt", 0.0))
                         for w in windows[i: i + chunk]])
 
 

@@ -42,6 +42,8 @@ LABELLED, UNLABELED = "labelled", "unlabeled"
 MIXED = "mixed"  # a group of windows, not a source: each mix names its two sources
 SPEED = "speed"  # a group of windows, not a source: unlabeled recordings played faster or slower
 SPEED_SHIFT = (0.05, 0.15)  # |log rate| of a speed copy: about 0.8-2.4 semitones and 5-16 % in length
+TILTED = "tilted"  # a group of windows, not a source: unlabeled recordings with their timbre tilted
+TILT_RANGE = (1.5, 4.5)  # |dB per octave| of a tilted copy: 3-9 dB at 8 kHz, the other way at 500 Hz
 PART_SIZE = 256
 
 
@@ -53,12 +55,15 @@ class TeacherWindow:
     partner: TeacherWindow | None = None  # mixed in (a window of another recording) ...
     partner_gain: float = 0.0  # ... at this amplitude factor
     rate: float = 1.0  # the recording played this many times faster; start_s on that time line
+    tilt: float = 0.0  # then given this spectral tilt, dB per octave (trainer.rundata.spectral_tilt)
 
     @property
     def key(self) -> str:
         own = f"{self.source}:{self.file}@{self.start_s:.3f}"
         if self.rate != 1.0:
             own = f"{own}~x{self.rate:.4f}"
+        if self.tilt != 0.0:
+            own = f"{own}~t{self.tilt:+.2f}"
         return own if self.partner is None else f"{own}+{self.partner_gain:.4f}*{self.partner.key}"
 
 
@@ -121,6 +126,23 @@ def speed_windows(folder: str | Path, copies: int, seed: int = 0, window_s: floa
             rate = speed_rate(rng)
             out.extend(TeacherWindow(UNLABELED, file, start, rate=rate)
                        for start in _starts(duration / rate, window_s, hop_s))
+    return out
+
+
+def tilted_windows(folder: str | Path, copies: int, seed: int = 0, window_s: float = 2.0,
+                   hop_s: float = 1.0) -> list[TeacherWindow]:
+    """The windows of ``copies`` seeded spectrally tilted copies of each recording in ``folder``.
+
+    Each copy's tilt is ``+-U(TILT_RANGE)`` dB per octave, rounded to 0.01 (its cache key);
+    the draws are independent of :func:`speed_windows`' for the same seed.
+    """
+    rng = np.random.default_rng([seed, 1])
+    out: list[TeacherWindow] = []
+    for file, duration in _recordings(folder):
+        for _ in range(copies):
+            tilt = round(float(rng.choice([-1.0, 1.0]) * rng.uniform(*TILT_RANGE)), 2)
+            out.extend(TeacherWindow(UNLABELED, file, start, tilt=tilt)
+                       for start in _starts(duration, window_s, hop_s))
     return out
 
 
@@ -194,10 +216,10 @@ def compute_cache(
     folder = cache_dir(run_dir)
     folder.mkdir(parents=True, exist_ok=True)
     done = set(load_cache(run_dir).keys)
-    todo: dict[tuple[str, str, float], list[TeacherWindow]] = defaultdict(list)
+    todo: dict[tuple[str, str, float, float], list[TeacherWindow]] = defaultdict(list)
     for w in windows:
         if w.key not in done:
-            todo[(w.source, w.file, w.rate)].append(w)
+            todo[(w.source, w.file, w.rate, w.tilt)].append(w)
             done.add(w.key)  # a window listed twice is computed once
     total = sum(len(v) for v in todo.values())
     if not total:
@@ -218,14 +240,14 @@ def compute_cache(
         logits.append(out.logits)
         inputs.clear()
 
-    for (source, file, rate), wins in todo.items():
-        audio48 = birdnet.resample_to_48k(*audio.get(roots[source] / file, rate))
+    for (source, file, rate, tilt), wins in todo.items():
+        audio48 = birdnet.resample_to_48k(*audio.get(roots[source] / file, rate, tilt))
         for w in wins:
             keys.append(w.key)
             x = birdnet.teacher_input(audio48, w.start_s, window_s)
             if w.partner is not None:
                 p = w.partner
-                other = birdnet.resample_to_48k(*audio.get(roots[p.source] / p.file, p.rate))
+                other = birdnet.resample_to_48k(*audio.get(roots[p.source] / p.file, p.rate, p.tilt))
                 x = x + np.float32(w.partner_gain) * birdnet.teacher_input(other, p.start_s, window_s)
             inputs.append(x)
             if len(inputs) == batch:
@@ -257,22 +279,28 @@ def source_roots(run, unlabeled: str | Path | None) -> dict[str, Path]:
 
 def ensure_cache(
     run, unlabeled: str | Path | None, threads: int = 1, progress: bool = False, model=None,
-    mixes: int = 0, seed: int = 0, speed_copies: int = 0,
+    mixes: int = 0, seed: int = 0, speed_copies: int = 0, tilted_copies: int = 0,
 ) -> tuple[TeacherCache, dict[str, list[TeacherWindow]]]:
-    """Teacher windows by group (train/val/test/unlabeled/mixed/speed) and a cache that covers all of them.
+    """Teacher windows by group (train/val/test/unlabeled/mixed/speed/tilted) and a cache that covers all of them.
 
     ``mixes``: that many :func:`mixed_windows` of the training and unlabeled windows (group MIXED).
     ``speed_copies``: that many :func:`speed_windows` copies of each unlabeled recording (group SPEED).
+    ``tilted_copies``: that many :func:`tilted_windows` copies of each unlabeled recording (group TILTED).
     """
     if speed_copies and not unlabeled:
         raise SonotrapError("speed-changed copies are made of the unlabeled recordings; pass --unlabeled DIR "
                             "or no --distill-speed")
+    if tilted_copies and not unlabeled:
+        raise SonotrapError("tilted copies are made of the unlabeled recordings; pass --unlabeled DIR "
+                            "or no --distill-tilt")
     groups = labelled_windows(run)
     roots = source_roots(run, unlabeled)
     if unlabeled:
         groups[UNLABELED] = unlabeled_windows(unlabeled, run.frontend.window_s)
         if speed_copies:
             groups[SPEED] = speed_windows(unlabeled, speed_copies, seed, run.frontend.window_s)
+        if tilted_copies:
+            groups[TILTED] = tilted_windows(unlabeled, tilted_copies, seed, run.frontend.window_s)
     if mixes:
         groups[MIXED] = mixed_windows(groups["train"] + groups.get(UNLABELED, []), mixes, seed)
     every = [w for ws in groups.values() for w in ws]

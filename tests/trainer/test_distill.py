@@ -156,24 +156,28 @@ def test_stage1_fits_mixes_heard_by_the_teacher_and_can_start_from_another_run(s
 
 
 @pytest.mark.slow
-def test_stage1_fits_speed_changed_copies_of_the_unlabeled_recordings(setup, tmp_path):
+def test_stage1_fits_speed_changed_and_tilted_copies_of_the_unlabeled_recordings(setup, tmp_path):
     from trainer.rundata import load_run_data
-    from trainer.teacher_cache import SPEED, ensure_cache, speed_windows
+    from trainer.teacher_cache import SPEED, TILTED, ensure_cache, speed_windows, tilted_windows
 
     data, unlabeled = setup
     spec = DataSpec(data=str(data), seed=1)
     teacher = FakeTeacher()
-    dargs = DistillArgs(epochs=1, batch_size=8, unlabeled=str(unlabeled), speed=2)
+    dargs = DistillArgs(epochs=1, batch_size=8, unlabeled=str(unlabeled), speed=2, tilt=1)
     _, summary = train_with_teacher(_args(tmp_path / "r", epochs=1), dargs, spec, SMALL, teacher)
     copies = speed_windows(unlabeled, 2, seed=0, window_s=SMALL.window_s)
+    tilted = tilted_windows(unlabeled, 1, seed=0, window_s=SMALL.window_s)
     assert summary["speed_windows"] == len(copies) > 0
+    assert summary["tilted_windows"] == len(tilted) > 0
     run = load_run_data(tmp_path / "r")
-    cache, groups = ensure_cache(run, unlabeled, model=teacher, speed_copies=2)
+    cache, groups = ensure_cache(run, unlabeled, model=teacher, speed_copies=2, tilted_copies=1)
     assert groups[SPEED] == copies and len(cache.rows(copies)) == len(copies)  # all cached, none recomputed
+    assert groups[TILTED] == tilted and len(cache.rows(tilted)) == len(tilted)
     plain = len(groups["train"]) + len(groups["unlabeled"])
-    assert summary["fit_windows"] == plain + len(copies)
+    assert summary["fit_windows"] == plain + len(copies) + len(tilted)
 
     # Copies are made of unlabeled recordings: without them the run stops with one line, before any work.
-    with pytest.raises(SonotrapError, match="--unlabeled DIR"):
-        train_with_teacher(_args(tmp_path / "n", epochs=1), DistillArgs(epochs=1, batch_size=8, speed=1),
-                           spec, SMALL, FakeTeacher())
+    for kind in ({"speed": 1}, {"tilt": 1}):
+        with pytest.raises(SonotrapError, match="--unlabeled DIR"):
+            train_with_teacher(_args(tmp_path / "n", epochs=1), DistillArgs(epochs=1, batch_size=8, **kind),
+                               spec, SMALL, FakeTeacher())

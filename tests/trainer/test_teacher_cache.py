@@ -157,3 +157,71 @@ def test_speed_change_scales_pitch_and_length_and_the_cache_keeps_both_versions(
     cache = AudioCache()
     assert len(cache.get(tmp_path / "t.wav", 0.9)[0]) == pytest.approx(len(tone) / 0.9, abs=1)
     assert len(cache.get(tmp_path / "t.wav")[0]) == len(tone)  # the recording itself is unchanged
+
+
+def test_tilted_windows_are_seeded_copies_heard_by_the_teacher_as_the_student_sees_them(tmp_path):
+    from edge.inference.frontend import FrontendConfig, compute
+    from trainer.birdnet import resample_to_48k
+    from trainer.rundata import AudioCache, cut, spectral_tilt, window_image
+    from trainer.teacher_cache import TILT_RANGE, speed_windows, tilted_windows
+
+    folder = _unlabeled(tmp_path / "u", [3.0, 4.0, 5.0])
+    copies = tilted_windows(folder, 2, seed=3)
+    assert copies == tilted_windows(folder, 2, seed=3) and copies != tilted_windows(folder, 2, seed=4)
+    tilts = sorted({(w.file, w.tilt) for w in copies})
+    assert len(tilts) == 6 and all(TILT_RANGE[0] <= abs(t) <= TILT_RANGE[1] for _, t in tilts)
+    assert {t > 0 for _, t in tilts} == {True, False}  # both ways
+    assert all(w.rate == 1.0 for w in copies)  # the length is kept: windows where the recording's are
+    assert [w.start_s for w in copies if w.file == "audio/u1.flac"] == [0.0, 1.0, 2.0] * 2
+    plain, speed = unlabeled_windows(folder), speed_windows(folder, 2, seed=3)
+    keys = {w.key for w in copies} | {w.key for w in plain} | {w.key for w in speed}
+    assert len(keys) == len(copies) + len(plain) + len(speed)  # a copy never reuses another window's cache row
+
+    teacher = _Recording()
+    cache = compute_cache(tmp_path / "run", plain + copies, {UNLABELED: folder}, batch=4, model=teacher)
+    w = copies[-1]
+    x = sf.read(folder / w.file, dtype="float32")[0]
+    tilted = spectral_tilt(x, 44100, w.tilt)
+    expected = teacher_input(resample_to_48k(tilted, 44100), w.start_s)
+    heard = min(teacher.inputs, key=lambda y: float(np.abs(y - expected).max()))
+    np.testing.assert_allclose(heard, expected, atol=1e-6)
+    np.testing.assert_allclose(cache.embeddings[cache.rows([w])[0]],
+                               FakeTeacher().run(expected[None]).embeddings[0], rtol=1e-5)
+    original = next(p for p in plain if (p.file, p.start_s) == (w.file, w.start_s))
+    assert not np.allclose(cache.embeddings[cache.rows([w])[0]], cache.embeddings[cache.rows([original])[0]])
+    # The student's image of the copy is the frontend on the same tilted audio.
+    cfg = FrontendConfig()
+    np.testing.assert_allclose(window_image(AudioCache(), folder / w.file, w.start_s, 2.0, cfg, tilt=w.tilt),
+                               compute(cut(tilted, 44100, w.start_s, 2.0), 44100, cfg), atol=1e-5)
+
+
+def test_spectral_tilt_shapes_the_spectrum_keeps_the_pivot_and_the_cache_keeps_each_version(tmp_path):
+    from trainer.rundata import TILT_LIMIT_DB, TILT_PIVOT_HZ, AudioCache, spectral_tilt
+
+    sr = 32000
+    t = np.arange(2 * sr) / sr
+    tones = {f: np.sin(2 * np.pi * f * t) for f in (500.0, TILT_PIVOT_HZ, 8000.0)}
+    mix = sum(tones.values()).astype(np.float32)
+
+    def level(audio, f):  # amplitude of the tone at f (each tone sits on an FFT bin)
+        spec = np.abs(np.fft.rfft(audio)) / (len(audio) / 2)
+        return spec[int(round(f * len(audio) / sr))]
+
+    up = spectral_tilt(mix, sr, 3.0)
+    assert level(up, TILT_PIVOT_HZ) == pytest.approx(1.0, abs=1e-3)
+    assert 20 * np.log10(level(up, 8000.0)) == pytest.approx(6.0, abs=0.05)  # two octaves above: +6 dB
+    assert 20 * np.log10(level(up, 500.0)) == pytest.approx(-6.0, abs=0.05)  # two octaves below: -6 dB
+    down = spectral_tilt(mix, sr, -12.0)
+    assert 20 * np.log10(level(down, 8000.0)) == pytest.approx(-TILT_LIMIT_DB, abs=0.05)  # capped
+    assert up.dtype == np.float32 and up.shape == mix.shape
+    np.testing.assert_array_equal(spectral_tilt(mix, sr, 0.0), mix)
+    with pytest.raises(SonotrapError, match="smaller tilt"):
+        spectral_tilt(mix, sr, 20.0)
+
+    quiet = 0.25 * mix  # a WAV file clips at full scale
+    sf.write(tmp_path / "t.wav", quiet, sr, subtype="FLOAT")
+    cache = AudioCache()
+    np.testing.assert_allclose(cache.get(tmp_path / "t.wav", tilt=3.0)[0], 0.25 * up, atol=1e-5)
+    np.testing.assert_allclose(cache.get(tmp_path / "t.wav")[0], quiet, atol=1e-6)  # the recording itself is unchanged
+    fast_tilted = cache.get(tmp_path / "t.wav", 0.9, 3.0)[0]  # speed change first, then the tilt
+    assert len(fast_tilted) == pytest.approx(len(mix) / 0.9, abs=1)

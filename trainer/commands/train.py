@@ -109,6 +109,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     te.add_argument("--distill-speed", type=int, default=0, metavar="K",
                     help="stage 1 also fits K copies of each --unlabeled recording played 5-16 %% faster or "
                          "slower (pitch and tempo), each with the teacher's output on that copy (default 0)")
+    te.add_argument("--distill-tilt", type=int, default=0, metavar="K",
+                    help="stage 1 also fits K copies of each --unlabeled recording with its timbre tilted by "
+                         "1.5-4.5 dB per octave either way, each with the teacher's output on that copy (default 0)")
     te.add_argument("--distill-init", metavar="RUN_DIR|BUNDLE",
                     help="start stage 1 from another run's stage 1 (its distill/last.pt: backbone and "
                          "projection head) or from a bundle's backbone (batch norm restored, a new "
@@ -216,7 +219,7 @@ def _run_teacher(args: argparse.Namespace, targs, spec) -> int:
     dargs = DistillArgs(epochs=args.distill_epochs, batch_size=args.batch_size, lr=args.distill_lr,
                         minutes=args.distill_minutes, unlabeled=args.unlabeled,
                         teacher_threads=args.teacher_threads, mixes=args.distill_mixes,
-                        speed=args.distill_speed, init=args.distill_init)
+                        speed=args.distill_speed, tilt=args.distill_tilt, init=args.distill_init)
     result, summary = train_with_teacher(targs, dargs, spec, frontend_from_args(args))
     test, val = result.metrics.get("test", {}), result.metrics.get("val", {})
     print(f"stage 1: best epoch {summary['best_epoch']} of {summary['epochs_run']}, "

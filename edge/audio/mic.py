@@ -200,11 +200,12 @@ class MicSource(AudioSource):
     # ------------------------------------------------------------ supervision
 
     def _went_down(self, why: str) -> None:
-        self._state = "waiting for device"
         if self._down_since is None:
             self._down_since = time.monotonic()
         log.warning("%s; retrying every %g..%g s", why, self.cfg.retry_initial_s, self.cfg.retry_max_s)
         self._emit("audio_error", {"device": self._device, "error": why, "fatal": False})
+        # The state last: whoever sees "waiting for device" has already been sent the event.
+        self._state = "waiting for device"
 
     def _supervise(self) -> None:
         backoff = self.cfg.retry_initial_s

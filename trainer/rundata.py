@@ -139,6 +139,16 @@ def copy_run_data(src: Path, dst: Path) -> None:
         shutil.copy2(src / name, dst / name)
 
 
+def variant_suffix(rate: float = 1.0, tilt: float = 0.0) -> str:
+    """What names a changed copy of a recording (empty for the recording itself).
+
+    The one spelling for both the decoded-audio cache and the teacher cache's keys, so a copy
+    can never be cached under one name and looked up under another.
+    """
+    suffix = "" if rate == 1.0 else f"~x{rate:.4f}"
+    return suffix if tilt == 0.0 else f"{suffix}~t{tilt:+.2f}"
+
+
 class AudioCache:
     """Decoded recordings (native rate, float32, first channel layout kept), LRU by bytes."""
 
@@ -150,9 +160,7 @@ class AudioCache:
     def get(self, path: Path, rate: float = 1.0, tilt: float = 0.0) -> tuple[np.ndarray, int]:
         """The recording at ``path``; with ``rate`` != 1 played that many times faster (:func:`speed_change`),
         then with ``tilt`` != 0 given that spectral tilt (:func:`spectral_tilt`)."""
-        key = str(path) if rate == 1.0 else f"{path}~x{rate:.4f}"
-        if tilt != 0.0:
-            key = f"{key}~t{tilt:+.2f}"
+        key = f"{path}{variant_suffix(rate, tilt)}"
         if key in self._items:
             self._items.move_to_end(key)
             return self._items[key]

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from edge.errors import SonotrapError
-from trainer.rundata import AudioCache
+from trainer.rundata import AudioCache, variant_suffix
 from trainer.split import SPLITS
 
 log = logging.getLogger("sonotrap.trainer")
@@ -59,11 +59,7 @@ class TeacherWindow:
 
     @property
     def key(self) -> str:
-        own = f"{self.source}:{self.file}@{self.start_s:.3f}"
-        if self.rate != 1.0:
-            own = f"{own}~x{self.rate:.4f}"
-        if self.tilt != 0.0:
-            own = f"{own}~t{self.tilt:+.2f}"
+        own = f"{self.source}:{self.file}@{self.start_s:.3f}{variant_suffix(self.rate, self.tilt)}"
         return own if self.partner is None else f"{own}+{self.partner_gain:.4f}*{self.partner.key}"
 
 
@@ -287,12 +283,11 @@ def ensure_cache(
     ``speed_copies``: that many :func:`speed_windows` copies of each unlabeled recording (group SPEED).
     ``tilted_copies``: that many :func:`tilted_windows` copies of each unlabeled recording (group TILTED).
     """
-    if speed_copies and not unlabeled:
-        raise SonotrapError("speed-changed copies are made of the unlabeled recordings; pass --unlabeled DIR "
-                            "or no --distill-speed")
-    if tilted_copies and not unlabeled:
-        raise SonotrapError("tilted copies are made of the unlabeled recordings; pass --unlabeled DIR "
-                            "or no --distill-tilt")
+    for copies, kind, flag in ((speed_copies, "speed-changed", "--distill-speed"), (tilted_copies, "tilted",
+                                                                                   "--distill-tilt")):
+        if copies and not unlabeled:
+            raise SonotrapError(f"{kind} copies are made of the unlabeled recordings; pass --unlabeled DIR "
+                                f"or no {flag}")
     groups = labelled_windows(run)
     roots = source_roots(run, unlabeled)
     if unlabeled:

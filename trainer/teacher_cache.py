@@ -283,8 +283,8 @@ def ensure_cache(
     ``speed_copies``: that many :func:`speed_windows` copies of each unlabeled recording (group SPEED).
     ``tilted_copies``: that many :func:`tilted_windows` copies of each unlabeled recording (group TILTED).
     """
-    for copies, kind, flag in ((speed_copies, "speed-changed", "--distill-speed"), (tilted_copies, "tilted",
-                                                                                   "--distill-tilt")):
+    copy_kinds = ((speed_copies, "speed-changed", "--distill-speed"), (tilted_copies, "tilted", "--distill-tilt"))
+    for copies, kind, flag in copy_kinds:
         if copies and not unlabeled:
             raise SonotrapError(f"{kind} copies are made of the unlabeled recordings; pass --unlabeled DIR "
                                 f"or no {flag}")
